@@ -1,0 +1,544 @@
+//! The admin action registry: every admin action is declared here once. The HTTP router,
+//! the permission check and the AXAG semantic manifest (`GET /v1/axag/manifest`) are all
+//! derived from these declarations; later planes (MCP tools, console `axag-*` attributes)
+//! read the same table.
+
+use crate::authz::Permission;
+use crate::tenant::TenantStatus;
+use serde_json::{json, Map, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionType {
+    Read,
+    Write,
+    Delete,
+}
+
+impl ActionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// Whether an action works inside one tenant (the tenant comes from the caller's
+/// credentials and the path, never from parameters) or across the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Tenant,
+    Platform,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Platform => "platform",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Risk {
+    None,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Risk {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
+    Put,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Patch => "PATCH",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamType {
+    String,
+    Integer,
+    Boolean,
+    Object,
+    Array,
+}
+
+impl ParamType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Integer => "integer",
+            Self::Boolean => "boolean",
+            Self::Object => "object",
+            Self::Array => "array",
+        }
+    }
+}
+
+/// One parameter of an action, in the shape of the AXAG manifest.
+#[derive(Clone, Copy, Debug)]
+pub struct Param {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub required: bool,
+    pub enum_values: &'static [&'static str],
+    pub format: Option<&'static str>,
+    pub minimum: Option<i64>,
+    pub maximum: Option<i64>,
+    pub default: Option<&'static str>,
+    pub description: &'static str,
+}
+
+impl Param {
+    pub const fn new(name: &'static str, ty: ParamType, required: bool, description: &'static str) -> Self {
+        Self {
+            name,
+            ty,
+            required,
+            enum_values: &[],
+            format: None,
+            minimum: None,
+            maximum: None,
+            default: None,
+            description,
+        }
+    }
+    pub const fn one_of(mut self, values: &'static [&'static str]) -> Self {
+        self.enum_values = values;
+        self
+    }
+    pub const fn format(mut self, f: &'static str) -> Self {
+        self.format = Some(f);
+        self
+    }
+    pub const fn range(mut self, min: i64, max: i64) -> Self {
+        self.minimum = Some(min);
+        self.maximum = Some(max);
+        self
+    }
+    pub const fn default(mut self, d: &'static str) -> Self {
+        self.default = Some(d);
+        self
+    }
+
+    fn manifest(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("type".into(), json!(self.ty.as_str()));
+        m.insert("required".into(), json!(self.required));
+        if !self.enum_values.is_empty() {
+            m.insert("enum".into(), json!(self.enum_values));
+        }
+        if let Some(f) = self.format {
+            m.insert("format".into(), json!(f));
+        }
+        if let Some(v) = self.minimum {
+            m.insert("minimum".into(), json!(v));
+        }
+        if let Some(v) = self.maximum {
+            m.insert("maximum".into(), json!(v));
+        }
+        if let Some(d) = self.default {
+            m.insert("default".into(), json!(d));
+        }
+        m.insert("description".into(), json!(self.description));
+        Value::Object(m)
+    }
+}
+
+/// The declaration of one admin action.
+#[derive(Clone, Copy, Debug)]
+pub struct ActionSpec {
+    pub intent: &'static str,
+    pub entity: &'static str,
+    pub action_type: ActionType,
+    pub scope: Scope,
+    pub method: Method,
+    /// axum path syntax (`/v1/tenants/{tenant_id}`).
+    pub path: &'static str,
+    /// `None`: any authenticated caller.
+    pub permission: Option<Permission>,
+    pub parameters: &'static [Param],
+    pub preconditions: &'static [&'static str],
+    pub postconditions: &'static [&'static str],
+    pub risk_level: Risk,
+    /// The request must carry `?confirm=true` (an agent must have asked its person).
+    pub confirmation_required: bool,
+    pub idempotent: bool,
+    pub is_async: bool,
+    pub side_effects: &'static [&'static str],
+    pub description: &'static str,
+    /// Tenant states in which tenant members may call it (platform admins are not held back
+    /// by state; the lifecycle state machine governs what they may do).
+    pub tenant_states: &'static [TenantStatus],
+}
+
+const ACTIVE: &[TenantStatus] = &[TenantStatus::Active];
+const VISIBLE: &[TenantStatus] = &[TenantStatus::Provisioning, TenantStatus::Active];
+
+const fn spec(intent: &'static str, entity: &'static str, method: Method, path: &'static str) -> ActionSpec {
+    ActionSpec {
+        intent,
+        entity,
+        action_type: ActionType::Read,
+        scope: Scope::Tenant,
+        method,
+        path,
+        permission: None,
+        parameters: &[],
+        preconditions: &[],
+        postconditions: &[],
+        risk_level: Risk::None,
+        confirmation_required: false,
+        idempotent: true,
+        is_async: false,
+        side_effects: &[],
+        description: "",
+        tenant_states: ACTIVE,
+    }
+}
+
+const CURSOR: Param = Param::new("cursor", ParamType::String, false, "opaque cursor from the previous page");
+const LIMIT: Param = Param::new("limit", ParamType::Integer, false, "page size").range(1, 500);
+const CONFIRM: Param = Param::new("confirm", ParamType::Boolean, true, "must be true: the caller confirmed this action");
+
+pub static DEBUG_IDENTITY: ActionSpec = ActionSpec {
+    entity: "identity",
+    scope: Scope::Platform,
+    description: "Show how the server reads the caller's credentials (roles, scopes, tenant access)",
+    ..spec("admin.debug_identity", "identity", Method::Get, "/v1/admin/debug/identity")
+};
+
+pub static LIST_PLANS: ActionSpec = ActionSpec {
+    scope: Scope::Platform,
+    permission: Some(Permission::PlansRead),
+    parameters: &[CURSOR, LIMIT],
+    description: "List the plans tenants can be on",
+    ..spec("admin.list_plans", "plan", Method::Get, "/v1/admin/plans")
+};
+
+pub static GET_PLAN: ActionSpec = ActionSpec {
+    scope: Scope::Platform,
+    permission: Some(Permission::PlansRead),
+    parameters: &[Param::new("plan_id", ParamType::String, true, "plan id")],
+    description: "Show one plan and its limits",
+    ..spec("admin.get_plan", "plan", Method::Get, "/v1/admin/plans/{plan_id}")
+};
+
+pub static CREATE_PLAN: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::PlansWrite),
+    parameters: &[
+        Param::new("id", ParamType::String, true, "plan id (a-z, 0-9, '-', '_')"),
+        Param::new("name", ParamType::String, true, "display name"),
+        Param::new("limits", ParamType::Object, true, "monthly_messages, monthly_tokens, requests_per_minute, max_concurrent_runs"),
+        Param::new("features", ParamType::Array, false, "feature flags the plan grants"),
+    ],
+    preconditions: &["caller must have platform_admin role", "plan id not taken"],
+    postconditions: &["plan created", "audit log entry created"],
+    risk_level: Risk::Medium,
+    side_effects: &["audit_log"],
+    description: "Create a plan",
+    ..spec("admin.create_plan", "plan", Method::Post, "/v1/admin/plans")
+};
+
+pub static LIST_TENANTS: ActionSpec = ActionSpec {
+    scope: Scope::Platform,
+    permission: Some(Permission::TenantsList),
+    parameters: &[CURSOR, LIMIT],
+    description: "List every tenant of the deployment",
+    ..spec("admin.list_tenants", "tenant", Method::Get, "/v1/admin/tenants")
+};
+
+pub static CREATE_TENANT: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::TenantsCreate),
+    parameters: &[
+        Param::new("name", ParamType::String, true, "organisation name"),
+        Param::new("admin_email", ParamType::String, true, "e-mail of the first tenant admin").format("email"),
+        Param::new("plan_id", ParamType::String, false, "plan").default("free"),
+        Param::new("slug", ParamType::String, false, "subdomain label; derived from the name if absent"),
+        Param::new("region", ParamType::String, false, "data-residency region").default("default"),
+    ],
+    preconditions: &["caller must have platform_admin role", "plan exists"],
+    postconditions: &["tenant created in state provisioning", "provisioning job enqueued", "audit log entry created"],
+    risk_level: Risk::Medium,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["audit_log", "provisioning_job"],
+    description: "Create a tenant; provisioning runs in the background",
+    ..spec("admin.create_tenant", "tenant", Method::Post, "/v1/tenants")
+};
+
+pub static GET_TENANT: ActionSpec = ActionSpec {
+    permission: Some(Permission::TenantRead),
+    description: "Show the current tenant",
+    tenant_states: VISIBLE,
+    ..spec("admin.get_tenant", "tenant", Method::Get, "/v1/tenants/{tenant_id}")
+};
+
+pub static CHANGE_TENANT_PLAN: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::TenantsManage),
+    parameters: &[Param::new("plan_id", ParamType::String, true, "the new plan")],
+    preconditions: &["caller must have platform_admin role", "plan exists"],
+    postconditions: &["new limits apply to the next request", "audit log entry created"],
+    risk_level: Risk::High,
+    side_effects: &["audit_log", "quota_change"],
+    description: "Move a tenant to another plan, with immediate effect",
+    ..spec("admin.change_tenant_plan", "tenant", Method::Patch, "/v1/admin/tenants/{tenant_id}/plan")
+};
+
+pub static SUSPEND_TENANT: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::TenantsManage),
+    parameters: &[CONFIRM, Param::new("reason", ParamType::String, false, "why, for the audit trail")],
+    preconditions: &["caller must have platform_admin role", "tenant is active"],
+    postconditions: &["every tenant request is refused", "audit log entry created"],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log", "access_revoked"],
+    description: "Suspend a tenant",
+    ..spec("admin.suspend_tenant", "tenant", Method::Post, "/v1/admin/tenants/{tenant_id}/suspend")
+};
+
+pub static REACTIVATE_TENANT: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::TenantsManage),
+    preconditions: &["caller must have platform_admin role", "tenant is suspended or deleted and not purged"],
+    postconditions: &["tenant is active", "audit log entry created"],
+    risk_level: Risk::Medium,
+    side_effects: &["audit_log"],
+    description: "Reactivate a suspended or soft-deleted tenant",
+    ..spec("admin.reactivate_tenant", "tenant", Method::Post, "/v1/admin/tenants/{tenant_id}/reactivate")
+};
+
+pub static DELETE_TENANT: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::TenantsManage),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have platform_admin role"],
+    postconditions: &["tenant is soft-deleted and refused", "purge job scheduled after the grace period", "audit log entry created"],
+    risk_level: Risk::Critical,
+    confirmation_required: true,
+    side_effects: &["audit_log", "access_revoked", "purge_job"],
+    description: "Soft-delete a tenant; its data is purged after the grace period",
+    ..spec("admin.delete_tenant", "tenant", Method::Delete, "/v1/admin/tenants/{tenant_id}")
+};
+
+pub static PURGE_TENANT: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::TenantsManage),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have platform_admin role", "tenant is soft-deleted"],
+    postconditions: &["purge job enqueued to run now", "audit log entry created"],
+    risk_level: Risk::Critical,
+    confirmation_required: true,
+    is_async: true,
+    side_effects: &["audit_log", "data_destroyed"],
+    description: "Purge a soft-deleted tenant's data now instead of after the grace period",
+    ..spec("admin.purge_tenant", "tenant", Method::Post, "/v1/admin/tenants/{tenant_id}/purge")
+};
+
+pub static GET_TENANT_USAGE: ActionSpec = ActionSpec {
+    permission: Some(Permission::UsageRead),
+    parameters: &[Param::new("period", ParamType::String, false, "YYYY-MM; the current month if absent")],
+    preconditions: &["caller must have tenant_admin or auditor role"],
+    description: "Usage of the current period against the plan's quotas",
+    ..spec("admin.get_tenant_usage", "usage", Method::Get, "/v1/admin/tenants/{tenant_id}/usage")
+};
+
+pub static EXPORT_USAGE: ActionSpec = ActionSpec {
+    scope: Scope::Platform,
+    permission: Some(Permission::UsageExportAll),
+    parameters: &[
+        Param::new("format", ParamType::String, false, "csv or json").one_of(&["csv", "json"]).default("json"),
+        Param::new("from", ParamType::String, false, "start (inclusive), date or RFC 3339").format("date"),
+        Param::new("to", ParamType::String, false, "end (exclusive), date or RFC 3339").format("date"),
+    ],
+    preconditions: &["caller must have platform_admin role"],
+    description: "Export every tenant's usage records in a date range",
+    ..spec("admin.export_usage", "usage", Method::Get, "/v1/admin/usage/export")
+};
+
+pub static RUN_NEXT_JOB: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::JobsRun),
+    preconditions: &["caller must have platform_admin role"],
+    postconditions: &["the next due job ran once"],
+    risk_level: Risk::Low,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Run the next due provisioning job now",
+    ..spec("admin.run_next_job", "job", Method::Post, "/v1/provisioning/jobs/run-next")
+};
+
+pub static LIST_AUDIT_EVENTS: ActionSpec = ActionSpec {
+    entity: "audit_event",
+    permission: Some(Permission::AuditRead),
+    parameters: &[
+        Param::new("action", ParamType::String, false, "only events of this action"),
+        Param::new("actor_id", ParamType::String, false, "only events of this actor"),
+        Param::new("from", ParamType::String, false, "start (inclusive)").format("date"),
+        Param::new("to", ParamType::String, false, "end (exclusive)").format("date"),
+        Param::new("purpose", ParamType::String, false, "why the trail is read, recorded in the trail"),
+        CURSOR,
+        LIMIT,
+    ],
+    preconditions: &["caller must have tenant_admin or auditor role"],
+    postconditions: &["the read is itself recorded in the audit log"],
+    side_effects: &["audit_log"],
+    description: "Search the current tenant's audit trail",
+    ..spec("admin.list_audit_events", "audit_event", Method::Get, "/v1/tenants/{tenant_id}/audit")
+};
+
+pub static LIST_USERS: ActionSpec = ActionSpec {
+    permission: Some(Permission::UsersRead),
+    parameters: &[
+        Param::new("role_filter", ParamType::String, false, "only users holding this role"),
+        Param::new("status_filter", ParamType::String, false, "only users in this status")
+            .one_of(&["active", "inactive", "suspended"]),
+        CURSOR,
+        LIMIT,
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    description: "List all users in the current tenant",
+    ..spec("admin.list_users", "user", Method::Get, "/v1/tenants/{tenant_id}/users")
+};
+
+/// Every admin action. The server routes exactly these; a test checks none is missing.
+pub static REGISTRY: &[&ActionSpec] = &[
+    &DEBUG_IDENTITY,
+    &LIST_PLANS,
+    &GET_PLAN,
+    &CREATE_PLAN,
+    &LIST_TENANTS,
+    &CREATE_TENANT,
+    &GET_TENANT,
+    &CHANGE_TENANT_PLAN,
+    &SUSPEND_TENANT,
+    &REACTIVATE_TENANT,
+    &DELETE_TENANT,
+    &PURGE_TENANT,
+    &GET_TENANT_USAGE,
+    &EXPORT_USAGE,
+    &RUN_NEXT_JOB,
+    &LIST_AUDIT_EVENTS,
+    &LIST_USERS,
+];
+
+impl ActionSpec {
+    /// This action in the AXAG semantic-manifest shape.
+    pub fn manifest(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("intent".into(), json!(self.intent));
+        m.insert("entity".into(), json!(self.entity));
+        m.insert("action_type".into(), json!(self.action_type.as_str()));
+        m.insert("scope".into(), json!(self.scope.as_str()));
+        if self.is_async {
+            m.insert("async".into(), json!(true));
+        }
+        let params: Map<String, Value> = self
+            .parameters
+            .iter()
+            .map(|p| (p.name.to_owned(), p.manifest()))
+            .collect();
+        m.insert("parameters".into(), Value::Object(params));
+        m.insert("preconditions".into(), json!(self.preconditions));
+        if !self.postconditions.is_empty() {
+            m.insert("postconditions".into(), json!(self.postconditions));
+        }
+        m.insert("risk_level".into(), json!(self.risk_level.as_str()));
+        if self.confirmation_required {
+            m.insert("confirmation_required".into(), json!(true));
+        }
+        m.insert("idempotent".into(), json!(self.idempotent));
+        if !self.side_effects.is_empty() {
+            m.insert("side_effects".into(), json!(self.side_effects));
+        }
+        m.insert("required_permission".into(), json!(self.permission.map(|p| p.as_str())));
+        m.insert("description".into(), json!(self.description));
+        m.insert("http".into(), json!({"method": self.method.as_str(), "path": self.path}));
+        Value::Object(m)
+    }
+}
+
+/// The tenant-scoped AXAG semantic manifest: the actions an agent may take inside the
+/// tenant of the person it acts for. Platform actions are not offered to tenant agents.
+pub fn tenant_manifest() -> Value {
+    let actions: Vec<Value> = REGISTRY
+        .iter()
+        .filter(|a| a.scope == Scope::Tenant)
+        .map(|a| a.manifest())
+        .collect();
+    json!({"version": "1", "tenant_boundary": "strict", "scope": "tenant", "actions": actions})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn intents_and_routes_are_unique() {
+        let mut intents = HashSet::new();
+        let mut routes = HashSet::new();
+        for a in REGISTRY {
+            assert!(intents.insert(a.intent), "duplicate intent {}", a.intent);
+            assert!(routes.insert((a.method.as_str(), a.path)), "duplicate route {}", a.path);
+            assert!(!a.description.is_empty(), "{} has no description", a.intent);
+            assert_eq!(a.scope == Scope::Tenant, a.path.contains("{tenant_id}"), "{}", a.intent);
+            if a.confirmation_required {
+                assert!(a.parameters.iter().any(|p| p.name == "confirm"), "{}", a.intent);
+            }
+        }
+    }
+
+    #[test]
+    fn manifest_has_the_seed_shape() {
+        let m = tenant_manifest();
+        assert_eq!(m["tenant_boundary"], "strict");
+        let list_users = m["actions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["intent"] == "admin.list_users"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(list_users["entity"], "user");
+        assert_eq!(list_users["action_type"], "read");
+        assert_eq!(list_users["parameters"]["status_filter"]["enum"][2], "suspended");
+        assert_eq!(list_users["risk_level"], "none");
+        assert_eq!(list_users["idempotent"], true);
+        assert!(m["actions"].as_array().is_some_and(|a| a.iter().all(|x| x["scope"] == "tenant")));
+    }
+}

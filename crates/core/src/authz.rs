@@ -1,0 +1,284 @@
+//! Who the caller is, what they may do, and the tenant context they get.
+//!
+//! - [`Role`]s are granted by the caller's credentials; [`Permission`]s are what actions
+//!   require; [`PERMISSION_MATRIX`] is the only place that says which role has which
+//!   permission (documented in `docs/permissions.md`).
+//! - [`TenantCtx`] is the capability to touch one tenant's data. It is minted only by
+//!   [`Principal::authorize_tenant`] or by the named bypass [`TenantCtx::for_system_job`].
+//! - [`PlatformCtx`] is the capability for cross-tenant operator actions.
+
+use crate::{JobId, TenantId};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use thiserror::Error;
+use utoipa::ToSchema;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    PlatformAdmin,
+    TenantAdmin,
+    Auditor,
+    Member,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::PlatformAdmin, Role::TenantAdmin, Role::Auditor, Role::Member];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlatformAdmin => "platform_admin",
+            Self::TenantAdmin => "tenant_admin",
+            Self::Auditor => "auditor",
+            Self::Member => "member",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    // Platform (cross-tenant) permissions.
+    PlansRead,
+    PlansWrite,
+    TenantsList,
+    TenantsCreate,
+    TenantsManage,
+    UsageExportAll,
+    JobsRun,
+    // Tenant permissions.
+    TenantRead,
+    UsageRead,
+    AuditRead,
+    UsersRead,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlansRead => "plans.read",
+            Self::PlansWrite => "plans.write",
+            Self::TenantsList => "tenants.list",
+            Self::TenantsCreate => "tenants.create",
+            Self::TenantsManage => "tenants.manage",
+            Self::UsageExportAll => "usage.export_all",
+            Self::JobsRun => "jobs.run",
+            Self::TenantRead => "tenant.read",
+            Self::UsageRead => "usage.read",
+            Self::AuditRead => "audit.read",
+            Self::UsersRead => "users.read",
+        }
+    }
+}
+
+use Permission as P;
+use Role as R;
+
+/// The permission matrix: permission -> roles that hold it. `platform_admin` holds all.
+pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
+    (P::PlansRead, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::PlansWrite, &[R::PlatformAdmin]),
+    (P::TenantsList, &[R::PlatformAdmin]),
+    (P::TenantsCreate, &[R::PlatformAdmin]),
+    (P::TenantsManage, &[R::PlatformAdmin]),
+    (P::UsageExportAll, &[R::PlatformAdmin]),
+    (P::JobsRun, &[R::PlatformAdmin]),
+    (P::TenantRead, &[R::PlatformAdmin, R::TenantAdmin, R::Auditor, R::Member]),
+    (P::UsageRead, &[R::PlatformAdmin, R::TenantAdmin, R::Auditor]),
+    (P::AuditRead, &[R::PlatformAdmin, R::TenantAdmin, R::Auditor]),
+    (P::UsersRead, &[R::PlatformAdmin, R::TenantAdmin]),
+];
+
+pub fn role_grants(role: Role, perm: Permission) -> bool {
+    PERMISSION_MATRIX.iter().any(|(p, roles)| *p == perm && roles.contains(&role))
+}
+
+/// Which tenants a principal's credentials reach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(tag = "kind", content = "tenant_ids", rename_all = "snake_case")]
+pub enum TenantAccess {
+    /// `platform_admin`, or `tenant_ids` containing `*`.
+    All,
+    Only(BTreeSet<TenantId>),
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AuthzError {
+    /// The caller cannot reach this tenant at all. Answered exactly like a missing tenant.
+    #[error("not found")]
+    NoTenantAccess,
+    #[error("missing permission {0}")]
+    MissingPermission(&'static str),
+}
+
+/// An authenticated caller. Built only from a verified credential (see the server's auth
+/// module); carries what the credential says, nothing looked up.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Principal {
+    pub subject: String,
+    pub roles: BTreeSet<Role>,
+    /// Role names in the credential that Agentplane does not know (kept for diagnosis).
+    pub unknown_roles: Vec<String>,
+    pub scopes: Vec<String>,
+    pub tenant_access: TenantAccess,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+impl Principal {
+    pub fn is_platform_admin(&self) -> bool {
+        self.roles.contains(&Role::PlatformAdmin)
+    }
+
+    pub fn can_access(&self, tenant: TenantId) -> bool {
+        match &self.tenant_access {
+            TenantAccess::All => true,
+            TenantAccess::Only(ids) => ids.contains(&tenant),
+        }
+    }
+
+    pub fn has(&self, perm: Permission) -> bool {
+        self.roles.iter().any(|r| role_grants(*r, perm))
+    }
+
+    /// The one gate to a tenant's data: tenant access first (a miss looks like a missing
+    /// tenant), then the permission.
+    pub fn authorize_tenant(&self, tenant: TenantId, perm: Option<Permission>) -> Result<TenantCtx, AuthzError> {
+        if !self.can_access(tenant) {
+            return Err(AuthzError::NoTenantAccess);
+        }
+        if let Some(perm) = perm {
+            if !self.has(perm) {
+                return Err(AuthzError::MissingPermission(perm.as_str()));
+            }
+        }
+        Ok(TenantCtx { tenant_id: tenant, actor: self.actor() })
+    }
+
+    /// The gate to cross-tenant operator actions.
+    pub fn authorize_platform(&self, perm: Option<Permission>) -> Result<PlatformCtx, AuthzError> {
+        if let Some(perm) = perm {
+            if !self.has(perm) {
+                return Err(AuthzError::MissingPermission(perm.as_str()));
+            }
+        }
+        Ok(PlatformCtx { actor: self.actor() })
+    }
+
+    pub fn actor(&self) -> Actor {
+        Actor::User { subject: self.subject.clone(), roles: self.roles.iter().map(|r| r.as_str()).collect() }
+    }
+}
+
+/// Who did something, as recorded in audit events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Actor {
+    User { subject: String, roles: Vec<&'static str> },
+    System { component: String },
+}
+
+impl Actor {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::User { .. } => "user",
+            Self::System { .. } => "system",
+        }
+    }
+    pub fn id(&self) -> &str {
+        match self {
+            Self::User { subject, .. } => subject,
+            Self::System { component } => component,
+        }
+    }
+}
+
+/// The capability to read and write one tenant's data.
+#[derive(Clone, Debug)]
+pub struct TenantCtx {
+    tenant_id: TenantId,
+    actor: Actor,
+}
+
+impl TenantCtx {
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant_id
+    }
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// BYPASS: the durable-job worker acts inside the tenant that enqueued the job. The job
+    /// payload carries the tenant; the job was enqueued by an authorized, audited action.
+    pub fn for_system_job(tenant_id: TenantId, job: JobId) -> Self {
+        Self { tenant_id, actor: Actor::System { component: format!("worker/job/{job}") } }
+    }
+}
+
+/// The capability for cross-tenant operator actions.
+#[derive(Clone, Debug)]
+pub struct PlatformCtx {
+    actor: Actor,
+}
+
+impl PlatformCtx {
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// BYPASS: an operator command run on the server itself (`agentplane audit verify`,
+    /// the embedded worker), which has the database credentials anyway.
+    pub fn for_system(component: &str) -> Self {
+        Self { actor: Actor::System { component: component.to_owned() } }
+    }
+
+    /// A platform operator acting on one tenant (suspend, purge, ...).
+    pub fn tenant(&self, tenant_id: TenantId) -> TenantCtx {
+        TenantCtx { tenant_id, actor: self.actor.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(roles: &[Role], access: TenantAccess) -> Principal {
+        Principal {
+            subject: "u1".into(),
+            roles: roles.iter().copied().collect(),
+            unknown_roles: vec![],
+            scopes: vec![],
+            tenant_access: access,
+            issuer: None,
+        }
+    }
+
+    #[test]
+    fn platform_admin_holds_every_permission() {
+        for (p, roles) in PERMISSION_MATRIX {
+            assert!(roles.contains(&Role::PlatformAdmin), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn tenant_access_comes_before_permission() {
+        let a = TenantId::new();
+        let b = TenantId::new();
+        let admin_of_a = principal(&[Role::TenantAdmin], TenantAccess::Only([a].into()));
+        assert!(admin_of_a.authorize_tenant(a, Some(Permission::UsersRead)).is_ok());
+        assert_eq!(
+            admin_of_a.authorize_tenant(b, Some(Permission::TenantRead)).err(),
+            Some(AuthzError::NoTenantAccess)
+        );
+        assert!(matches!(
+            admin_of_a.authorize_tenant(a, Some(Permission::TenantsManage)),
+            Err(AuthzError::MissingPermission(_))
+        ));
+        let member = principal(&[Role::Member], TenantAccess::Only([a].into()));
+        assert!(member.authorize_tenant(a, Some(Permission::AuditRead)).is_err());
+        assert!(member.authorize_platform(Some(Permission::PlansRead)).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! Jobs of the durable queue.
+
+use crate::time::Timestamp;
+use crate::{JobId, TenantId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    /// Gave up after `max_attempts`; kept for inspection.
+    Dead,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Dead => "dead",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "dead" => Self::Dead,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum JobKind {
+    /// Creates a new tenant's default settings, usage counters and first admin.
+    #[serde(rename = "tenant.provision")]
+    ProvisionTenant,
+    /// Removes a soft-deleted tenant's data for good.
+    #[serde(rename = "tenant.purge")]
+    PurgeTenant,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProvisionTenant => "tenant.provision",
+            Self::PurgeTenant => "tenant.purge",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "tenant.provision" => Self::ProvisionTenant,
+            "tenant.purge" => Self::PurgeTenant,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Job {
+    pub id: JobId,
+    pub tenant_id: TenantId,
+    pub kind: JobKind,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub status: JobStatus,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: Timestamp,
+    #[serde(skip)]
+    pub lease_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Job {
+    pub fn new(tenant_id: TenantId, kind: JobKind, payload: serde_json::Value, run_at: Timestamp) -> Self {
+        Self {
+            id: JobId::new(),
+            tenant_id,
+            kind,
+            payload,
+            status: JobStatus::Queued,
+            attempts: 0,
+            max_attempts: 10,
+            run_at,
+            lease_token: None,
+            lease_until: None,
+            last_error: None,
+            created_at: run_at,
+            updated_at: run_at,
+        }
+    }
+
+    /// Exponential backoff after a failed attempt: 1 s, 2 s, 4 s ... capped at 10 minutes.
+    pub fn retry_delay_ms(attempts: i32) -> i64 {
+        let exp = attempts.clamp(1, 20) as u32 - 1;
+        1000_i64.saturating_mul(1_i64 << exp.min(10)).min(600_000)
+    }
+}

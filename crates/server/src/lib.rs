@@ -1,0 +1,4 @@
+//! The HTTP surface of Agentplane.
+
+pub mod auth;
+pub mod config;

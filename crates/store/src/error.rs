@@ -1,0 +1,48 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("conflict: {0}")]
+    Conflict(Conflict),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database schema is at version {found}, this build needs {expected}: run `agentplane migrate`")]
+    SchemaOutdated { found: i64, expected: i64 },
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    PlanId,
+    Slug,
+    IdempotencyKey,
+    /// The row changed since it was read.
+    Version,
+    /// The job's lease expired and another worker claimed it.
+    LeaseLost,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PlanId => "plan id taken",
+            Self::Slug => "slug taken",
+            Self::IdempotencyKey => "idempotency key in use",
+            Self::Version => "changed concurrently",
+            Self::LeaseLost => "job lease lost",
+        })
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}

@@ -1,0 +1,228 @@
+//! Persistence of Agentplane: the [`Store`] trait and its two implementations,
+//! [`SqliteStore`] (embedded default) and [`PgStore`] (production, with row-level security).
+//!
+//! Architecture invariants of this crate:
+//! - It is the only crate that imports `sqlx`.
+//! - Every method that reads or writes tenant-owned rows takes a [`TenantCtx`] (or, for the
+//!   named cross-tenant paths, a [`PlatformCtx`]); on PostgreSQL the transaction is scoped to
+//!   that tenant with `set_config('app.tenant_id', ..., true)`, so RLS is a second wall.
+//! - A change and its audit event commit in the same transaction.
+//! - It stores what it is given: ids, timestamps and decisions come from the planes.
+//!
+//! The SQL lives once, in `ops.rs`, which is compiled separately for each backend (each
+//! backend module includes it with its own concrete `Db` type); what differs per backend
+//! (connection setup, migrations, scoped transactions, job claiming) lives in
+//! `sqlite.rs` and `postgres.rs`.
+
+mod error;
+mod postgres;
+mod rows;
+mod sqlite;
+
+pub use error::{Conflict, StoreError};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use agentplane_core::audit::{AuditEvent, NewAuditEvent};
+use agentplane_core::authz::{PlatformCtx, TenantCtx};
+use agentplane_core::job::Job;
+use agentplane_core::page::{Page, PageRequest};
+use agentplane_core::plan::Plan;
+use agentplane_core::tenant::{Slug, Tenant};
+use agentplane_core::time::Timestamp;
+use agentplane_core::usage::{UsageCounter, UsageRecord};
+use agentplane_core::{JobId, PlanId, TenantId, UserId};
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A stored response to a request made with an `Idempotency-Key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub scope: String,
+    pub key: String,
+    pub request_hash: String,
+    pub status: u16,
+    pub response: String,
+    pub created_at: Timestamp,
+}
+
+/// Everything a tenant creation writes, atomically.
+#[derive(Clone, Debug)]
+pub struct NewTenant {
+    pub tenant: Tenant,
+    pub provisioning_job: Job,
+    pub audit: NewAuditEvent,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// A tenant user (membership).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Member {
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub email: String,
+    pub roles: Vec<String>,
+    pub status: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MemberFilter {
+    pub role: Option<String>,
+    pub status: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Setting {
+    pub key: String,
+    #[schema(value_type = Object)]
+    pub value: Value,
+    pub updated_at: Timestamp,
+}
+
+/// What provisioning creates for a new tenant.
+#[derive(Clone, Debug)]
+pub struct Provisioning {
+    pub settings: Vec<(String, Value)>,
+    pub first_admin: Member,
+    pub period: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor_id: Option<String>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimeRange {
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+/// Personal data held beside an audit event: its salt and value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditPii {
+    pub salt: Vec<u8>,
+    pub value: Value,
+}
+
+/// Counts of what a purge removed, for its audit event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeReport {
+    pub settings: u64,
+    pub memberships: u64,
+    pub usage_counters: u64,
+    pub usage_records: u64,
+    pub jobs: u64,
+    pub audit_pii: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    // --- Plans (platform data, not tenant-owned) ---
+    async fn list_plans(&self, page: &PageRequest) -> Result<Page<Plan>>;
+    async fn get_plan(&self, id: &PlanId) -> Result<Option<Plan>>;
+    /// `Conflict::PlanId` if the id is taken.
+    async fn insert_plan(&self, plan: &Plan, audit: NewAuditEvent) -> Result<()>;
+
+    // --- Tenant catalog ---
+    /// `Conflict::IdempotencyKey` if the key was used concurrently, `Conflict::Slug` if the
+    /// slug is taken. Nothing is written in either case.
+    async fn insert_tenant(&self, new: NewTenant) -> Result<()>;
+    /// Looks a tenant up by id for the auth layer (status checks) and the operator paths.
+    async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self, platform: &PlatformCtx, page: &PageRequest) -> Result<Page<Tenant>>;
+    async fn slug_taken(&self, slug: &Slug) -> Result<bool>;
+    /// Writes `tenant` if its stored version is still `expected_version` (else
+    /// `Conflict::Version`), with an optional job to enqueue and the audit event.
+    async fn update_tenant(
+        &self,
+        ctx: &TenantCtx,
+        tenant: &Tenant,
+        expected_version: i64,
+        job: Option<&Job>,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+
+    // --- Jobs ---
+    /// Claims the next due job (or one whose lease expired) with a fresh lease.
+    async fn claim_job(&self, now: Timestamp, lease_ms: i64) -> Result<Option<Job>>;
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+    /// Marks a claimed job done (`Conflict::LeaseLost` if another worker has it now).
+    async fn complete_job(&self, job: &Job, now: Timestamp) -> Result<()>;
+    /// Records a failed attempt: requeued with backoff, or dead after `max_attempts`.
+    async fn fail_job(&self, job: &Job, error: &str, now: Timestamp) -> Result<()>;
+    /// Provisioning's effects, the tenant's activation and the job's completion, at once.
+    async fn finish_provisioning(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        tenant: &Tenant,
+        p: &Provisioning,
+        audit: NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<()>;
+    /// Deletes the tenant's data (not its audit chain, which stays verifiable; its personal
+    /// data is deleted) and the tenant, and completes the job.
+    async fn purge_tenant(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent, now: Timestamp) -> Result<PurgeReport>;
+
+    // --- Tenant data ---
+    async fn list_members(&self, ctx: &TenantCtx, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>>;
+    async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>>;
+    async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>>;
+    async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()>;
+    async fn tenant_usage_records(&self, ctx: &TenantCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>>;
+    async fn all_usage_records(&self, platform: &PlatformCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>>;
+
+    // --- Audit ---
+    /// Appends an event on its own (for events that record no other change).
+    async fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent>;
+    /// Reads a page of the tenant's trail (newest first) and records the read in the same
+    /// transaction.
+    async fn list_audit(
+        &self,
+        ctx: &TenantCtx,
+        filter: &AuditFilter,
+        page: &PageRequest,
+        read_event: NewAuditEvent,
+    ) -> Result<Page<AuditEvent>>;
+    /// Every chain key (tenant ids and `platform`).
+    async fn audit_chain_keys(&self, platform: &PlatformCtx) -> Result<Vec<String>>;
+    /// Events of one chain in `seq` order after `after_seq`, with their personal data.
+    async fn audit_chain_page(
+        &self,
+        platform: &PlatformCtx,
+        chain: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(AuditEvent, Option<AuditPii>)>>;
+
+    // --- Idempotency ---
+    async fn get_idempotency(&self, scope: &str, key: &str) -> Result<Option<IdempotencyRecord>>;
+}
+
+/// Test-only crash point: debug builds abort the process here when `AGENTPLANE_CRASH_AT`
+/// names it, so tests can kill a worker at an exact place (mid-transaction). Release builds
+/// compile it to nothing.
+pub(crate) fn crash_point(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("AGENTPLANE_CRASH_AT").is_ok_and(|v| v == name) {
+        tracing::error!(crash_point = name, "AGENTPLANE_CRASH_AT: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}

@@ -1,0 +1,680 @@
+//! The `Store` implementation, written once and compiled once per backend: `sqlite.rs` and
+//! `postgres.rs` each include this file as a module, with their own `Db`, `BackendStore` and
+//! scoped-transaction methods in `super`. SQL here is portable between SQLite and
+//! PostgreSQL (`$N` placeholders, `ON CONFLICT`, `RETURNING`); what is not lives in the
+//! backend modules.
+
+use super::{BackendStore, Db};
+use crate::error::{corrupt, is_unique_violation};
+use crate::rows::*;
+use crate::*;
+use agentplane_core::audit::{AuditEvent, NewAuditEvent};
+use agentplane_core::page::{Page, PageRequest};
+use sqlx::Transaction;
+
+type Tx<'a> = Transaction<'a, Db>;
+
+/// The columns of an audit event joined with its personal data (a macro so that queries
+/// stay `&'static str` literals, never formatted at run time).
+macro_rules! audit_select {
+    () => {
+        "SELECT e.tenant_id, e.seq, e.id, e.ts, e.action, e.actor_kind, e.actor_id, e.target_kind, \
+         e.target_id, e.outcome, e.data, e.pii_digest, e.trace_id, e.prev_hash, e.hash, \
+         p.salt AS pii_salt, p.pii AS pii FROM audit_events e \
+         LEFT JOIN audit_pii p ON p.tenant_id = e.tenant_id AND p.event_id = e.id "
+    };
+}
+
+fn to_json(v: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(v).map_err(corrupt)
+}
+
+/// Appends `ev` to its chain inside `tx`: the head row is locked by the upsert (PostgreSQL)
+/// or by the single writer (SQLite), so appends to one chain are serialised.
+pub(super) async fn append_audit(tx: &mut Tx<'_>, ev: NewAuditEvent) -> Result<AuditEvent> {
+    let chain = ev.chain.key();
+    let (seq, prev_hash): (i64, String) = sqlx::query_as(
+        "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, 1, $2) \
+         ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq + 1 \
+         RETURNING seq, hash",
+    )
+    .bind(&chain)
+    .bind(agentplane_core::audit::GENESIS_HASH)
+    .fetch_one(&mut **tx)
+    .await?;
+    let salt = uuid::Uuid::new_v4().into_bytes();
+    let (event, pii) = ev.seal(seq, &prev_hash, &salt);
+    sqlx::query(
+        "INSERT INTO audit_events (tenant_id, seq, id, ts, action, actor_kind, actor_id, target_kind, \
+         target_id, outcome, data, pii_digest, trace_id, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(&event.chain)
+    .bind(event.seq)
+    .bind(event.id.to_string())
+    .bind(event.ts.millis())
+    .bind(&event.action)
+    .bind(&event.actor_kind)
+    .bind(&event.actor_id)
+    .bind(&event.target_kind)
+    .bind(&event.target_id)
+    .bind(&event.outcome)
+    .bind(agentplane_core::audit::canonical_json(&event.data))
+    .bind(&event.pii_digest)
+    .bind(&event.trace_id)
+    .bind(&event.prev_hash)
+    .bind(&event.hash)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(pii) = &pii {
+        sqlx::query("INSERT INTO audit_pii (tenant_id, event_id, salt, pii) VALUES ($1, $2, $3, $4)")
+            .bind(&event.chain)
+            .bind(event.id.to_string())
+            .bind(hex::encode(salt))
+            .bind(agentplane_core::audit::canonical_json(pii))
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("UPDATE audit_heads SET hash = $2 WHERE tenant_id = $1")
+        .bind(&event.chain)
+        .bind(&event.hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(AuditEvent { pii, ..event })
+}
+
+async fn insert_job(tx: &mut Tx<'_>, job: &Job) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO jobs (tenant_id, id, kind, payload, status, attempts, max_attempts, run_at, \
+         lease_token, lease_until, last_error, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, NULL, $9, $10)",
+    )
+    .bind(job.tenant_id.to_string())
+    .bind(job.id.to_string())
+    .bind(job.kind.as_str())
+    .bind(to_json(&job.payload)?)
+    .bind(job.status.as_str())
+    .bind(i64::from(job.attempts))
+    .bind(i64::from(job.max_attempts))
+    .bind(job.run_at.millis())
+    .bind(job.created_at.millis())
+    .bind(job.updated_at.millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Completes a job if this worker still holds its lease.
+async fn complete_job_tx(tx: &mut Tx<'_>, job: &Job, now: Timestamp) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'succeeded', lease_token = NULL, lease_until = NULL, updated_at = $4 \
+         WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND lease_token = $3",
+    )
+    .bind(job.tenant_id.to_string())
+    .bind(job.id.to_string())
+    .bind(&job.lease_token)
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(Conflict::LeaseLost))
+    }
+}
+
+/// Jobs whose lease ran out on their last attempt are dead: nobody will retry them.
+pub(super) async fn bury_expired(tx: &mut Tx<'_>, now: Timestamp) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'dead', lease_token = NULL, lease_until = NULL, updated_at = $1, \
+         last_error = 'lease expired on the last attempt' \
+         WHERE status = 'running' AND lease_until < $1 AND attempts >= max_attempts",
+    )
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn after_key(page: &PageRequest) -> String {
+    page.after.clone().unwrap_or_default()
+}
+
+fn overfetch(page: &PageRequest) -> i64 {
+    i64::from(page.limit) + 1
+}
+
+fn split_key(key: &str, parts: usize) -> Result<Vec<&str>> {
+    let v: Vec<&str> = key.splitn(parts, '|').collect();
+    if v.len() == parts {
+        Ok(v)
+    } else {
+        Err(StoreError::Corrupt("cursor".into()))
+    }
+}
+
+/// Decodes an `(i64, text, text)` keyset cursor; an empty cursor starts before everything.
+fn usage_cursor(page: &PageRequest) -> Result<(i64, String, String)> {
+    match &page.after {
+        None => Ok((i64::MIN, String::new(), String::new())),
+        Some(k) => {
+            let v = split_key(k, 3)?;
+            let ts = v[0].parse().map_err(|_| StoreError::Corrupt("cursor".into()))?;
+            Ok((ts, v[1].to_owned(), v[2].to_owned()))
+        }
+    }
+}
+
+fn usage_key(r: &UsageRecord) -> String {
+    format!("{}|{}|{}", r.ts.millis(), r.tenant_id, r.id)
+}
+
+fn range_bounds(range: TimeRange) -> (i64, i64) {
+    (range.from.map_or(i64::MIN, Timestamp::millis), range.to.map_or(i64::MAX, Timestamp::millis))
+}
+
+fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>> {
+    rows.into_iter().map(T::try_from).collect()
+}
+
+#[async_trait]
+impl Store for BackendStore {
+    fn backend(&self) -> Backend {
+        Self::BACKEND
+    }
+
+    async fn list_plans(&self, page: &PageRequest) -> Result<Page<Plan>> {
+        let mut tx = self.read_platform().await?;
+        let rows: Vec<PlanRow> = sqlx::query_as("SELECT * FROM plans WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after_key(page))
+            .bind(overfetch(page))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(convert(rows)?, page.limit, |p: &Plan| p.id.to_string()))
+    }
+
+    async fn get_plan(&self, id: &PlanId) -> Result<Option<Plan>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<PlanRow> = sqlx::query_as("SELECT * FROM plans WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(Plan::try_from).transpose()
+    }
+
+    async fn insert_plan(&self, plan: &Plan, audit: NewAuditEvent) -> Result<()> {
+        let mut tx = self.write_platform().await?;
+        let res = sqlx::query(
+            "INSERT INTO plans (id, name, monthly_messages, monthly_tokens, requests_per_minute, \
+             max_concurrent_runs, features, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(plan.id.as_str())
+        .bind(&plan.name)
+        .bind(plan.limits.monthly_messages)
+        .bind(plan.limits.monthly_tokens)
+        .bind(plan.limits.requests_per_minute)
+        .bind(plan.limits.max_concurrent_runs)
+        .bind(to_json(&plan.features)?)
+        .bind(plan.created_at.millis())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::PlanId)),
+            r => r?,
+        };
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_tenant(&self, new: NewTenant) -> Result<()> {
+        let t = &new.tenant;
+        let mut tx = self.write_platform().await?;
+        if let Some(idem) = &new.idempotency {
+            let res = sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, status, response, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&idem.scope)
+            .bind(&idem.key)
+            .bind(&idem.request_hash)
+            .bind(i64::from(idem.status))
+            .bind(&idem.response)
+            .bind(idem.created_at.millis())
+            .execute(&mut *tx)
+            .await;
+            match res {
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::IdempotencyKey)),
+                r => r?,
+            };
+        }
+        let res = sqlx::query(
+            "INSERT INTO tenants (tenant_id, slug, name, plan_id, status, region, created_at, updated_at, \
+             deleted_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(t.id.to_string())
+        .bind(t.slug.as_str())
+        .bind(&t.name)
+        .bind(t.plan_id.as_str())
+        .bind(t.status.as_str())
+        .bind(&t.region)
+        .bind(t.created_at.millis())
+        .bind(t.updated_at.millis())
+        .bind(t.deleted_at.map(Timestamp::millis))
+        .bind(t.version)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Slug)),
+            r => r?,
+        };
+        insert_job(&mut tx, &new.provisioning_job).await?;
+        append_audit(&mut tx, new.audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>> {
+        let mut tx = self.read_tenant(id).await?;
+        let row: Option<TenantRow> = sqlx::query_as("SELECT * FROM tenants WHERE tenant_id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(Tenant::try_from).transpose()
+    }
+
+    async fn list_tenants(&self, _platform: &PlatformCtx, page: &PageRequest) -> Result<Page<Tenant>> {
+        let mut tx = self.read_platform().await?;
+        let rows: Vec<TenantRow> =
+            sqlx::query_as("SELECT * FROM tenants WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2")
+                .bind(after_key(page))
+                .bind(overfetch(page))
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(convert(rows)?, page.limit, |t: &Tenant| t.id.to_string()))
+    }
+
+    async fn slug_taken(&self, slug: &Slug) -> Result<bool> {
+        let mut tx = self.read_platform().await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE slug = $1")
+            .bind(slug.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn update_tenant(
+        &self,
+        ctx: &TenantCtx,
+        t: &Tenant,
+        expected_version: i64,
+        job: Option<&Job>,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "UPDATE tenants SET name = $3, plan_id = $4, status = $5, region = $6, updated_at = $7, \
+             deleted_at = $8, version = $9 WHERE tenant_id = $1 AND version = $2",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(expected_version)
+        .bind(&t.name)
+        .bind(t.plan_id.as_str())
+        .bind(t.status.as_str())
+        .bind(&t.region)
+        .bind(t.updated_at.millis())
+        .bind(t.deleted_at.map(Timestamp::millis))
+        .bind(t.version)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Err(StoreError::Conflict(Conflict::Version));
+        }
+        if let Some(job) = job {
+            insert_job(&mut tx, job).await?;
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_job(&self, now: Timestamp, lease_ms: i64) -> Result<Option<Job>> {
+        self.claim(now, lease_ms).await
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<JobRow> = sqlx::query_as("SELECT * FROM jobs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(Job::try_from).transpose()
+    }
+
+    async fn complete_job(&self, job: &Job, now: Timestamp) -> Result<()> {
+        let mut tx = self.write_tenant(job.tenant_id).await?;
+        complete_job_tx(&mut tx, job, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fail_job(&self, job: &Job, error: &str, now: Timestamp) -> Result<()> {
+        let dead = job.attempts >= job.max_attempts;
+        let run_at = now.plus_millis(Job::retry_delay_ms(job.attempts));
+        let error: String = error.chars().take(2000).collect();
+        let mut tx = self.write_tenant(job.tenant_id).await?;
+        sqlx::query(
+            "UPDATE jobs SET status = $4, run_at = $5, last_error = $6, lease_token = NULL, \
+             lease_until = NULL, updated_at = $7 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND lease_token = $3",
+        )
+        .bind(job.tenant_id.to_string())
+        .bind(job.id.to_string())
+        .bind(&job.lease_token)
+        .bind(if dead { "dead" } else { "queued" })
+        .bind(run_at.millis())
+        .bind(error)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_provisioning(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        t: &Tenant,
+        p: &Provisioning,
+        audit: NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<()> {
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        for (key, value) in &p.settings {
+            sqlx::query(
+                "INSERT INTO tenant_settings (tenant_id, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant_id, key) DO NOTHING",
+            )
+            .bind(&tenant)
+            .bind(key)
+            .bind(to_json(value)?)
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO usage_counters (tenant_id, period) VALUES ($1, $2) ON CONFLICT (tenant_id, period) DO NOTHING",
+        )
+        .bind(&tenant)
+        .bind(&p.period)
+        .execute(&mut *tx)
+        .await?;
+        let admin = &p.first_admin;
+        sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, email, roles, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, email) DO NOTHING",
+        )
+        .bind(&tenant)
+        .bind(admin.user_id.to_string())
+        .bind(&admin.email)
+        .bind(to_json(&admin.roles)?)
+        .bind(&admin.status)
+        .bind(admin.created_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        crate::crash_point("provision.before_commit");
+        let res = sqlx::query(
+            "UPDATE tenants SET status = $3, updated_at = $4, version = $5 WHERE tenant_id = $1 AND version = $2",
+        )
+        .bind(&tenant)
+        .bind(t.version - 1)
+        .bind(t.status.as_str())
+        .bind(t.updated_at.millis())
+        .bind(t.version)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Err(StoreError::Conflict(Conflict::Version));
+        }
+        complete_job_tx(&mut tx, job, now).await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn purge_tenant(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent, now: Timestamp) -> Result<PurgeReport> {
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let mut report = PurgeReport::default();
+        macro_rules! delete {
+            ($field:ident, $sql:literal) => {
+                report.$field = sqlx::query($sql).bind(&tenant).execute(&mut *tx).await?.rows_affected();
+            };
+        }
+        delete!(settings, "DELETE FROM tenant_settings WHERE tenant_id = $1");
+        delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
+        delete!(usage_counters, "DELETE FROM usage_counters WHERE tenant_id = $1");
+        delete!(usage_records, "DELETE FROM usage_records WHERE tenant_id = $1");
+        delete!(audit_pii, "DELETE FROM audit_pii WHERE tenant_id = $1");
+        report.jobs = sqlx::query("DELETE FROM jobs WHERE tenant_id = $1 AND id <> $2")
+            .bind(&tenant)
+            .bind(job.id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM tenants WHERE tenant_id = $1").bind(&tenant).execute(&mut *tx).await?;
+        complete_job_tx(&mut tx, job, now).await?;
+        let audit = NewAuditEvent { data: serde_json::to_value(&report).map_err(corrupt)?, ..audit };
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    async fn list_members(&self, ctx: &TenantCtx, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<MemberRow> = sqlx::query_as(
+            "SELECT * FROM memberships WHERE tenant_id = $1 AND user_id > $2 \
+             AND ($3 IS NULL OR status = $3) ORDER BY user_id LIMIT $4",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(after_key(page))
+        .bind(&filter.status)
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut members: Vec<Member> = convert(rows)?;
+        // Roles are a JSON list; filtering them in Rust keeps the SQL portable. The page may
+        // then be short, which cursor pagination allows.
+        let more = members.len() > page.limit as usize;
+        members.truncate(page.limit as usize);
+        let next_cursor = more.then(|| members.last().map(|m| agentplane_core::page::encode_cursor(&m.user_id.to_string()))).flatten();
+        if let Some(role) = &filter.role {
+            members.retain(|m| m.roles.iter().any(|r| r == role));
+        }
+        Ok(Page { items: members, next_cursor })
+    }
+
+    async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<SettingRow> =
+            sqlx::query_as("SELECT key, value, updated_at FROM tenant_settings WHERE tenant_id = $1 ORDER BY key")
+                .bind(ctx.tenant_id().to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        convert(rows)
+    }
+
+    async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<UsageCounterRow> =
+            sqlx::query_as("SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2")
+                .bind(ctx.tenant_id().to_string())
+                .bind(period)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        row.map(UsageCounter::try_from).transpose()
+    }
+
+    async fn insert_usage_record(&self, ctx: &TenantCtx, r: &UsageRecord) -> Result<()> {
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        sqlx::query(
+            "INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, \
+             latency_ms, status, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(r.id.to_string())
+        .bind(r.ts.millis())
+        .bind(&r.agent_id)
+        .bind(&r.model)
+        .bind(&r.provider)
+        .bind(r.tokens_in)
+        .bind(r.tokens_out)
+        .bind(r.latency_ms)
+        .bind(&r.status)
+        .bind(&r.trace_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn tenant_usage_records(&self, ctx: &TenantCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>> {
+        let (ts, tenant, id) = usage_cursor(page)?;
+        let (from, to) = range_bounds(range);
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<UsageRecordRow> = sqlx::query_as(
+            "SELECT * FROM usage_records WHERE tenant_id = $1 AND ts >= $2 AND ts < $3 \
+             AND (ts > $4 OR (ts = $4 AND id > $5)) ORDER BY ts, id LIMIT $6",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(from)
+        .bind(to)
+        .bind(ts)
+        .bind(if tenant.is_empty() { String::new() } else { id })
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(convert(rows)?, page.limit, usage_key))
+    }
+
+    async fn all_usage_records(&self, _platform: &PlatformCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>> {
+        let (ts, tenant, id) = usage_cursor(page)?;
+        let (from, to) = range_bounds(range);
+        let mut tx = self.read_platform().await?;
+        let rows: Vec<UsageRecordRow> = sqlx::query_as(
+            "SELECT * FROM usage_records WHERE ts >= $1 AND ts < $2 \
+             AND (ts > $3 OR (ts = $3 AND (tenant_id > $4 OR (tenant_id = $4 AND id > $5)))) \
+             ORDER BY ts, tenant_id, id LIMIT $6",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(ts)
+        .bind(tenant)
+        .bind(id)
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(convert(rows)?, page.limit, usage_key))
+    }
+
+    async fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
+        let mut tx = match ev.chain {
+            agentplane_core::audit::Chain::Tenant(t) => self.write_tenant(t).await?,
+            agentplane_core::audit::Chain::Platform => self.write_platform().await?,
+        };
+        let ev = append_audit(&mut tx, ev).await?;
+        tx.commit().await?;
+        Ok(ev)
+    }
+
+    async fn list_audit(
+        &self,
+        ctx: &TenantCtx,
+        filter: &AuditFilter,
+        page: &PageRequest,
+        read_event: NewAuditEvent,
+    ) -> Result<Page<AuditEvent>> {
+        let before: i64 = match &page.after {
+            None => i64::MAX,
+            Some(k) => k.parse().map_err(|_| StoreError::Corrupt("cursor".into()))?,
+        };
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(AUDIT_LIST_SQL)
+            .bind(ctx.tenant_id().to_string())
+            .bind(before)
+            .bind(&filter.action)
+            .bind(&filter.actor_id)
+            .bind(filter.from.map_or(i64::MIN, Timestamp::millis))
+            .bind(filter.to.map_or(i64::MAX, Timestamp::millis))
+            .bind(overfetch(page))
+            .fetch_all(&mut *tx)
+            .await?;
+        let events: Vec<AuditEvent> = rows.into_iter().map(|r| r.into_parts().map(|(e, _)| e)).collect::<Result<_>>()?;
+        append_audit(&mut tx, read_event).await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(events, page.limit, |e: &AuditEvent| e.seq.to_string()))
+    }
+
+    async fn audit_chain_keys(&self, _platform: &PlatformCtx) -> Result<Vec<String>> {
+        let mut tx = self.read_platform().await?;
+        let keys = sqlx::query_scalar("SELECT tenant_id FROM audit_heads ORDER BY tenant_id")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn audit_chain_page(
+        &self,
+        _platform: &PlatformCtx,
+        chain: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(AuditEvent, Option<AuditPii>)>> {
+        let mut tx = self.read_platform().await?;
+        let rows: Vec<AuditRow> = sqlx::query_as(AUDIT_CHAIN_SQL)
+            .bind(chain)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.into_iter().map(AuditRow::into_parts).collect()
+    }
+
+    async fn get_idempotency(&self, scope: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<IdempotencyRow> =
+            sqlx::query_as("SELECT * FROM idempotency_keys WHERE scope = $1 AND key = $2")
+                .bind(scope)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        row.map(IdempotencyRecord::try_from).transpose()
+    }
+}
+
+/// Newest first; `$2` is the exclusive upper bound on seq (the cursor).
+const AUDIT_LIST_SQL: &str = concat!(
+    audit_select!(),
+    "WHERE e.tenant_id = $1 AND e.seq < $2 AND ($3 IS NULL OR e.action = $3) \
+     AND ($4 IS NULL OR e.actor_id = $4) AND e.ts >= $5 AND e.ts < $6 \
+     ORDER BY e.seq DESC LIMIT $7"
+);
+
+const AUDIT_CHAIN_SQL: &str =
+    concat!(audit_select!(), "WHERE e.tenant_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3");

@@ -1,0 +1,144 @@
+//! The PostgreSQL backend. Every transaction is scoped: `set_config('app.tenant_id', ...)`
+//! for tenant work, `set_config('app.platform', 'on', ...)` for the named cross-tenant
+//! paths, both local to the transaction (safe behind PgBouncer in transaction mode). The
+//! server runs as a role without `BYPASSRLS` that owns nothing, so the row-level-security
+//! policies of the migrations hold even if a query forgets its `WHERE tenant_id`.
+
+use crate::{Backend, Result, StoreError};
+use agentplane_core::job::Job;
+use agentplane_core::time::Timestamp;
+use agentplane_core::TenantId;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Executor, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[path = "ops.rs"]
+mod ops;
+
+type Db = sqlx::Postgres;
+type BackendStore = PgStore;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// A role name safe to put in `SET ROLE` (identifiers cannot be bound as parameters).
+fn checked_role(role: &str) -> Result<&str> {
+    let ok = !role.is_empty()
+        && role.len() <= 63
+        && role.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !role.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(role)
+    } else {
+        Err(StoreError::Config(format!("database role {role:?} must match [a-z_][a-z0-9_]*")))
+    }
+}
+
+impl PgStore {
+    const BACKEND: Backend = Backend::Postgres;
+
+    /// Runs the migrations as the schema owner (`dsn` should be the owner's DSN).
+    pub async fn migrate(owner_dsn: &str) -> Result<()> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(PgConnectOptions::from_str(owner_dsn)?)
+            .await?;
+        let res = MIGRATOR.run(&pool).await;
+        pool.close().await;
+        Ok(res?)
+    }
+
+    /// Connects as the server. With `role`, every connection runs `SET ROLE role` first (a
+    /// login role that may assume agentplane_app); without, the login role itself must be
+    /// the unprivileged one (the right choice behind PgBouncer). Refuses an outdated schema.
+    pub async fn connect(dsn: &str, role: Option<&str>, max_connections: u32) -> Result<Self> {
+        let set_role = match role {
+            Some(r) => Some(format!("SET ROLE \"{}\"", checked_role(r)?)),
+            None => None,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                let set_role = set_role.clone();
+                Box::pin(async move {
+                    if let Some(sql) = set_role {
+                        conn.execute(sql.as_str()).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(PgConnectOptions::from_str(dsn)?)
+            .await?;
+        let store = Self { pool };
+        store.check_schema().await?;
+        Ok(store)
+    }
+
+    async fn check_schema(&self) -> Result<()> {
+        let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        // A database that was never migrated has no _sqlx_migrations table: version 0.
+        let found: i64 = match sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(v) => v.unwrap_or(0),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if found == expected {
+            Ok(())
+        } else {
+            Err(StoreError::SchemaOutdated { found, expected })
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn scoped(&self, name: &str, value: &str) -> Result<Transaction<'static, Db>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config($1, $2, true)").bind(name).bind(value).execute(&mut *tx).await?;
+        Ok(tx)
+    }
+    async fn write_platform(&self) -> Result<Transaction<'static, Db>> {
+        self.scoped("app.platform", "on").await
+    }
+    async fn write_tenant(&self, tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        self.scoped("app.tenant_id", &tenant.to_string()).await
+    }
+    async fn read_platform(&self) -> Result<Transaction<'static, Db>> {
+        self.write_platform().await
+    }
+    async fn read_tenant(&self, tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        self.write_tenant(tenant).await
+    }
+
+    async fn claim(&self, now: Timestamp, lease_ms: i64) -> Result<Option<Job>> {
+        let mut tx = self.write_platform().await?;
+        ops::bury_expired(&mut tx, now).await?;
+        let row: Option<crate::rows::JobRow> = sqlx::query_as(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_token = $1, \
+             lease_until = $2, updated_at = $3 \
+             WHERE id = (SELECT id FROM jobs \
+                         WHERE (status = 'queued' AND run_at <= $3) \
+                            OR (status = 'running' AND lease_until < $3) \
+                         ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING *",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(now.plus_millis(lease_ms).millis())
+        .bind(now.millis())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(Job::try_from).transpose()
+    }
+}

@@ -1,0 +1,92 @@
+//! The embedded SQLite backend: one file in WAL mode, one writer connection (SQLite allows
+//! one writer at a time; a single pooled writer serialises writes without busy retries) and
+//! a pool of read-only connections.
+
+use crate::{Backend, Result};
+use agentplane_core::job::Job;
+use agentplane_core::time::Timestamp;
+use agentplane_core::TenantId;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Transaction;
+use std::path::Path;
+use std::time::Duration;
+
+#[path = "ops.rs"]
+mod ops;
+
+type Db = sqlx::Sqlite;
+type BackendStore = SqliteStore;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    const BACKEND: Backend = Backend::Sqlite;
+
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await?;
+        MIGRATOR.run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Self { write, read })
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    async fn write_platform(&self) -> Result<Transaction<'static, Db>> {
+        Ok(self.write.begin().await?)
+    }
+    async fn write_tenant(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        Ok(self.write.begin().await?)
+    }
+    async fn read_platform(&self) -> Result<Transaction<'static, Db>> {
+        Ok(self.read.begin().await?)
+    }
+    async fn read_tenant(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        Ok(self.read.begin().await?)
+    }
+
+    async fn claim(&self, now: Timestamp, lease_ms: i64) -> Result<Option<Job>> {
+        let mut tx = self.write.begin().await?;
+        ops::bury_expired(&mut tx, now).await?;
+        let row: Option<crate::rows::JobRow> = sqlx::query_as(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_token = $1, \
+             lease_until = $2, updated_at = $3 \
+             WHERE id = (SELECT id FROM jobs \
+                         WHERE (status = 'queued' AND run_at <= $3) \
+                            OR (status = 'running' AND lease_until < $3) \
+                         ORDER BY run_at, id LIMIT 1) \
+             RETURNING *",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(now.plus_millis(lease_ms).millis())
+        .bind(now.millis())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(Job::try_from).transpose()
+    }
+}
