@@ -1,1 +1,125 @@
+//! The control plane: plans, the tenant lifecycle, provisioning and usage reporting.
+//!
+//! Business rules live here (validation, the lifecycle state machine from `core`, slug
+//! generation, idempotency, what provisioning creates); persistence is the store's, HTTP is
+//! the server's. Every change is handed to the store together with its audit event.
 
+mod error;
+mod provisioning;
+mod tenants;
+
+pub use error::ControlError;
+pub use provisioning::{JobOutcome, WorkerConfig};
+pub use tenants::{CreateTenant, IdempotencyKey, Replayable, TenantCreated};
+
+use agentplane_core::audit::{Chain, NewAuditEvent};
+use agentplane_core::authz::{PlatformCtx, TenantCtx};
+use agentplane_core::page::{Page, PageRequest};
+use agentplane_core::plan::{validate_features, validate_plan_name, Plan, PlanLimits};
+use agentplane_core::time::Timestamp;
+use agentplane_core::usage::{QuotaState, UsageRecord, UsageSummary};
+use agentplane_core::{DomainError, PlanId};
+use agentplane_store::{Member, MemberFilter, Store, TimeRange};
+use serde::Deserialize;
+use std::sync::Arc;
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct ControlPlane {
+    store: Arc<dyn Store>,
+    cfg: WorkerConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlan {
+    pub id: String,
+    pub name: String,
+    pub limits: PlanLimits,
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+impl ControlPlane {
+    pub fn new(store: Arc<dyn Store>, cfg: WorkerConfig) -> Self {
+        Self { store, cfg }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub async fn list_plans(&self, page: &PageRequest) -> Result<Page<Plan>> {
+        Ok(self.store.list_plans(page).await?)
+    }
+
+    pub async fn get_plan(&self, id: &str) -> Result<Plan> {
+        let id = PlanId::parse(id).map_err(|_| ControlError::NotFound("plan"))?;
+        self.store.get_plan(&id).await?.ok_or(ControlError::NotFound("plan"))
+    }
+
+    pub async fn create_plan(&self, ctx: &PlatformCtx, req: CreatePlan) -> Result<Plan> {
+        let plan = Plan {
+            id: PlanId::parse(&req.id)?,
+            name: validate_plan_name(&req.name)?,
+            limits: req.limits,
+            features: req.features,
+            created_at: Timestamp::now(),
+        };
+        plan.limits.validate()?;
+        validate_features(&plan.features)?;
+        let audit = NewAuditEvent::new(Chain::Platform, "plan.create", ctx.actor(), plan.created_at)
+            .target("plan", &plan.id)
+            .data(serde_json::json!({"limits": plan.limits, "features": plan.features}));
+        self.store.insert_plan(&plan, audit).await?;
+        Ok(plan)
+    }
+
+    /// Usage of a period (default: the current month) against the tenant's plan.
+    pub async fn usage_summary(&self, ctx: &TenantCtx, period: Option<&str>) -> Result<UsageSummary> {
+        let period = match period {
+            Some(p) => validate_period(p)?,
+            None => Timestamp::now().period(),
+        };
+        let tenant = self.tenant(ctx).await?;
+        let plan = self.store.get_plan(&tenant.plan_id).await?.ok_or(ControlError::NotFound("plan"))?;
+        let c = self.store.usage_counter(ctx, &period).await?;
+        let (mu, tu, mr, tr) = c.map_or((0, 0, 0, 0), |c| {
+            (c.messages_used, c.tokens_used, c.messages_reserved, c.tokens_reserved)
+        });
+        Ok(UsageSummary {
+            tenant_id: ctx.tenant_id(),
+            plan_id: plan.id,
+            period,
+            messages: QuotaState::new(mu, mr, plan.limits.monthly_messages),
+            tokens: QuotaState::new(tu, tr, plan.limits.monthly_tokens),
+        })
+    }
+
+    pub async fn export_usage(&self, ctx: &PlatformCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>> {
+        if let (Some(f), Some(t)) = (range.from, range.to) {
+            if f > t {
+                return Err(DomainError::invalid("from", "must not be after `to`").into());
+            }
+        }
+        Ok(self.store.all_usage_records(ctx, range, page).await?)
+    }
+
+    pub async fn list_users(&self, ctx: &TenantCtx, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>> {
+        Ok(self.store.list_members(ctx, filter, page).await?)
+    }
+}
+
+fn validate_period(p: &str) -> Result<String, DomainError> {
+    let b = p.as_bytes();
+    let ok = b.len() == 7
+        && b[4] == b'-'
+        && b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit)
+        && matches!(&p[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
+    if ok {
+        Ok(p.to_owned())
+    } else {
+        Err(DomainError::invalid("period", "must be YYYY-MM"))
+    }
+}

@@ -288,6 +288,10 @@ impl ChainVerifier {
     pub fn verified(&self) -> i64 {
         self.next_seq - 1
     }
+    /// The hash of the last verified event (the genesis hash before any).
+    pub fn last_hash(&self) -> &str {
+        &self.prev_hash
+    }
 }
 
 #[cfg(test)]

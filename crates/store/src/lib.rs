@@ -199,8 +199,8 @@ pub trait Store: Send + Sync + 'static {
         page: &PageRequest,
         read_event: NewAuditEvent,
     ) -> Result<Page<AuditEvent>>;
-    /// Every chain key (tenant ids and `platform`).
-    async fn audit_chain_keys(&self, platform: &PlatformCtx) -> Result<Vec<String>>;
+    /// Every chain (tenant ids and `platform`) with its head: the last seq and hash.
+    async fn audit_chain_heads(&self, platform: &PlatformCtx) -> Result<Vec<(String, i64, String)>>;
     /// Events of one chain in `seq` order after `after_seq`, with their personal data.
     async fn audit_chain_page(
         &self,

@@ -628,9 +628,9 @@ impl Store for BackendStore {
         Ok(Page::from_overfetch(events, page.limit, |e: &AuditEvent| e.seq.to_string()))
     }
 
-    async fn audit_chain_keys(&self, _platform: &PlatformCtx) -> Result<Vec<String>> {
+    async fn audit_chain_heads(&self, _platform: &PlatformCtx) -> Result<Vec<(String, i64, String)>> {
         let mut tx = self.read_platform().await?;
-        let keys = sqlx::query_scalar("SELECT tenant_id FROM audit_heads ORDER BY tenant_id")
+        let keys = sqlx::query_as("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;

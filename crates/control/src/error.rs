@@ -1,0 +1,47 @@
+use agentplane_core::DomainError;
+use agentplane_store::{Conflict, StoreError};
+use thiserror::Error;
+
+/// Errors of the control plane. The server maps each to one problem+json `code`.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Invalid(#[from] DomainError),
+    /// Missing, or belonging to another tenant: the two are indistinguishable.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(ConflictKind),
+    #[error("the Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    PlanExists,
+    SlugTaken,
+    ConcurrentUpdate,
+}
+
+impl std::fmt::Display for ConflictKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PlanExists => "a plan with this id already exists",
+            Self::SlugTaken => "this slug is taken",
+            Self::ConcurrentUpdate => "the resource changed concurrently; retry",
+        })
+    }
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(Conflict::PlanId) => Self::Conflict(ConflictKind::PlanExists),
+            StoreError::Conflict(Conflict::Slug) => Self::Conflict(ConflictKind::SlugTaken),
+            StoreError::Conflict(Conflict::Version) => Self::Conflict(ConflictKind::ConcurrentUpdate),
+            other => Self::Store(other),
+        }
+    }
+}

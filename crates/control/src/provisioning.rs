@@ -1,0 +1,150 @@
+//! The job worker: claims due jobs with a lease and runs them. Each job's effects commit in
+//! the same transaction as its completion, guarded by the lease, so a worker killed at any
+//! point leaves either nothing (the job is retried when the lease expires) or everything.
+
+use crate::{ControlPlane, Result};
+use agentplane_core::audit::{Chain, NewAuditEvent};
+use agentplane_core::authz::{Role, TenantCtx};
+use agentplane_core::job::{Job, JobKind};
+use agentplane_core::tenant::{Email, TenantStatus, Transition};
+use agentplane_core::time::Timestamp;
+use agentplane_core::UserId;
+use agentplane_store::{Conflict, Member, Provisioning, StoreError};
+use serde::Serialize;
+use serde_json::json;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub lease_ms: i64,
+    pub poll_interval: Duration,
+    pub purge_grace_ms: i64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { lease_ms: 60_000, poll_interval: Duration::from_millis(500), purge_grace_ms: 30 * 24 * 3_600_000 }
+    }
+}
+
+/// What running one job did.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct JobOutcome {
+    pub job: Job,
+    /// `succeeded`, `retry_scheduled`, `dead` or `lease_lost`.
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The settings every tenant starts with.
+fn default_settings() -> Vec<(String, serde_json::Value)> {
+    vec![
+        ("locale".into(), json!("en")),
+        ("timezone".into(), json!("UTC")),
+        ("audit.retention_days".into(), json!(365)),
+        ("data.retention_days".into(), json!(365)),
+        ("providers.allowed".into(), json!([])),
+        ("sso.enforced".into(), json!(false)),
+    ]
+}
+
+impl ControlPlane {
+    /// Claims and runs the next due job, if any.
+    pub async fn run_next_job(&self) -> Result<Option<JobOutcome>> {
+        let Some(job) = self.store.claim_job(Timestamp::now(), self.cfg.lease_ms).await? else {
+            return Ok(None);
+        };
+        let span = tracing::info_span!("job", job_id = %job.id, tenant_id = %job.tenant_id, kind = job.kind.as_str());
+        let _enter = span.enter();
+        let res = match job.kind {
+            JobKind::ProvisionTenant => self.provision(&job).await,
+            JobKind::PurgeTenant => self.purge(&job).await,
+        };
+        let now = Timestamp::now();
+        let (result, error) = match res {
+            Ok(()) => ("succeeded", None),
+            Err(StoreError::Conflict(Conflict::LeaseLost)) => ("lease_lost", None),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt = job.attempts, "job failed");
+                self.store.fail_job(&job, &e.to_string(), now).await?;
+                let dead = job.attempts >= job.max_attempts;
+                (if dead { "dead" } else { "retry_scheduled" }, Some(e.to_string()))
+            }
+        };
+        let job = self.store.get_job(job.id).await?.unwrap_or(job);
+        Ok(Some(JobOutcome { job, result: result.into(), error }))
+    }
+
+    /// Runs jobs until `shutdown` is cancelled.
+    pub async fn run_worker(&self, shutdown: CancellationToken) {
+        loop {
+            match self.run_next_job().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "job worker"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn provision(&self, job: &Job) -> Result<(), StoreError> {
+        let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
+        let now = Timestamp::now();
+        let tenant = match self.store.get_tenant(job.tenant_id).await? {
+            Some(t) if t.status == TenantStatus::Provisioning => t,
+            // Already provisioned, or deleted meanwhile: nothing to do.
+            _ => return self.store.complete_job(job, now).await,
+        };
+        let email = job
+            .payload
+            .get("admin_email")
+            .and_then(|v| v.as_str())
+            .and_then(|s| Email::parse(s).ok())
+            .ok_or_else(|| StoreError::Corrupt("provisioning job without a valid admin_email".into()))?;
+        let admin = Member {
+            tenant_id: tenant.id,
+            user_id: UserId::new(),
+            email: email.as_str().to_owned(),
+            roles: vec![Role::TenantAdmin.as_str().to_owned()],
+            status: "active".into(),
+            created_at: now,
+        };
+        let p = Provisioning { settings: default_settings(), first_admin: admin.clone(), period: now.period() };
+        let mut next = tenant.clone();
+        next.status = tenant
+            .status
+            .apply(Transition::FinishProvisioning)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        next.updated_at = now;
+        next.version = tenant.version + 1;
+        let audit = NewAuditEvent::new(Chain::Tenant(tenant.id), "tenant.provisioned", ctx.actor(), now)
+            .target("tenant", tenant.id)
+            .data(json!({
+                "job_id": job.id,
+                "attempt": job.attempts,
+                "settings": p.settings.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                "first_admin_user_id": admin.user_id,
+                "period": p.period,
+            }))
+            .pii(json!({"first_admin_email": admin.email}));
+        self.store.finish_provisioning(&ctx, job, &next, &p, audit, now).await
+    }
+
+    async fn purge(&self, job: &Job) -> Result<(), StoreError> {
+        let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
+        let now = Timestamp::now();
+        match self.store.get_tenant(job.tenant_id).await? {
+            Some(t) if t.status == TenantStatus::Deleted => {}
+            // Reactivated (or already purged) since the job was scheduled.
+            _ => return self.store.complete_job(job, now).await,
+        }
+        let audit = NewAuditEvent::new(Chain::Tenant(job.tenant_id), "tenant.purge", ctx.actor(), now)
+            .target("tenant", job.tenant_id);
+        self.store.purge_tenant(&ctx, job, audit, now).await.map(|_| ())
+    }
+}

@@ -1,0 +1,1287 @@
+//! The server's configuration: one typed [`Config`], read from (lowest to highest
+//! precedence) built-in defaults, an optional TOML file, then environment variables.
+//!
+//! - TOML keys are the field names (`listen`, `data_dir`, ...), with the nested tables
+//!   `[jwt]` and `[worker]`; an unknown key is an error.
+//! - Every field has an `AGENTPLANE_*` variable (see [`ENV_VARS`]); the seed's names
+//!   `TENANT_CATALOG_DSN`, `JWT_SHARED_SECRET`, `JWT_ALGORITHM` and `ALLOW_API_KEY_FALLBACK`
+//!   are the primary names of their fields. Setting two names of one field to different
+//!   values is an error.
+//! - Secrets (`tenant_catalog_dsn`, `migrate_dsn`, `jwt.shared_secret`) also accept
+//!   `<NAME>_FILE` (and `<key>_file` in TOML): the file is read and its trailing newlines
+//!   dropped. Secrets are `secrecy` types, so `Debug` never prints them.
+//! - [`Config::validate`] refuses insecure settings before anything starts.
+
+use jsonwebtoken::Algorithm;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Shortest accepted HMAC shared secret, in bytes.
+pub const MIN_SHARED_SECRET_BYTES: usize = 32;
+/// Smallest accepted `max_body_bytes` (1 KiB).
+pub const MIN_BODY_BYTES: usize = 1024;
+/// Largest accepted `max_body_bytes` (64 MiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest accepted clock leeway for JWT time claims.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+/// File name of the embedded SQLite database inside `data_dir`.
+pub const SQLITE_FILE: &str = "agentplane.db";
+/// File name of the generated development JWT secret inside `data_dir`.
+pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
+/// The variable naming the TOML file when `--config` is not given.
+pub const CONFIG_FILE_VAR: &str = "AGENTPLANE_CONFIG";
+
+/// The JWT algorithms the server accepts in `JWT_ALGORITHM`.
+pub const ALLOWED_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::PS256,
+];
+const ALLOWED_ALGORITHM_NAMES: &str = "HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, PS256";
+
+// Environment variable names, per field. The first name of each list is the primary one.
+const PROFILE: &[&str] = &["AGENTPLANE_PROFILE"];
+const LISTEN: &[&str] = &["AGENTPLANE_LISTEN"];
+const DATA_DIR: &[&str] = &["AGENTPLANE_DATA_DIR"];
+const TENANT_CATALOG_DSN: &[&str] = &["TENANT_CATALOG_DSN", "AGENTPLANE_TENANT_CATALOG_DSN"];
+const MIGRATE_DSN: &[&str] = &["AGENTPLANE_MIGRATE_DSN"];
+const DB_ROLE: &[&str] = &["AGENTPLANE_DB_ROLE"];
+const JWT_ALGORITHM: &[&str] = &["JWT_ALGORITHM", "AGENTPLANE_JWT_ALGORITHM"];
+const JWT_SHARED_SECRET: &[&str] = &["JWT_SHARED_SECRET", "AGENTPLANE_JWT_SHARED_SECRET"];
+const JWKS_FILE: &[&str] = &["AGENTPLANE_JWKS_FILE"];
+const JWKS_URL: &[&str] = &["AGENTPLANE_JWKS_URL"];
+const JWT_ISSUER: &[&str] = &["AGENTPLANE_JWT_ISSUER"];
+const JWT_AUDIENCE: &[&str] = &["AGENTPLANE_JWT_AUDIENCE"];
+const JWT_LEEWAY_SECS: &[&str] = &["AGENTPLANE_JWT_LEEWAY_SECS"];
+const ALLOW_API_KEY_FALLBACK: &[&str] = &["ALLOW_API_KEY_FALLBACK", "AGENTPLANE_ALLOW_API_KEY_FALLBACK"];
+const EMBEDDED_WORKER: &[&str] = &["AGENTPLANE_EMBEDDED_WORKER"];
+const POLL_INTERVAL_MS: &[&str] = &["AGENTPLANE_WORKER_POLL_INTERVAL_MS"];
+const JOB_LEASE_SECS: &[&str] = &["AGENTPLANE_JOB_LEASE_SECS"];
+const PURGE_GRACE_HOURS: &[&str] = &["AGENTPLANE_PURGE_GRACE_HOURS"];
+const MAX_BODY: &[&str] = &["AGENTPLANE_MAX_BODY_BYTES"];
+
+/// Every configuration field and the environment variables that set it (primary first).
+/// Secrets additionally accept each name with a `_FILE` suffix.
+pub const ENV_VARS: &[(&str, &[&str])] = &[
+    ("profile", PROFILE),
+    ("listen", LISTEN),
+    ("data_dir", DATA_DIR),
+    ("tenant_catalog_dsn", TENANT_CATALOG_DSN),
+    ("migrate_dsn", MIGRATE_DSN),
+    ("db_role", DB_ROLE),
+    ("jwt.algorithm", JWT_ALGORITHM),
+    ("jwt.shared_secret", JWT_SHARED_SECRET),
+    ("jwt.jwks_file", JWKS_FILE),
+    ("jwt.jwks_url", JWKS_URL),
+    ("jwt.issuer", JWT_ISSUER),
+    ("jwt.audience", JWT_AUDIENCE),
+    ("jwt.leeway_secs", JWT_LEEWAY_SECS),
+    ("allow_api_key_fallback", ALLOW_API_KEY_FALLBACK),
+    ("worker.embedded", EMBEDDED_WORKER),
+    ("worker.poll_interval_ms", POLL_INTERVAL_MS),
+    ("worker.lease_secs", JOB_LEASE_SECS),
+    ("worker.purge_grace_hours", PURGE_GRACE_HOURS),
+    ("max_body_bytes", MAX_BODY),
+];
+
+/// Deployment profile. `dev` allows conveniences (a generated JWT secret on loopback);
+/// `production` refuses them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Dev,
+    Production,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dev => "dev",
+            Self::Production => "production",
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The whole server configuration. `Debug` redacts every secret.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub profile: Profile,
+    /// Address the HTTP server binds. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory for the embedded database, the dev JWT secret and local objects. Default `./data`.
+    pub data_dir: PathBuf,
+    /// PostgreSQL DSN of the tenant catalog; `None` (or empty) = embedded SQLite at
+    /// [`Config::sqlite_path`].
+    pub tenant_catalog_dsn: Option<SecretString>,
+    /// Owner DSN used to run migrations on PostgreSQL; `None` = use `tenant_catalog_dsn`.
+    pub migrate_dsn: Option<SecretString>,
+    /// The non-owner role the server uses on PostgreSQL. Default `agentplane_app`.
+    pub db_role: String,
+    pub jwt: JwtConfig,
+    /// Temporary API key fallback for admin auth; refused in production. Default false.
+    pub allow_api_key_fallback: bool,
+    pub worker: WorkerConfig,
+    /// Largest accepted request body. Default 1 MiB.
+    pub max_body_bytes: usize,
+}
+
+/// How admin JWTs are verified.
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    /// The one accepted algorithm; tokens with another `alg` are rejected. Default HS256.
+    pub algorithm: Algorithm,
+    /// HMAC secret for HS* algorithms.
+    pub shared_secret: Option<SecretString>,
+    /// Local JWKS (public keys) for RS*/ES*/PS* algorithms.
+    pub jwks_file: Option<PathBuf>,
+    /// Remote JWKS for RS*/ES*/PS* algorithms, fetched at start and on unknown `kid`s.
+    pub jwks_url: Option<String>,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, `aud` must contain it.
+    pub audience: Option<String>,
+    /// Clock leeway for `exp` and `nbf`. Default 30 s.
+    pub leeway_secs: u64,
+}
+
+/// The durable-job worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Run the worker inside `serve`. Default true.
+    pub embedded: bool,
+    /// Idle poll interval. Default 500 ms.
+    pub poll_interval_ms: u64,
+    /// Job lease length. Default 60 s.
+    pub lease_secs: u64,
+    /// How long a deleted tenant is kept before it is purged. Default 720 h (30 days).
+    pub purge_grace_hours: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Dev,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            tenant_catalog_dsn: None,
+            migrate_dsn: None,
+            db_role: "agentplane_app".to_owned(),
+            jwt: JwtConfig::default(),
+            allow_api_key_fallback: false,
+            worker: WorkerConfig::default(),
+            max_body_bytes: 1_048_576,
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::HS256,
+            shared_secret: None,
+            jwks_file: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { embedded: true, poll_interval_ms: 500, lease_secs: 60, purge_grace_hours: 720 }
+    }
+}
+
+impl JwtConfig {
+    /// True for the HMAC algorithms (HS*), which verify with the shared secret; false for
+    /// the public-key ones, which verify with a JWKS.
+    pub fn uses_shared_secret(&self) -> bool {
+        is_hmac(self.algorithm)
+    }
+}
+
+pub(crate) fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// The name of an algorithm as it appears in a JWT header.
+pub fn algorithm_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+    }
+}
+
+/// Parses a `JWT_ALGORITHM` value (case-insensitive). `none` and algorithms outside
+/// [`ALLOWED_ALGORITHMS`] are refused.
+pub fn parse_algorithm(name: &str, value: &str) -> Result<Algorithm, ConfigError> {
+    let wanted = value.trim();
+    if wanted.eq_ignore_ascii_case("none") {
+        return Err(invalid(
+            name,
+            value,
+            format!("unsigned tokens are never accepted; use one of {ALLOWED_ALGORITHM_NAMES}"),
+        ));
+    }
+    ALLOWED_ALGORITHMS
+        .into_iter()
+        .find(|alg| algorithm_name(*alg).eq_ignore_ascii_case(wanted))
+        .ok_or_else(|| invalid(name, value, format!("unsupported JWT algorithm; use one of {ALLOWED_ALGORITHM_NAMES}")))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {}: {source}", path.display())]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Toml { path: Option<PathBuf>, source: Box<toml::de::Error> },
+    #[error("{name}={value:?} is invalid: {reason}")]
+    InvalidValue { name: String, value: String, reason: String },
+    #[error("{name} names the file {}, which cannot be read: {source}", path.display())]
+    ReadSecretFile { name: String, path: PathBuf, source: std::io::Error },
+    #[error("both {first} and {second} are set (to different values); set only one")]
+    Conflict { first: String, second: String },
+    #[error(
+        "JWT_ALGORITHM={algorithm} needs a shared secret: set JWT_SHARED_SECRET (or JWT_SHARED_SECRET_FILE) \
+         to at least {MIN_SHARED_SECRET_BYTES} random bytes, e.g. the output of `openssl rand -hex 32`"
+    )]
+    MissingSharedSecret { algorithm: &'static str },
+    #[error(
+        "JWT_SHARED_SECRET is {len} bytes long; at least {MIN_SHARED_SECRET_BYTES} are required \
+         (e.g. the output of `openssl rand -hex 32`)"
+    )]
+    WeakSharedSecret { len: usize },
+    #[error(
+        "JWT_ALGORITHM={algorithm} verifies tokens with public keys: set exactly one of AGENTPLANE_JWKS_FILE \
+         or AGENTPLANE_JWKS_URL"
+    )]
+    MissingJwks { algorithm: &'static str },
+    #[error("both AGENTPLANE_JWKS_FILE and AGENTPLANE_JWKS_URL are set; set exactly one")]
+    AmbiguousJwks,
+    #[error(
+        "JWT_ALGORITHM={algorithm} verifies tokens with the shared secret, but a JWKS is configured \
+         (AGENTPLANE_JWKS_FILE / AGENTPLANE_JWKS_URL): unset it, or set JWT_ALGORITHM to the JWKS keys' algorithm"
+    )]
+    JwksWithHmacAlgorithm { algorithm: &'static str },
+    #[error(
+        "JWT_SHARED_SECRET is set, but JWT_ALGORITHM={algorithm} verifies tokens with the JWKS and would \
+         ignore it: unset JWT_SHARED_SECRET, or set JWT_ALGORITHM to HS256/HS384/HS512"
+    )]
+    SharedSecretWithPublicKeyAlgorithm { algorithm: &'static str },
+    #[error("AGENTPLANE_JWKS_URL must use https:// in the production profile (got {url})")]
+    InsecureJwksUrl { url: String },
+    #[error(
+        "ALLOW_API_KEY_FALLBACK=true is refused in the production profile: API key auth may only be \
+         enabled temporarily in non-production environments; unset ALLOW_API_KEY_FALLBACK"
+    )]
+    ApiKeyFallbackInProduction,
+    #[error(
+        "the dev profile listens on {listen}, which is not a loopback address, without a configured \
+         JWT key: set JWT_SHARED_SECRET (at least {MIN_SHARED_SECRET_BYTES} bytes) or a JWKS \
+         (AGENTPLANE_JWKS_FILE / AGENTPLANE_JWKS_URL), or set AGENTPLANE_LISTEN to a loopback address \
+         such as 127.0.0.1:8080"
+    )]
+    DevProfileExposed { listen: SocketAddr },
+    #[error(
+        "AGENTPLANE_MAX_BODY_BYTES={value} is out of range: it must be between {MIN_BODY_BYTES} (1 KiB) \
+         and {MAX_BODY_BYTES} (64 MiB)"
+    )]
+    BodyLimitOutOfRange { value: usize },
+    #[error("AGENTPLANE_JWT_LEEWAY_SECS={value} is too large: at most {MAX_LEEWAY_SECS} seconds are allowed")]
+    LeewayTooLarge { value: u64 },
+    #[error("{name} must be greater than zero")]
+    Zero { name: &'static str },
+    #[error(
+        "AGENTPLANE_DB_ROLE={value:?} is not a plain PostgreSQL role name: use 1 to 63 lowercase letters, \
+         digits and underscores, starting with a letter or an underscore"
+    )]
+    InvalidDbRole { value: String },
+    #[error("cannot prepare the dev JWT secret {}: {source}", path.display())]
+    DevSecret { path: PathBuf, source: std::io::Error },
+    #[error(
+        "the dev JWT secret {} is shorter than {MIN_SHARED_SECRET_BYTES} bytes; delete it to have a new \
+         one generated",
+        path.display()
+    )]
+    BadDevSecret { path: PathBuf },
+}
+
+fn invalid(name: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidValue { name: name.to_owned(), value: value.to_owned(), reason: reason.into() }
+}
+
+// ---------------------------------------------------------------------------------------
+// The TOML file.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    profile: Option<Profile>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    tenant_catalog_dsn: Option<String>,
+    tenant_catalog_dsn_file: Option<PathBuf>,
+    migrate_dsn: Option<String>,
+    migrate_dsn_file: Option<PathBuf>,
+    db_role: Option<String>,
+    jwt: Option<FileJwt>,
+    allow_api_key_fallback: Option<bool>,
+    worker: Option<FileWorker>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJwt {
+    algorithm: Option<String>,
+    shared_secret: Option<String>,
+    shared_secret_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWorker {
+    embedded: Option<bool>,
+    poll_interval_ms: Option<u64>,
+    lease_secs: Option<u64>,
+    purge_grace_hours: Option<u64>,
+}
+
+/// A secret given in TOML either inline or as `<key>_file`.
+fn file_secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<Option<SecretString>>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict { first: key.to_owned(), second: format!("{key}_file") }),
+        (Some(v), None) => Ok(Some(non_empty_secret(v))),
+        (None, Some(path)) => read_secret_file(&format!("{key}_file"), &path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+impl FileConfig {
+    fn apply(self, cfg: &mut Config) -> Result<(), ConfigError> {
+        if let Some(v) = self.profile {
+            cfg.profile = v;
+        }
+        if let Some(v) = self.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = file_secret("tenant_catalog_dsn", self.tenant_catalog_dsn, self.tenant_catalog_dsn_file)? {
+            cfg.tenant_catalog_dsn = v;
+        }
+        if let Some(v) = file_secret("migrate_dsn", self.migrate_dsn, self.migrate_dsn_file)? {
+            cfg.migrate_dsn = v;
+        }
+        if let Some(v) = self.db_role {
+            cfg.db_role = v;
+        }
+        if let Some(v) = self.allow_api_key_fallback {
+            cfg.allow_api_key_fallback = v;
+        }
+        if let Some(v) = self.max_body_bytes {
+            cfg.max_body_bytes = v;
+        }
+        if let Some(jwt) = self.jwt {
+            if let Some(v) = jwt.algorithm {
+                cfg.jwt.algorithm = parse_algorithm("jwt.algorithm", &v)?;
+            }
+            if let Some(v) = file_secret("jwt.shared_secret", jwt.shared_secret, jwt.shared_secret_file)? {
+                cfg.jwt.shared_secret = v;
+            }
+            if let Some(v) = jwt.jwks_file {
+                cfg.jwt.jwks_file = (!v.as_os_str().is_empty()).then_some(v);
+            }
+            if let Some(v) = jwt.jwks_url {
+                cfg.jwt.jwks_url = non_empty(v);
+            }
+            if let Some(v) = jwt.issuer {
+                cfg.jwt.issuer = non_empty(v);
+            }
+            if let Some(v) = jwt.audience {
+                cfg.jwt.audience = non_empty(v);
+            }
+            if let Some(v) = jwt.leeway_secs {
+                cfg.jwt.leeway_secs = v;
+            }
+        }
+        if let Some(worker) = self.worker {
+            if let Some(v) = worker.embedded {
+                cfg.worker.embedded = v;
+            }
+            if let Some(v) = worker.poll_interval_ms {
+                cfg.worker.poll_interval_ms = v;
+            }
+            if let Some(v) = worker.lease_secs {
+                cfg.worker.lease_secs = v;
+            }
+            if let Some(v) = worker.purge_grace_hours {
+                cfg.worker.purge_grace_hours = v;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Environment variables.
+
+struct Env<'a>(&'a HashMap<String, String>);
+
+impl<'a> Env<'a> {
+    /// The first of `names` that is set, with its value (possibly empty). Two names set to
+    /// different values is an error.
+    fn get<S: AsRef<str>>(&self, names: &[S]) -> Result<Option<(String, &'a str)>, ConfigError> {
+        let mut found: Option<(String, &'a str)> = None;
+        for name in names {
+            let name = name.as_ref();
+            let Some(value) = self.0.get(name) else { continue };
+            match &found {
+                None => found = Some((name.to_owned(), value.as_str())),
+                Some((first, first_value)) if *first_value != value.as_str() => {
+                    return Err(ConfigError::Conflict { first: first.clone(), second: name.to_owned() });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(found)
+    }
+
+    /// Like [`Env::get`], but an empty value counts as unset (for fields that have no
+    /// "none" value).
+    fn get_set(&self, names: &[&str]) -> Result<Option<(String, &'a str)>, ConfigError> {
+        Ok(self.get(names)?.filter(|(_, v)| !v.trim().is_empty()))
+    }
+
+    /// An optional text field: `Some(None)` when set to the empty string.
+    fn optional(&self, names: &[&str]) -> Result<Option<Option<String>>, ConfigError> {
+        Ok(self.get(names)?.map(|(_, v)| non_empty(v.to_owned())))
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, names: &[&str], expected: &str) -> Result<Option<T>, ConfigError> {
+        match self.get_set(names)? {
+            None => Ok(None),
+            Some((name, value)) => {
+                value.trim().parse().map(Some).map_err(|_| invalid(&name, value, format!("expected {expected}")))
+            }
+        }
+    }
+
+    fn bool(&self, names: &[&str]) -> Result<Option<bool>, ConfigError> {
+        match self.get_set(names)? {
+            None => Ok(None),
+            Some((name, value)) => parse_bool(&name, value).map(Some),
+        }
+    }
+
+    /// A secret given directly or through `<NAME>_FILE`. `Some(None)` when set empty.
+    fn secret(&self, names: &[&str]) -> Result<Option<Option<SecretString>>, ConfigError> {
+        let file_names: Vec<String> = names.iter().map(|n| format!("{n}_FILE")).collect();
+        let direct = self.get(names)?;
+        let file = self.get(&file_names)?;
+        match (direct, file) {
+            (Some((first, _)), Some((second, _))) => Err(ConfigError::Conflict { first, second }),
+            (Some((_, value)), None) => Ok(Some(non_empty_secret(value.to_owned()))),
+            (None, Some((name, path))) if path.trim().is_empty() => {
+                Err(invalid(&name, path, "expected the path of a file holding the secret"))
+            }
+            (None, Some((name, path))) => read_secret_file(&name, Path::new(path)).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn apply(&self, cfg: &mut Config) -> Result<(), ConfigError> {
+        if let Some((name, value)) = self.get_set(PROFILE)? {
+            cfg.profile = parse_profile(&name, value)?;
+        }
+        if let Some(v) = self.parsed(LISTEN, "an IP address and port such as 127.0.0.1:8080")? {
+            cfg.listen = v;
+        }
+        if let Some((_, v)) = self.get_set(DATA_DIR)? {
+            cfg.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = self.secret(TENANT_CATALOG_DSN)? {
+            cfg.tenant_catalog_dsn = v;
+        }
+        if let Some(v) = self.secret(MIGRATE_DSN)? {
+            cfg.migrate_dsn = v;
+        }
+        if let Some((_, v)) = self.get_set(DB_ROLE)? {
+            cfg.db_role = v.trim().to_owned();
+        }
+        if let Some((name, value)) = self.get_set(JWT_ALGORITHM)? {
+            cfg.jwt.algorithm = parse_algorithm(&name, value)?;
+        }
+        if let Some(v) = self.secret(JWT_SHARED_SECRET)? {
+            cfg.jwt.shared_secret = v;
+        }
+        if let Some(v) = self.optional(JWKS_FILE)? {
+            cfg.jwt.jwks_file = v.map(PathBuf::from);
+        }
+        if let Some(v) = self.optional(JWKS_URL)? {
+            cfg.jwt.jwks_url = v;
+        }
+        if let Some(v) = self.optional(JWT_ISSUER)? {
+            cfg.jwt.issuer = v;
+        }
+        if let Some(v) = self.optional(JWT_AUDIENCE)? {
+            cfg.jwt.audience = v;
+        }
+        if let Some(v) = self.parsed(JWT_LEEWAY_SECS, "a whole number of seconds")? {
+            cfg.jwt.leeway_secs = v;
+        }
+        if let Some(v) = self.bool(ALLOW_API_KEY_FALLBACK)? {
+            cfg.allow_api_key_fallback = v;
+        }
+        if let Some(v) = self.bool(EMBEDDED_WORKER)? {
+            cfg.worker.embedded = v;
+        }
+        if let Some(v) = self.parsed(POLL_INTERVAL_MS, "a whole number of milliseconds")? {
+            cfg.worker.poll_interval_ms = v;
+        }
+        if let Some(v) = self.parsed(JOB_LEASE_SECS, "a whole number of seconds")? {
+            cfg.worker.lease_secs = v;
+        }
+        if let Some(v) = self.parsed(PURGE_GRACE_HOURS, "a whole number of hours")? {
+            cfg.worker.purge_grace_hours = v;
+        }
+        if let Some(v) = self.parsed(MAX_BODY, "a whole number of bytes")? {
+            cfg.max_body_bytes = v;
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(v: String) -> Option<String> {
+    if v.trim().is_empty() {
+        None
+    } else {
+        Some(v)
+    }
+}
+
+fn non_empty_secret(v: String) -> Option<SecretString> {
+    if v.is_empty() {
+        None
+    } else {
+        Some(SecretString::from(v))
+    }
+}
+
+/// Reads a secret file, dropping trailing newlines. An empty file means "no secret".
+fn read_secret_file(name: &str, path: &Path) -> Result<Option<SecretString>, ConfigError> {
+    let mut text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSecretFile {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        source,
+    })?;
+    let len = text.trim_end_matches(['\n', '\r']).len();
+    text.truncate(len);
+    Ok(non_empty_secret(text))
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(invalid(name, value, "expected true, false, 1 or 0")),
+    }
+}
+
+fn parse_profile(name: &str, value: &str) -> Result<Profile, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "dev" => Ok(Profile::Dev),
+        "production" => Ok(Profile::Production),
+        _ => Err(invalid(name, value, "expected dev or production")),
+    }
+}
+
+fn is_plain_role_name(role: &str) -> bool {
+    let mut chars = role.chars();
+    let Some(first) = chars.next() else { return false };
+    role.len() <= 63
+        && (first.is_ascii_lowercase() || first == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+// ---------------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads the optional TOML file (`file`, else the path in `AGENTPLANE_CONFIG`) and the
+    /// process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> =
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+        let path = match file {
+            Some(p) => Some(p.to_owned()),
+            None => env.get(CONFIG_FILE_VAR).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
+        };
+        let text = match &path {
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|source| ConfigError::ReadFile { path: p.clone(), source })?,
+            ),
+            None => None,
+        };
+        Self::from_sources(text.as_deref(), &env).map_err(|e| match e {
+            ConfigError::Toml { path: None, source } => ConfigError::Toml { path: path.clone(), source },
+            other => other,
+        })
+    }
+
+    /// Pure: `file_toml` is the TOML file's text, `env` the environment variables.
+    /// (Only `*_FILE` secrets touch the file system.)
+    pub fn from_sources(file_toml: Option<&str>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        if let Some(text) = file_toml {
+            let file: FileConfig =
+                toml::from_str(text).map_err(|e| ConfigError::Toml { path: None, source: Box::new(e) })?;
+            file.apply(&mut cfg)?;
+        }
+        Env(env).apply(&mut cfg)?;
+        Ok(cfg)
+    }
+
+    /// Refuses insecure or inconsistent settings. `serve` calls it before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
+            return Err(ConfigError::BodyLimitOutOfRange { value: self.max_body_bytes });
+        }
+        if self.jwt.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(ConfigError::LeewayTooLarge { value: self.jwt.leeway_secs });
+        }
+        if self.worker.poll_interval_ms == 0 {
+            return Err(ConfigError::Zero { name: "AGENTPLANE_WORKER_POLL_INTERVAL_MS" });
+        }
+        if self.worker.lease_secs == 0 {
+            return Err(ConfigError::Zero { name: "AGENTPLANE_JOB_LEASE_SECS" });
+        }
+        if !is_plain_role_name(&self.db_role) {
+            return Err(ConfigError::InvalidDbRole { value: self.db_role.clone() });
+        }
+
+        let algorithm = algorithm_name(self.jwt.algorithm);
+        if !ALLOWED_ALGORITHMS.contains(&self.jwt.algorithm) {
+            return Err(invalid("JWT_ALGORITHM", algorithm, format!("use one of {ALLOWED_ALGORITHM_NAMES}")));
+        }
+        let dev = self.profile == Profile::Dev;
+        let loopback = self.listen.ip().is_loopback();
+        if self.jwt.uses_shared_secret() {
+            if self.jwt.jwks_file.is_some() || self.jwt.jwks_url.is_some() {
+                return Err(ConfigError::JwksWithHmacAlgorithm { algorithm });
+            }
+            match &self.jwt.shared_secret {
+                Some(secret) if secret.expose_secret().len() < MIN_SHARED_SECRET_BYTES => {
+                    return Err(ConfigError::WeakSharedSecret { len: secret.expose_secret().len() });
+                }
+                Some(_) => {}
+                // The dev profile on loopback generates its own secret (see `dev_secret`).
+                None if dev && loopback => {}
+                None if dev => return Err(ConfigError::DevProfileExposed { listen: self.listen }),
+                None => return Err(ConfigError::MissingSharedSecret { algorithm }),
+            }
+        } else {
+            if self.jwt.shared_secret.is_some() {
+                return Err(ConfigError::SharedSecretWithPublicKeyAlgorithm { algorithm });
+            }
+            match (&self.jwt.jwks_file, &self.jwt.jwks_url) {
+                (None, None) => return Err(ConfigError::MissingJwks { algorithm }),
+                (Some(_), Some(_)) => return Err(ConfigError::AmbiguousJwks),
+                (Some(_), None) => {}
+                (None, Some(url)) => {
+                    let parsed = reqwest::Url::parse(url)
+                        .map_err(|e| invalid("AGENTPLANE_JWKS_URL", url, format!("not a URL: {e}")))?;
+                    match parsed.scheme() {
+                        "https" => {}
+                        "http" if dev => {}
+                        "http" => return Err(ConfigError::InsecureJwksUrl { url: url.clone() }),
+                        _ => return Err(invalid("AGENTPLANE_JWKS_URL", url, "expected an https:// URL")),
+                    }
+                }
+            }
+        }
+        if self.allow_api_key_fallback && !dev {
+            return Err(ConfigError::ApiKeyFallbackInProduction);
+        }
+        Ok(())
+    }
+
+    /// The embedded SQLite database file: `data_dir/agentplane.db`.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join(SQLITE_FILE)
+    }
+
+    /// The generated development JWT secret file: `data_dir/dev-jwt-secret`.
+    pub fn dev_secret_path(&self) -> PathBuf {
+        self.data_dir.join(DEV_SECRET_FILE)
+    }
+
+    /// The development JWT secret: only in the dev profile, with an HS* algorithm and no
+    /// configured shared secret. Reads `data_dir/dev-jwt-secret`, or creates it (mode 0600,
+    /// 64 random hex characters, `data_dir` created if needed). Otherwise `Ok(None)`.
+    pub fn dev_secret(&self) -> Result<Option<SecretString>, ConfigError> {
+        if self.profile != Profile::Dev || !self.jwt.uses_shared_secret() || self.jwt.shared_secret.is_some() {
+            return Ok(None);
+        }
+        let path = self.dev_secret_path();
+        let io_err = |source| ConfigError::DevSecret { path: path.clone(), source };
+        std::fs::create_dir_all(&self.data_dir).map_err(io_err)?;
+        if !path.exists() {
+            let mut bytes = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            // Write a private temporary file, then link it into place: the secret file appears
+            // whole or not at all, and a concurrent start that wins the race is kept.
+            let tmp = self.data_dir.join(format!(".{DEV_SECRET_FILE}.{}.tmp", std::process::id()));
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| {
+                    // `mode` is only applied on creation; make sure of it.
+                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                    f.write_all(secret.as_bytes())?;
+                    f.sync_all()
+                });
+            let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "generated a development JWT secret");
+                    return Ok(Some(SecretString::from(secret)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        let mut text = std::fs::read_to_string(&path).map_err(io_err)?;
+        let len = text.trim_end().len();
+        text.truncate(len);
+        if text.len() < MIN_SHARED_SECRET_BYTES {
+            return Err(ConfigError::BadDevSecret { path });
+        }
+        Ok(Some(SecretString::from(text)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn from_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_sources(None, &env(pairs))
+    }
+
+    fn secret_of(s: &Option<SecretString>) -> Option<&str> {
+        s.as_ref().map(|s| s.expose_secret())
+    }
+
+    const STRONG: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults() {
+        let cfg = from_env(&[]).unwrap();
+        assert_eq!(cfg.profile, Profile::Dev);
+        assert_eq!(cfg.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(cfg.data_dir, PathBuf::from("./data"));
+        assert!(cfg.tenant_catalog_dsn.is_none());
+        assert!(cfg.migrate_dsn.is_none());
+        assert_eq!(cfg.db_role, "agentplane_app");
+        assert_eq!(cfg.jwt.algorithm, Algorithm::HS256);
+        assert!(cfg.jwt.shared_secret.is_none());
+        assert!(cfg.jwt.jwks_file.is_none() && cfg.jwt.jwks_url.is_none());
+        assert!(cfg.jwt.issuer.is_none() && cfg.jwt.audience.is_none());
+        assert_eq!(cfg.jwt.leeway_secs, 30);
+        assert!(!cfg.allow_api_key_fallback);
+        assert_eq!(
+            cfg.worker,
+            WorkerConfig { embedded: true, poll_interval_ms: 500, lease_secs: 60, purge_grace_hours: 720 }
+        );
+        assert_eq!(cfg.max_body_bytes, 1_048_576);
+        assert_eq!(cfg.sqlite_path(), PathBuf::from("./data/agentplane.db"));
+        // The defaults run as-is: dev on loopback with a generated secret.
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_then_env_precedence() {
+        let toml = r#"
+            profile = "production"
+            listen = "0.0.0.0:9000"
+            data_dir = "/var/lib/agentplane"
+            tenant_catalog_dsn = "postgres://file@db/agentplane"
+            db_role = "from_file"
+            allow_api_key_fallback = false
+            max_body_bytes = 2048
+
+            [jwt]
+            algorithm = "RS256"
+            jwks_url = "https://idp.example/jwks.json"
+            issuer = "https://idp.example"
+            audience = "agentplane"
+            leeway_secs = 10
+
+            [worker]
+            embedded = false
+            poll_interval_ms = 250
+            lease_secs = 120
+            purge_grace_hours = 48
+        "#;
+        let vars = env(&[
+            ("AGENTPLANE_LISTEN", "0.0.0.0:9100"),
+            ("TENANT_CATALOG_DSN", "postgres://env@db/agentplane"),
+            ("AGENTPLANE_JOB_LEASE_SECS", "90"),
+            ("AGENTPLANE_EMBEDDED_WORKER", "1"),
+            ("AGENTPLANE_JWT_AUDIENCE", "other-aud"),
+            ("AGENTPLANE_MAX_BODY_BYTES", "4096"),
+        ]);
+        let cfg = Config::from_sources(Some(toml), &vars).unwrap();
+        // From the file.
+        assert_eq!(cfg.profile, Profile::Production);
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/agentplane"));
+        assert_eq!(cfg.db_role, "from_file");
+        assert_eq!(cfg.jwt.algorithm, Algorithm::RS256);
+        assert_eq!(cfg.jwt.jwks_url.as_deref(), Some("https://idp.example/jwks.json"));
+        assert_eq!(cfg.jwt.issuer.as_deref(), Some("https://idp.example"));
+        assert_eq!(cfg.jwt.leeway_secs, 10);
+        assert_eq!(cfg.worker.poll_interval_ms, 250);
+        assert_eq!(cfg.worker.purge_grace_hours, 48);
+        // Overridden by the environment.
+        assert_eq!(cfg.listen, "0.0.0.0:9100".parse().unwrap());
+        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://env@db/agentplane"));
+        assert_eq!(cfg.worker.lease_secs, 90);
+        assert!(cfg.worker.embedded);
+        assert_eq!(cfg.jwt.audience.as_deref(), Some("other-aud"));
+        assert_eq!(cfg.max_body_bytes, 4096);
+        cfg.validate().unwrap();
+
+        // The file alone.
+        let cfg = Config::from_sources(Some(toml), &HashMap::new()).unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://file@db/agentplane"));
+        assert_eq!(cfg.worker.lease_secs, 120);
+        assert!(!cfg.worker.embedded);
+    }
+
+    #[test]
+    fn every_field_has_an_env_name() {
+        let cfg = from_env(&[
+            ("AGENTPLANE_PROFILE", "Production"),
+            ("AGENTPLANE_LISTEN", "[::1]:7000"),
+            ("AGENTPLANE_DATA_DIR", "/tmp/x"),
+            ("AGENTPLANE_TENANT_CATALOG_DSN", "postgres://a"),
+            ("AGENTPLANE_MIGRATE_DSN", "postgres://owner"),
+            ("AGENTPLANE_DB_ROLE", "app_role"),
+            ("AGENTPLANE_JWT_ALGORITHM", "es256"),
+            ("AGENTPLANE_JWT_SHARED_SECRET", STRONG),
+            ("AGENTPLANE_JWKS_FILE", "/etc/jwks.json"),
+            ("AGENTPLANE_JWKS_URL", "https://idp/jwks"),
+            ("AGENTPLANE_JWT_ISSUER", "iss"),
+            ("AGENTPLANE_JWT_AUDIENCE", "aud"),
+            ("AGENTPLANE_JWT_LEEWAY_SECS", "5"),
+            ("AGENTPLANE_ALLOW_API_KEY_FALLBACK", "TRUE"),
+            ("AGENTPLANE_EMBEDDED_WORKER", "false"),
+            ("AGENTPLANE_WORKER_POLL_INTERVAL_MS", "100"),
+            ("AGENTPLANE_JOB_LEASE_SECS", "30"),
+            ("AGENTPLANE_PURGE_GRACE_HOURS", "1"),
+            ("AGENTPLANE_MAX_BODY_BYTES", "2048"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.profile, Profile::Production);
+        assert_eq!(cfg.listen, "[::1]:7000".parse().unwrap());
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://a"));
+        assert_eq!(secret_of(&cfg.migrate_dsn), Some("postgres://owner"));
+        assert_eq!(cfg.db_role, "app_role");
+        assert_eq!(cfg.jwt.algorithm, Algorithm::ES256);
+        assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
+        assert_eq!(cfg.jwt.jwks_file, Some(PathBuf::from("/etc/jwks.json")));
+        assert_eq!(cfg.jwt.jwks_url.as_deref(), Some("https://idp/jwks"));
+        assert_eq!(cfg.jwt.issuer.as_deref(), Some("iss"));
+        assert_eq!(cfg.jwt.audience.as_deref(), Some("aud"));
+        assert_eq!(cfg.jwt.leeway_secs, 5);
+        assert!(cfg.allow_api_key_fallback);
+        assert_eq!(
+            cfg.worker,
+            WorkerConfig { embedded: false, poll_interval_ms: 100, lease_secs: 30, purge_grace_hours: 1 }
+        );
+        assert_eq!(cfg.max_body_bytes, 2048);
+    }
+
+    #[test]
+    fn seed_names_and_their_aliases() {
+        let cfg = from_env(&[
+            ("JWT_ALGORITHM", "HS512"),
+            ("AGENTPLANE_JWT_ALGORITHM", "HS512"),
+            ("JWT_SHARED_SECRET", STRONG),
+            ("ALLOW_API_KEY_FALLBACK", "1"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.jwt.algorithm, Algorithm::HS512);
+        assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
+        assert!(cfg.allow_api_key_fallback);
+
+        let err = from_env(&[("JWT_ALGORITHM", "HS256"), ("AGENTPLANE_JWT_ALGORITHM", "RS256")]).unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("JWT_ALGORITHM") && err.to_string().contains("AGENTPLANE_JWT_ALGORITHM"));
+        let err = from_env(&[("ALLOW_API_KEY_FALLBACK", "0"), ("AGENTPLANE_ALLOW_API_KEY_FALLBACK", "1")]).unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (var, value) in [
+            ("ALLOW_API_KEY_FALLBACK", "yes"),
+            ("AGENTPLANE_EMBEDDED_WORKER", "2"),
+            ("AGENTPLANE_PROFILE", "staging"),
+            ("AGENTPLANE_LISTEN", "localhost:8080"),
+            ("AGENTPLANE_MAX_BODY_BYTES", "1MB"),
+            ("AGENTPLANE_JOB_LEASE_SECS", "-1"),
+            ("JWT_ALGORITHM", "none"),
+            ("JWT_ALGORITHM", "None"),
+            ("JWT_ALGORITHM", "PS512"),
+            ("JWT_ALGORITHM", "EdDSA"),
+            ("JWT_ALGORITHM", "HS1"),
+        ] {
+            let err = from_env(&[(var, value)]).unwrap_err();
+            assert!(matches!(err, ConfigError::InvalidValue { .. }), "{var}={value}: {err}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        assert!(from_env(&[("JWT_ALGORITHM", "none")]).unwrap_err().to_string().contains("never accepted"));
+        for (value, expected) in [("true", true), ("1", true), ("False", false), ("0", false)] {
+            assert_eq!(from_env(&[("ALLOW_API_KEY_FALLBACK", value)]).unwrap().allow_api_key_fallback, expected);
+        }
+        // An empty value of a field without a "none" value counts as unset.
+        assert!(!from_env(&[("ALLOW_API_KEY_FALLBACK", "")]).unwrap().allow_api_key_fallback);
+        // In the file too.
+        let err = Config::from_sources(Some("[jwt]\nalgorithm = \"none\"\n"), &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("jwt.algorithm"), "{err}");
+    }
+
+    #[test]
+    fn empty_dsn_means_embedded_sqlite_even_over_the_file() {
+        let cfg = Config::from_sources(
+            Some("tenant_catalog_dsn = \"postgres://file\"\n"),
+            &env(&[("TENANT_CATALOG_DSN", "")]),
+        )
+        .unwrap();
+        assert!(cfg.tenant_catalog_dsn.is_none());
+        let cfg = Config::from_sources(Some("tenant_catalog_dsn = \"\"\n"), &HashMap::new()).unwrap();
+        assert!(cfg.tenant_catalog_dsn.is_none());
+    }
+
+    #[test]
+    fn unknown_toml_keys_are_errors() {
+        for text in ["lisen = \"127.0.0.1:1\"\n", "[jwt]\nsecret = \"x\"\n", "[worker]\nlease = 3\n", "[db]\n"] {
+            let err = Config::from_sources(Some(text), &HashMap::new()).unwrap_err();
+            assert!(matches!(err, ConfigError::Toml { .. }), "{text}: {err}");
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+        let err = Config::from_sources(Some("listen = 8080\n"), &HashMap::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::Toml { .. }), "{err}");
+    }
+
+    #[test]
+    fn secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let dsn = write("dsn", "postgres://app@db/x\n");
+        let owner = write("owner", "postgres://owner@db/x\r\n");
+        let jwt = write("jwt", &format!("{STRONG}\n\n"));
+        let cfg = from_env(&[
+            ("TENANT_CATALOG_DSN_FILE", &dsn),
+            ("AGENTPLANE_MIGRATE_DSN_FILE", &owner),
+            ("JWT_SHARED_SECRET_FILE", &jwt),
+        ])
+        .unwrap();
+        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://app@db/x"));
+        assert_eq!(secret_of(&cfg.migrate_dsn), Some("postgres://owner@db/x"));
+        assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
+        cfg.validate().unwrap();
+
+        // The alias's _FILE works too, and TOML has `<key>_file`.
+        let cfg = from_env(&[("AGENTPLANE_JWT_SHARED_SECRET_FILE", &jwt)]).unwrap();
+        assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
+        let toml = format!("tenant_catalog_dsn_file = {dsn:?}\n[jwt]\nshared_secret_file = {jwt:?}\n");
+        let cfg = Config::from_sources(Some(&toml), &HashMap::new()).unwrap();
+        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://app@db/x"));
+        assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
+
+        // Both forms at once is ambiguous.
+        let err = from_env(&[("JWT_SHARED_SECRET", STRONG), ("JWT_SHARED_SECRET_FILE", &jwt)]).unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+        let toml = format!("[jwt]\nshared_secret = \"x\"\nshared_secret_file = {jwt:?}\n");
+        let err = Config::from_sources(Some(&toml), &HashMap::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+
+        // A missing file names the variable and the path.
+        let missing = dir.path().join("nope");
+        let err = from_env(&[("JWT_SHARED_SECRET_FILE", missing.to_str().unwrap())]).unwrap_err();
+        assert!(matches!(err, ConfigError::ReadSecretFile { .. }), "{err}");
+        assert!(err.to_string().contains("JWT_SHARED_SECRET_FILE") && err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let cfg = from_env(&[
+            ("TENANT_CATALOG_DSN", "postgres://app:hunter2-dsn@db/x"),
+            ("AGENTPLANE_MIGRATE_DSN", "postgres://owner:hunter2-owner@db/x"),
+            ("JWT_SHARED_SECRET", "hunter2-jwt-secret-hunter2-jwt-secret"),
+        ])
+        .unwrap();
+        let debug = format!("{cfg:?} {cfg:#?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("REDACTED"), "{debug}");
+        assert!(debug.contains("tenant_catalog_dsn") && debug.contains("shared_secret"));
+    }
+
+    fn valid_production() -> Config {
+        from_env(&[
+            ("AGENTPLANE_PROFILE", "production"),
+            ("AGENTPLANE_LISTEN", "0.0.0.0:8080"),
+            ("JWT_SHARED_SECRET", STRONG),
+        ])
+        .unwrap()
+    }
+
+    fn refused(cfg: &Config) -> ConfigError {
+        match cfg.validate() {
+            Ok(()) => panic!("accepted: {cfg:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn validate_accepts_sound_settings() {
+        valid_production().validate().unwrap();
+        let mut cfg = valid_production();
+        cfg.jwt.shared_secret = None;
+        cfg.jwt.algorithm = Algorithm::RS256;
+        cfg.jwt.jwks_url = Some("https://idp.example/keys".into());
+        cfg.validate().unwrap();
+        cfg.jwt.jwks_url = None;
+        cfg.jwt.jwks_file = Some("/etc/jwks.json".into());
+        cfg.validate().unwrap();
+        // Dev allows the API key fallback and a plain-http JWKS URL.
+        let mut cfg = Config { allow_api_key_fallback: true, ..Config::default() };
+        cfg.validate().unwrap();
+        cfg.jwt.algorithm = Algorithm::ES256;
+        cfg.jwt.jwks_url = Some("http://127.0.0.1:9/jwks".into());
+        cfg.validate().unwrap();
+        // Body limit boundaries.
+        for value in [MIN_BODY_BYTES, MAX_BODY_BYTES] {
+            Config { max_body_bytes: value, ..valid_production() }.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn validate_refuses_missing_or_weak_shared_secret() {
+        let mut cfg = valid_production();
+        cfg.jwt.shared_secret = None;
+        assert!(matches!(refused(&cfg), ConfigError::MissingSharedSecret { algorithm: "HS256" }));
+        assert!(refused(&cfg).to_string().contains("JWT_SHARED_SECRET"));
+
+        cfg.jwt.shared_secret = Some(STRONG[..31].into());
+        assert!(matches!(refused(&cfg), ConfigError::WeakSharedSecret { len: 31 }));
+        // A short secret is refused even where a missing one is allowed (dev, loopback).
+        let cfg = from_env(&[("JWT_SHARED_SECRET", "short")]).unwrap();
+        assert!(matches!(refused(&cfg), ConfigError::WeakSharedSecret { len: 5 }));
+    }
+
+    #[test]
+    fn validate_refuses_bad_jwks_settings() {
+        let mut cfg = valid_production();
+        cfg.jwt.shared_secret = None;
+        cfg.jwt.algorithm = Algorithm::PS256;
+        let err = refused(&cfg);
+        assert!(matches!(err, ConfigError::MissingJwks { algorithm: "PS256" }), "{err}");
+        assert!(err.to_string().contains("AGENTPLANE_JWKS_FILE"));
+
+        cfg.jwt.jwks_file = Some("/etc/jwks.json".into());
+        cfg.jwt.jwks_url = Some("https://idp/jwks".into());
+        assert!(matches!(refused(&cfg), ConfigError::AmbiguousJwks));
+
+        cfg.jwt.jwks_file = None;
+        cfg.jwt.jwks_url = Some("http://idp/jwks".into());
+        assert!(matches!(refused(&cfg), ConfigError::InsecureJwksUrl { .. }));
+        cfg.jwt.jwks_url = Some("not a url".into());
+        assert!(matches!(refused(&cfg), ConfigError::InvalidValue { .. }));
+        cfg.jwt.jwks_url = Some("ftp://idp/jwks".into());
+        assert!(matches!(refused(&cfg), ConfigError::InvalidValue { .. }));
+
+        // A secret next to a public-key algorithm would be silently ignored.
+        cfg.jwt.jwks_url = Some("https://idp/jwks".into());
+        cfg.jwt.shared_secret = Some(STRONG.into());
+        assert!(matches!(refused(&cfg), ConfigError::SharedSecretWithPublicKeyAlgorithm { .. }));
+
+        // A JWKS next to an HMAC algorithm would be silently ignored.
+        let mut cfg = valid_production();
+        cfg.jwt.jwks_file = Some("/etc/jwks.json".into());
+        assert!(matches!(refused(&cfg), ConfigError::JwksWithHmacAlgorithm { .. }));
+    }
+
+    #[test]
+    fn validate_refuses_api_key_fallback_in_production() {
+        let cfg = Config { allow_api_key_fallback: true, ..valid_production() };
+        let err = refused(&cfg);
+        assert!(matches!(err, ConfigError::ApiKeyFallbackInProduction));
+        assert!(err.to_string().contains("ALLOW_API_KEY_FALLBACK"));
+    }
+
+    #[test]
+    fn validate_refuses_dev_profile_on_a_public_address_without_keys() {
+        let cfg = from_env(&[("AGENTPLANE_LISTEN", "0.0.0.0:8080")]).unwrap();
+        let err = refused(&cfg);
+        assert!(matches!(err, ConfigError::DevProfileExposed { .. }), "{err}");
+        assert!(err.to_string().contains("AGENTPLANE_LISTEN"));
+        // Loopback in both families is fine.
+        from_env(&[("AGENTPLANE_LISTEN", "[::1]:8080")]).unwrap().validate().unwrap();
+        // A strong secret or a JWKS makes it fine.
+        from_env(&[("AGENTPLANE_LISTEN", "0.0.0.0:8080"), ("JWT_SHARED_SECRET", STRONG)])
+            .unwrap()
+            .validate()
+            .unwrap();
+        from_env(&[
+            ("AGENTPLANE_LISTEN", "0.0.0.0:8080"),
+            ("JWT_ALGORITHM", "RS256"),
+            ("AGENTPLANE_JWKS_FILE", "/etc/jwks.json"),
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn validate_refuses_out_of_range_numbers_and_bad_role() {
+        for value in [MIN_BODY_BYTES - 1, MAX_BODY_BYTES + 1, 0] {
+            let err = refused(&Config { max_body_bytes: value, ..valid_production() });
+            assert!(matches!(err, ConfigError::BodyLimitOutOfRange { .. }), "{err}");
+            assert!(err.to_string().contains("AGENTPLANE_MAX_BODY_BYTES"));
+        }
+        let mut cfg = valid_production();
+        cfg.jwt.leeway_secs = MAX_LEEWAY_SECS + 1;
+        assert!(matches!(refused(&cfg), ConfigError::LeewayTooLarge { .. }));
+
+        let mut cfg = valid_production();
+        cfg.worker.lease_secs = 0;
+        assert!(matches!(refused(&cfg), ConfigError::Zero { name: "AGENTPLANE_JOB_LEASE_SECS" }));
+        let mut cfg = valid_production();
+        cfg.worker.poll_interval_ms = 0;
+        assert!(matches!(refused(&cfg), ConfigError::Zero { .. }));
+
+        for role in ["", "App", "app-role", "1app", "app; DROP ROLE x", &"a".repeat(64)] {
+            let cfg = Config { db_role: role.to_owned(), ..valid_production() };
+            assert!(matches!(refused(&cfg), ConfigError::InvalidDbRole { .. }), "{role}");
+        }
+        Config { db_role: "_app_2".into(), ..valid_production() }.validate().unwrap();
+    }
+
+    #[test]
+    fn dev_secret_is_created_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("nested").join("data");
+        let cfg = Config { data_dir: data_dir.clone(), ..Config::default() };
+        let first = cfg.dev_secret().unwrap().unwrap();
+        let path = data_dir.join("dev-jwt-secret");
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(on_disk, first.expose_secret());
+        assert_eq!(on_disk.len(), 64);
+        assert!(on_disk.chars().all(|c| c.is_ascii_hexdigit()));
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(&data_dir).unwrap().count(), 1);
+
+        let second = cfg.dev_secret().unwrap().unwrap();
+        assert_eq!(first.expose_secret(), second.expose_secret());
+        // Another data dir gets another secret.
+        let other = Config { data_dir: dir.path().join("other"), ..Config::default() };
+        assert_ne!(other.dev_secret().unwrap().unwrap().expose_secret(), first.expose_secret());
+
+        // A damaged file is refused, not silently used.
+        std::fs::write(&path, "short\n").unwrap();
+        assert!(matches!(cfg.dev_secret(), Err(ConfigError::BadDevSecret { .. })));
+    }
+
+    #[test]
+    fn dev_secret_only_when_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Config { data_dir: dir.path().to_owned(), ..Config::default() };
+        let configured = Config {
+            jwt: JwtConfig { shared_secret: Some(STRONG.into()), ..JwtConfig::default() },
+            ..base.clone()
+        };
+        assert!(configured.dev_secret().unwrap().is_none());
+        let production = Config { profile: Profile::Production, ..base.clone() };
+        assert!(production.dev_secret().unwrap().is_none());
+        let rs = Config { jwt: JwtConfig { algorithm: Algorithm::RS256, ..JwtConfig::default() }, ..base.clone() };
+        assert!(rs.dev_secret().unwrap().is_none());
+        assert!(!dir.path().join(DEV_SECRET_FILE).exists());
+        assert!(base.dev_secret().unwrap().is_some());
+        assert!(dir.path().join(DEV_SECRET_FILE).exists());
+    }
+
+    #[test]
+    fn load_reads_the_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(Some(&missing)).unwrap_err();
+        assert!(matches!(err, ConfigError::ReadFile { .. }), "{err}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "nonsense = 1\n").unwrap();
+        let err = Config::load(Some(&bad)).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+}
