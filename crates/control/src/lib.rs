@@ -4,10 +4,11 @@
 //! generation, idempotency, what provisioning creates); persistence is the store's, HTTP is
 //! the server's. Every change is handed to the store together with its audit event.
 
-mod error;
+
 mod provisioning;
 mod tenants;
 
+pub mod error;
 pub use error::ControlError;
 pub use provisioning::{JobOutcome, WorkerConfig};
 pub use tenants::{CreateTenant, IdempotencyKey, Replayable, TenantCreated};

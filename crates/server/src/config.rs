@@ -50,7 +50,8 @@ pub const ALLOWED_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::ES384,
     Algorithm::PS256,
 ];
-const ALLOWED_ALGORITHM_NAMES: &str = "HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, PS256";
+const ALLOWED_ALGORITHM_NAMES: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, PS256";
 
 // Environment variable names, per field. The first name of each list is the primary one.
 const PROFILE: &[&str] = &["AGENTPLANE_PROFILE"];
@@ -66,7 +67,10 @@ const JWKS_URL: &[&str] = &["AGENTPLANE_JWKS_URL"];
 const JWT_ISSUER: &[&str] = &["AGENTPLANE_JWT_ISSUER"];
 const JWT_AUDIENCE: &[&str] = &["AGENTPLANE_JWT_AUDIENCE"];
 const JWT_LEEWAY_SECS: &[&str] = &["AGENTPLANE_JWT_LEEWAY_SECS"];
-const ALLOW_API_KEY_FALLBACK: &[&str] = &["ALLOW_API_KEY_FALLBACK", "AGENTPLANE_ALLOW_API_KEY_FALLBACK"];
+const ALLOW_API_KEY_FALLBACK: &[&str] = &[
+    "ALLOW_API_KEY_FALLBACK",
+    "AGENTPLANE_ALLOW_API_KEY_FALLBACK",
+];
 const EMBEDDED_WORKER: &[&str] = &["AGENTPLANE_EMBEDDED_WORKER"];
 const POLL_INTERVAL_MS: &[&str] = &["AGENTPLANE_WORKER_POLL_INTERVAL_MS"];
 const JOB_LEASE_SECS: &[&str] = &["AGENTPLANE_JOB_LEASE_SECS"];
@@ -210,7 +214,12 @@ impl Default for JwtConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { embedded: true, poll_interval_ms: 500, lease_secs: 60, purge_grace_hours: 720 }
+        Self {
+            embedded: true,
+            poll_interval_ms: 500,
+            lease_secs: 60,
+            purge_grace_hours: 720,
+        }
     }
 }
 
@@ -258,19 +267,39 @@ pub fn parse_algorithm(name: &str, value: &str) -> Result<Algorithm, ConfigError
     ALLOWED_ALGORITHMS
         .into_iter()
         .find(|alg| algorithm_name(*alg).eq_ignore_ascii_case(wanted))
-        .ok_or_else(|| invalid(name, value, format!("unsupported JWT algorithm; use one of {ALLOWED_ALGORITHM_NAMES}")))
+        .ok_or_else(|| {
+            invalid(
+                name,
+                value,
+                format!("unsupported JWT algorithm; use one of {ALLOWED_ALGORITHM_NAMES}"),
+            )
+        })
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the config file {}: {source}", path.display())]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
-    Toml { path: Option<PathBuf>, source: Box<toml::de::Error> },
+    Toml {
+        path: Option<PathBuf>,
+        source: Box<toml::de::Error>,
+    },
     #[error("{name}={value:?} is invalid: {reason}")]
-    InvalidValue { name: String, value: String, reason: String },
+    InvalidValue {
+        name: String,
+        value: String,
+        reason: String,
+    },
     #[error("{name} names the file {}, which cannot be read: {source}", path.display())]
-    ReadSecretFile { name: String, path: PathBuf, source: std::io::Error },
+    ReadSecretFile {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("both {first} and {second} are set (to different values); set only one")]
     Conflict { first: String, second: String },
     #[error(
@@ -329,7 +358,10 @@ pub enum ConfigError {
     )]
     InvalidDbRole { value: String },
     #[error("cannot prepare the dev JWT secret {}: {source}", path.display())]
-    DevSecret { path: PathBuf, source: std::io::Error },
+    DevSecret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "the dev JWT secret {} is shorter than {MIN_SHARED_SECRET_BYTES} bytes; delete it to have a new \
          one generated",
@@ -339,7 +371,11 @@ pub enum ConfigError {
 }
 
 fn invalid(name: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::InvalidValue { name: name.to_owned(), value: value.to_owned(), reason: reason.into() }
+    ConfigError::InvalidValue {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -391,7 +427,10 @@ fn file_secret(
     file: Option<PathBuf>,
 ) -> Result<Option<Option<SecretString>>, ConfigError> {
     match (inline, file) {
-        (Some(_), Some(_)) => Err(ConfigError::Conflict { first: key.to_owned(), second: format!("{key}_file") }),
+        (Some(_), Some(_)) => Err(ConfigError::Conflict {
+            first: key.to_owned(),
+            second: format!("{key}_file"),
+        }),
         (Some(v), None) => Ok(Some(non_empty_secret(v))),
         (None, Some(path)) => read_secret_file(&format!("{key}_file"), &path).map(Some),
         (None, None) => Ok(None),
@@ -409,7 +448,11 @@ impl FileConfig {
         if let Some(v) = self.data_dir {
             cfg.data_dir = v;
         }
-        if let Some(v) = file_secret("tenant_catalog_dsn", self.tenant_catalog_dsn, self.tenant_catalog_dsn_file)? {
+        if let Some(v) = file_secret(
+            "tenant_catalog_dsn",
+            self.tenant_catalog_dsn,
+            self.tenant_catalog_dsn_file,
+        )? {
             cfg.tenant_catalog_dsn = v;
         }
         if let Some(v) = file_secret("migrate_dsn", self.migrate_dsn, self.migrate_dsn_file)? {
@@ -428,7 +471,11 @@ impl FileConfig {
             if let Some(v) = jwt.algorithm {
                 cfg.jwt.algorithm = parse_algorithm("jwt.algorithm", &v)?;
             }
-            if let Some(v) = file_secret("jwt.shared_secret", jwt.shared_secret, jwt.shared_secret_file)? {
+            if let Some(v) = file_secret(
+                "jwt.shared_secret",
+                jwt.shared_secret,
+                jwt.shared_secret_file,
+            )? {
                 cfg.jwt.shared_secret = v;
             }
             if let Some(v) = jwt.jwks_file {
@@ -477,11 +524,16 @@ impl<'a> Env<'a> {
         let mut found: Option<(String, &'a str)> = None;
         for name in names {
             let name = name.as_ref();
-            let Some(value) = self.0.get(name) else { continue };
+            let Some(value) = self.0.get(name) else {
+                continue;
+            };
             match &found {
                 None => found = Some((name.to_owned(), value.as_str())),
                 Some((first, first_value)) if *first_value != value.as_str() => {
-                    return Err(ConfigError::Conflict { first: first.clone(), second: name.to_owned() });
+                    return Err(ConfigError::Conflict {
+                        first: first.clone(),
+                        second: name.to_owned(),
+                    });
                 }
                 Some(_) => {}
             }
@@ -500,12 +552,18 @@ impl<'a> Env<'a> {
         Ok(self.get(names)?.map(|(_, v)| non_empty(v.to_owned())))
     }
 
-    fn parsed<T: std::str::FromStr>(&self, names: &[&str], expected: &str) -> Result<Option<T>, ConfigError> {
+    fn parsed<T: std::str::FromStr>(
+        &self,
+        names: &[&str],
+        expected: &str,
+    ) -> Result<Option<T>, ConfigError> {
         match self.get_set(names)? {
             None => Ok(None),
-            Some((name, value)) => {
-                value.trim().parse().map(Some).map_err(|_| invalid(&name, value, format!("expected {expected}")))
-            }
+            Some((name, value)) => value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| invalid(&name, value, format!("expected {expected}"))),
         }
     }
 
@@ -524,9 +582,11 @@ impl<'a> Env<'a> {
         match (direct, file) {
             (Some((first, _)), Some((second, _))) => Err(ConfigError::Conflict { first, second }),
             (Some((_, value)), None) => Ok(Some(non_empty_secret(value.to_owned()))),
-            (None, Some((name, path))) if path.trim().is_empty() => {
-                Err(invalid(&name, path, "expected the path of a file holding the secret"))
-            }
+            (None, Some((name, path))) if path.trim().is_empty() => Err(invalid(
+                &name,
+                path,
+                "expected the path of a file holding the secret",
+            )),
             (None, Some((name, path))) => read_secret_file(&name, Path::new(path)).map(Some),
             (None, None) => Ok(None),
         }
@@ -640,7 +700,9 @@ fn parse_profile(name: &str, value: &str) -> Result<Profile, ConfigError> {
 
 fn is_plain_role_name(role: &str) -> bool {
     let mut chars = role.chars();
-    let Some(first) = chars.next() else { return false };
+    let Some(first) = chars.next() else {
+        return false;
+    };
     role.len() <= 63
         && (first.is_ascii_lowercase() || first == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -652,31 +714,48 @@ impl Config {
     /// Reads the optional TOML file (`file`, else the path in `AGENTPLANE_CONFIG`) and the
     /// process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> =
-            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+        let env: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
         let path = match file {
             Some(p) => Some(p.to_owned()),
-            None => env.get(CONFIG_FILE_VAR).filter(|p| !p.trim().is_empty()).map(PathBuf::from),
+            None => env
+                .get(CONFIG_FILE_VAR)
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from),
         };
         let text = match &path {
-            Some(p) => Some(
-                std::fs::read_to_string(p).map_err(|source| ConfigError::ReadFile { path: p.clone(), source })?,
-            ),
+            Some(p) => {
+                Some(
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::ReadFile {
+                        path: p.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         Self::from_sources(text.as_deref(), &env).map_err(|e| match e {
-            ConfigError::Toml { path: None, source } => ConfigError::Toml { path: path.clone(), source },
+            ConfigError::Toml { path: None, source } => ConfigError::Toml {
+                path: path.clone(),
+                source,
+            },
             other => other,
         })
     }
 
     /// Pure: `file_toml` is the TOML file's text, `env` the environment variables.
     /// (Only `*_FILE` secrets touch the file system.)
-    pub fn from_sources(file_toml: Option<&str>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    pub fn from_sources(
+        file_toml: Option<&str>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         let mut cfg = Config::default();
         if let Some(text) = file_toml {
-            let file: FileConfig =
-                toml::from_str(text).map_err(|e| ConfigError::Toml { path: None, source: Box::new(e) })?;
+            let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Toml {
+                path: None,
+                source: Box::new(e),
+            })?;
             file.apply(&mut cfg)?;
         }
         Env(env).apply(&mut cfg)?;
@@ -686,24 +765,38 @@ impl Config {
     /// Refuses insecure or inconsistent settings. `serve` calls it before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
-            return Err(ConfigError::BodyLimitOutOfRange { value: self.max_body_bytes });
+            return Err(ConfigError::BodyLimitOutOfRange {
+                value: self.max_body_bytes,
+            });
         }
         if self.jwt.leeway_secs > MAX_LEEWAY_SECS {
-            return Err(ConfigError::LeewayTooLarge { value: self.jwt.leeway_secs });
+            return Err(ConfigError::LeewayTooLarge {
+                value: self.jwt.leeway_secs,
+            });
         }
         if self.worker.poll_interval_ms == 0 {
-            return Err(ConfigError::Zero { name: "AGENTPLANE_WORKER_POLL_INTERVAL_MS" });
+            return Err(ConfigError::Zero {
+                name: "AGENTPLANE_WORKER_POLL_INTERVAL_MS",
+            });
         }
         if self.worker.lease_secs == 0 {
-            return Err(ConfigError::Zero { name: "AGENTPLANE_JOB_LEASE_SECS" });
+            return Err(ConfigError::Zero {
+                name: "AGENTPLANE_JOB_LEASE_SECS",
+            });
         }
         if !is_plain_role_name(&self.db_role) {
-            return Err(ConfigError::InvalidDbRole { value: self.db_role.clone() });
+            return Err(ConfigError::InvalidDbRole {
+                value: self.db_role.clone(),
+            });
         }
 
         let algorithm = algorithm_name(self.jwt.algorithm);
         if !ALLOWED_ALGORITHMS.contains(&self.jwt.algorithm) {
-            return Err(invalid("JWT_ALGORITHM", algorithm, format!("use one of {ALLOWED_ALGORITHM_NAMES}")));
+            return Err(invalid(
+                "JWT_ALGORITHM",
+                algorithm,
+                format!("use one of {ALLOWED_ALGORITHM_NAMES}"),
+            ));
         }
         let dev = self.profile == Profile::Dev;
         let loopback = self.listen.ip().is_loopback();
@@ -713,12 +806,18 @@ impl Config {
             }
             match &self.jwt.shared_secret {
                 Some(secret) if secret.expose_secret().len() < MIN_SHARED_SECRET_BYTES => {
-                    return Err(ConfigError::WeakSharedSecret { len: secret.expose_secret().len() });
+                    return Err(ConfigError::WeakSharedSecret {
+                        len: secret.expose_secret().len(),
+                    });
                 }
                 Some(_) => {}
                 // The dev profile on loopback generates its own secret (see `dev_secret`).
                 None if dev && loopback => {}
-                None if dev => return Err(ConfigError::DevProfileExposed { listen: self.listen }),
+                None if dev => {
+                    return Err(ConfigError::DevProfileExposed {
+                        listen: self.listen,
+                    })
+                }
                 None => return Err(ConfigError::MissingSharedSecret { algorithm }),
             }
         } else {
@@ -730,13 +829,20 @@ impl Config {
                 (Some(_), Some(_)) => return Err(ConfigError::AmbiguousJwks),
                 (Some(_), None) => {}
                 (None, Some(url)) => {
-                    let parsed = reqwest::Url::parse(url)
-                        .map_err(|e| invalid("AGENTPLANE_JWKS_URL", url, format!("not a URL: {e}")))?;
+                    let parsed = reqwest::Url::parse(url).map_err(|e| {
+                        invalid("AGENTPLANE_JWKS_URL", url, format!("not a URL: {e}"))
+                    })?;
                     match parsed.scheme() {
                         "https" => {}
                         "http" if dev => {}
                         "http" => return Err(ConfigError::InsecureJwksUrl { url: url.clone() }),
-                        _ => return Err(invalid("AGENTPLANE_JWKS_URL", url, "expected an https:// URL")),
+                        _ => {
+                            return Err(invalid(
+                                "AGENTPLANE_JWKS_URL",
+                                url,
+                                "expected an https:// URL",
+                            ))
+                        }
                     }
                 }
             }
@@ -761,11 +867,17 @@ impl Config {
     /// configured shared secret. Reads `data_dir/dev-jwt-secret`, or creates it (mode 0600,
     /// 64 random hex characters, `data_dir` created if needed). Otherwise `Ok(None)`.
     pub fn dev_secret(&self) -> Result<Option<SecretString>, ConfigError> {
-        if self.profile != Profile::Dev || !self.jwt.uses_shared_secret() || self.jwt.shared_secret.is_some() {
+        if self.profile != Profile::Dev
+            || !self.jwt.uses_shared_secret()
+            || self.jwt.shared_secret.is_some()
+        {
             return Ok(None);
         }
         let path = self.dev_secret_path();
-        let io_err = |source| ConfigError::DevSecret { path: path.clone(), source };
+        let io_err = |source| ConfigError::DevSecret {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(&self.data_dir).map_err(io_err)?;
         if !path.exists() {
             let mut bytes = [0u8; 32];
@@ -773,7 +885,9 @@ impl Config {
             let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             // Write a private temporary file, then link it into place: the secret file appears
             // whole or not at all, and a concurrent start that wins the race is kept.
-            let tmp = self.data_dir.join(format!(".{DEV_SECRET_FILE}.{}.tmp", std::process::id()));
+            let tmp = self
+                .data_dir
+                .join(format!(".{DEV_SECRET_FILE}.{}.tmp", std::process::id()));
             let written = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -813,7 +927,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn from_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -843,7 +960,12 @@ mod tests {
         assert!(!cfg.allow_api_key_fallback);
         assert_eq!(
             cfg.worker,
-            WorkerConfig { embedded: true, poll_interval_ms: 500, lease_secs: 60, purge_grace_hours: 720 }
+            WorkerConfig {
+                embedded: true,
+                poll_interval_ms: 500,
+                lease_secs: 60,
+                purge_grace_hours: 720
+            }
         );
         assert_eq!(cfg.max_body_bytes, 1_048_576);
         assert_eq!(cfg.sqlite_path(), PathBuf::from("./data/agentplane.db"));
@@ -889,14 +1011,20 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/agentplane"));
         assert_eq!(cfg.db_role, "from_file");
         assert_eq!(cfg.jwt.algorithm, Algorithm::RS256);
-        assert_eq!(cfg.jwt.jwks_url.as_deref(), Some("https://idp.example/jwks.json"));
+        assert_eq!(
+            cfg.jwt.jwks_url.as_deref(),
+            Some("https://idp.example/jwks.json")
+        );
         assert_eq!(cfg.jwt.issuer.as_deref(), Some("https://idp.example"));
         assert_eq!(cfg.jwt.leeway_secs, 10);
         assert_eq!(cfg.worker.poll_interval_ms, 250);
         assert_eq!(cfg.worker.purge_grace_hours, 48);
         // Overridden by the environment.
         assert_eq!(cfg.listen, "0.0.0.0:9100".parse().unwrap());
-        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://env@db/agentplane"));
+        assert_eq!(
+            secret_of(&cfg.tenant_catalog_dsn),
+            Some("postgres://env@db/agentplane")
+        );
         assert_eq!(cfg.worker.lease_secs, 90);
         assert!(cfg.worker.embedded);
         assert_eq!(cfg.jwt.audience.as_deref(), Some("other-aud"));
@@ -906,7 +1034,10 @@ mod tests {
         // The file alone.
         let cfg = Config::from_sources(Some(toml), &HashMap::new()).unwrap();
         assert_eq!(cfg.listen, "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://file@db/agentplane"));
+        assert_eq!(
+            secret_of(&cfg.tenant_catalog_dsn),
+            Some("postgres://file@db/agentplane")
+        );
         assert_eq!(cfg.worker.lease_secs, 120);
         assert!(!cfg.worker.embedded);
     }
@@ -951,7 +1082,12 @@ mod tests {
         assert!(cfg.allow_api_key_fallback);
         assert_eq!(
             cfg.worker,
-            WorkerConfig { embedded: false, poll_interval_ms: 100, lease_secs: 30, purge_grace_hours: 1 }
+            WorkerConfig {
+                embedded: false,
+                poll_interval_ms: 100,
+                lease_secs: 30,
+                purge_grace_hours: 1
+            }
         );
         assert_eq!(cfg.max_body_bytes, 2048);
     }
@@ -969,10 +1105,21 @@ mod tests {
         assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
         assert!(cfg.allow_api_key_fallback);
 
-        let err = from_env(&[("JWT_ALGORITHM", "HS256"), ("AGENTPLANE_JWT_ALGORITHM", "RS256")]).unwrap_err();
+        let err = from_env(&[
+            ("JWT_ALGORITHM", "HS256"),
+            ("AGENTPLANE_JWT_ALGORITHM", "RS256"),
+        ])
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
-        assert!(err.to_string().contains("JWT_ALGORITHM") && err.to_string().contains("AGENTPLANE_JWT_ALGORITHM"));
-        let err = from_env(&[("ALLOW_API_KEY_FALLBACK", "0"), ("AGENTPLANE_ALLOW_API_KEY_FALLBACK", "1")]).unwrap_err();
+        assert!(
+            err.to_string().contains("JWT_ALGORITHM")
+                && err.to_string().contains("AGENTPLANE_JWT_ALGORITHM")
+        );
+        let err = from_env(&[
+            ("ALLOW_API_KEY_FALLBACK", "0"),
+            ("AGENTPLANE_ALLOW_API_KEY_FALLBACK", "1"),
+        ])
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
     }
 
@@ -992,17 +1139,33 @@ mod tests {
             ("JWT_ALGORITHM", "HS1"),
         ] {
             let err = from_env(&[(var, value)]).unwrap_err();
-            assert!(matches!(err, ConfigError::InvalidValue { .. }), "{var}={value}: {err}");
+            assert!(
+                matches!(err, ConfigError::InvalidValue { .. }),
+                "{var}={value}: {err}"
+            );
             assert!(err.to_string().contains(var), "{err}");
         }
-        assert!(from_env(&[("JWT_ALGORITHM", "none")]).unwrap_err().to_string().contains("never accepted"));
+        assert!(from_env(&[("JWT_ALGORITHM", "none")])
+            .unwrap_err()
+            .to_string()
+            .contains("never accepted"));
         for (value, expected) in [("true", true), ("1", true), ("False", false), ("0", false)] {
-            assert_eq!(from_env(&[("ALLOW_API_KEY_FALLBACK", value)]).unwrap().allow_api_key_fallback, expected);
+            assert_eq!(
+                from_env(&[("ALLOW_API_KEY_FALLBACK", value)])
+                    .unwrap()
+                    .allow_api_key_fallback,
+                expected
+            );
         }
         // An empty value of a field without a "none" value counts as unset.
-        assert!(!from_env(&[("ALLOW_API_KEY_FALLBACK", "")]).unwrap().allow_api_key_fallback);
+        assert!(
+            !from_env(&[("ALLOW_API_KEY_FALLBACK", "")])
+                .unwrap()
+                .allow_api_key_fallback
+        );
         // In the file too.
-        let err = Config::from_sources(Some("[jwt]\nalgorithm = \"none\"\n"), &HashMap::new()).unwrap_err();
+        let err = Config::from_sources(Some("[jwt]\nalgorithm = \"none\"\n"), &HashMap::new())
+            .unwrap_err();
         assert!(err.to_string().contains("jwt.algorithm"), "{err}");
     }
 
@@ -1014,13 +1177,19 @@ mod tests {
         )
         .unwrap();
         assert!(cfg.tenant_catalog_dsn.is_none());
-        let cfg = Config::from_sources(Some("tenant_catalog_dsn = \"\"\n"), &HashMap::new()).unwrap();
+        let cfg =
+            Config::from_sources(Some("tenant_catalog_dsn = \"\"\n"), &HashMap::new()).unwrap();
         assert!(cfg.tenant_catalog_dsn.is_none());
     }
 
     #[test]
     fn unknown_toml_keys_are_errors() {
-        for text in ["lisen = \"127.0.0.1:1\"\n", "[jwt]\nsecret = \"x\"\n", "[worker]\nlease = 3\n", "[db]\n"] {
+        for text in [
+            "lisen = \"127.0.0.1:1\"\n",
+            "[jwt]\nsecret = \"x\"\n",
+            "[worker]\nlease = 3\n",
+            "[db]\n",
+        ] {
             let err = Config::from_sources(Some(text), &HashMap::new()).unwrap_err();
             assert!(matches!(err, ConfigError::Toml { .. }), "{text}: {err}");
             assert!(err.to_string().contains("unknown field"), "{err}");
@@ -1046,7 +1215,10 @@ mod tests {
             ("JWT_SHARED_SECRET_FILE", &jwt),
         ])
         .unwrap();
-        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://app@db/x"));
+        assert_eq!(
+            secret_of(&cfg.tenant_catalog_dsn),
+            Some("postgres://app@db/x")
+        );
         assert_eq!(secret_of(&cfg.migrate_dsn), Some("postgres://owner@db/x"));
         assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
         cfg.validate().unwrap();
@@ -1054,13 +1226,21 @@ mod tests {
         // The alias's _FILE works too, and TOML has `<key>_file`.
         let cfg = from_env(&[("AGENTPLANE_JWT_SHARED_SECRET_FILE", &jwt)]).unwrap();
         assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
-        let toml = format!("tenant_catalog_dsn_file = {dsn:?}\n[jwt]\nshared_secret_file = {jwt:?}\n");
+        let toml =
+            format!("tenant_catalog_dsn_file = {dsn:?}\n[jwt]\nshared_secret_file = {jwt:?}\n");
         let cfg = Config::from_sources(Some(&toml), &HashMap::new()).unwrap();
-        assert_eq!(secret_of(&cfg.tenant_catalog_dsn), Some("postgres://app@db/x"));
+        assert_eq!(
+            secret_of(&cfg.tenant_catalog_dsn),
+            Some("postgres://app@db/x")
+        );
         assert_eq!(secret_of(&cfg.jwt.shared_secret), Some(STRONG));
 
         // Both forms at once is ambiguous.
-        let err = from_env(&[("JWT_SHARED_SECRET", STRONG), ("JWT_SHARED_SECRET_FILE", &jwt)]).unwrap_err();
+        let err = from_env(&[
+            ("JWT_SHARED_SECRET", STRONG),
+            ("JWT_SHARED_SECRET_FILE", &jwt),
+        ])
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
         let toml = format!("[jwt]\nshared_secret = \"x\"\nshared_secret_file = {jwt:?}\n");
         let err = Config::from_sources(Some(&toml), &HashMap::new()).unwrap_err();
@@ -1070,14 +1250,20 @@ mod tests {
         let missing = dir.path().join("nope");
         let err = from_env(&[("JWT_SHARED_SECRET_FILE", missing.to_str().unwrap())]).unwrap_err();
         assert!(matches!(err, ConfigError::ReadSecretFile { .. }), "{err}");
-        assert!(err.to_string().contains("JWT_SHARED_SECRET_FILE") && err.to_string().contains("nope"), "{err}");
+        assert!(
+            err.to_string().contains("JWT_SHARED_SECRET_FILE") && err.to_string().contains("nope"),
+            "{err}"
+        );
     }
 
     #[test]
     fn debug_never_prints_secrets() {
         let cfg = from_env(&[
             ("TENANT_CATALOG_DSN", "postgres://app:hunter2-dsn@db/x"),
-            ("AGENTPLANE_MIGRATE_DSN", "postgres://owner:hunter2-owner@db/x"),
+            (
+                "AGENTPLANE_MIGRATE_DSN",
+                "postgres://owner:hunter2-owner@db/x",
+            ),
             ("JWT_SHARED_SECRET", "hunter2-jwt-secret-hunter2-jwt-secret"),
         ])
         .unwrap();
@@ -1115,14 +1301,22 @@ mod tests {
         cfg.jwt.jwks_file = Some("/etc/jwks.json".into());
         cfg.validate().unwrap();
         // Dev allows the API key fallback and a plain-http JWKS URL.
-        let mut cfg = Config { allow_api_key_fallback: true, ..Config::default() };
+        let mut cfg = Config {
+            allow_api_key_fallback: true,
+            ..Config::default()
+        };
         cfg.validate().unwrap();
         cfg.jwt.algorithm = Algorithm::ES256;
         cfg.jwt.jwks_url = Some("http://127.0.0.1:9/jwks".into());
         cfg.validate().unwrap();
         // Body limit boundaries.
         for value in [MIN_BODY_BYTES, MAX_BODY_BYTES] {
-            Config { max_body_bytes: value, ..valid_production() }.validate().unwrap();
+            Config {
+                max_body_bytes: value,
+                ..valid_production()
+            }
+            .validate()
+            .unwrap();
         }
     }
 
@@ -1130,14 +1324,23 @@ mod tests {
     fn validate_refuses_missing_or_weak_shared_secret() {
         let mut cfg = valid_production();
         cfg.jwt.shared_secret = None;
-        assert!(matches!(refused(&cfg), ConfigError::MissingSharedSecret { algorithm: "HS256" }));
+        assert!(matches!(
+            refused(&cfg),
+            ConfigError::MissingSharedSecret { algorithm: "HS256" }
+        ));
         assert!(refused(&cfg).to_string().contains("JWT_SHARED_SECRET"));
 
         cfg.jwt.shared_secret = Some(STRONG[..31].into());
-        assert!(matches!(refused(&cfg), ConfigError::WeakSharedSecret { len: 31 }));
+        assert!(matches!(
+            refused(&cfg),
+            ConfigError::WeakSharedSecret { len: 31 }
+        ));
         // A short secret is refused even where a missing one is allowed (dev, loopback).
         let cfg = from_env(&[("JWT_SHARED_SECRET", "short")]).unwrap();
-        assert!(matches!(refused(&cfg), ConfigError::WeakSharedSecret { len: 5 }));
+        assert!(matches!(
+            refused(&cfg),
+            ConfigError::WeakSharedSecret { len: 5 }
+        ));
     }
 
     #[test]
@@ -1146,7 +1349,10 @@ mod tests {
         cfg.jwt.shared_secret = None;
         cfg.jwt.algorithm = Algorithm::PS256;
         let err = refused(&cfg);
-        assert!(matches!(err, ConfigError::MissingJwks { algorithm: "PS256" }), "{err}");
+        assert!(
+            matches!(err, ConfigError::MissingJwks { algorithm: "PS256" }),
+            "{err}"
+        );
         assert!(err.to_string().contains("AGENTPLANE_JWKS_FILE"));
 
         cfg.jwt.jwks_file = Some("/etc/jwks.json".into());
@@ -1164,17 +1370,26 @@ mod tests {
         // A secret next to a public-key algorithm would be silently ignored.
         cfg.jwt.jwks_url = Some("https://idp/jwks".into());
         cfg.jwt.shared_secret = Some(STRONG.into());
-        assert!(matches!(refused(&cfg), ConfigError::SharedSecretWithPublicKeyAlgorithm { .. }));
+        assert!(matches!(
+            refused(&cfg),
+            ConfigError::SharedSecretWithPublicKeyAlgorithm { .. }
+        ));
 
         // A JWKS next to an HMAC algorithm would be silently ignored.
         let mut cfg = valid_production();
         cfg.jwt.jwks_file = Some("/etc/jwks.json".into());
-        assert!(matches!(refused(&cfg), ConfigError::JwksWithHmacAlgorithm { .. }));
+        assert!(matches!(
+            refused(&cfg),
+            ConfigError::JwksWithHmacAlgorithm { .. }
+        ));
     }
 
     #[test]
     fn validate_refuses_api_key_fallback_in_production() {
-        let cfg = Config { allow_api_key_fallback: true, ..valid_production() };
+        let cfg = Config {
+            allow_api_key_fallback: true,
+            ..valid_production()
+        };
         let err = refused(&cfg);
         assert!(matches!(err, ConfigError::ApiKeyFallbackInProduction));
         assert!(err.to_string().contains("ALLOW_API_KEY_FALLBACK"));
@@ -1184,15 +1399,24 @@ mod tests {
     fn validate_refuses_dev_profile_on_a_public_address_without_keys() {
         let cfg = from_env(&[("AGENTPLANE_LISTEN", "0.0.0.0:8080")]).unwrap();
         let err = refused(&cfg);
-        assert!(matches!(err, ConfigError::DevProfileExposed { .. }), "{err}");
+        assert!(
+            matches!(err, ConfigError::DevProfileExposed { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("AGENTPLANE_LISTEN"));
         // Loopback in both families is fine.
-        from_env(&[("AGENTPLANE_LISTEN", "[::1]:8080")]).unwrap().validate().unwrap();
-        // A strong secret or a JWKS makes it fine.
-        from_env(&[("AGENTPLANE_LISTEN", "0.0.0.0:8080"), ("JWT_SHARED_SECRET", STRONG)])
+        from_env(&[("AGENTPLANE_LISTEN", "[::1]:8080")])
             .unwrap()
             .validate()
             .unwrap();
+        // A strong secret or a JWKS makes it fine.
+        from_env(&[
+            ("AGENTPLANE_LISTEN", "0.0.0.0:8080"),
+            ("JWT_SHARED_SECRET", STRONG),
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
         from_env(&[
             ("AGENTPLANE_LISTEN", "0.0.0.0:8080"),
             ("JWT_ALGORITHM", "RS256"),
@@ -1206,8 +1430,14 @@ mod tests {
     #[test]
     fn validate_refuses_out_of_range_numbers_and_bad_role() {
         for value in [MIN_BODY_BYTES - 1, MAX_BODY_BYTES + 1, 0] {
-            let err = refused(&Config { max_body_bytes: value, ..valid_production() });
-            assert!(matches!(err, ConfigError::BodyLimitOutOfRange { .. }), "{err}");
+            let err = refused(&Config {
+                max_body_bytes: value,
+                ..valid_production()
+            });
+            assert!(
+                matches!(err, ConfigError::BodyLimitOutOfRange { .. }),
+                "{err}"
+            );
             assert!(err.to_string().contains("AGENTPLANE_MAX_BODY_BYTES"));
         }
         let mut cfg = valid_production();
@@ -1216,23 +1446,49 @@ mod tests {
 
         let mut cfg = valid_production();
         cfg.worker.lease_secs = 0;
-        assert!(matches!(refused(&cfg), ConfigError::Zero { name: "AGENTPLANE_JOB_LEASE_SECS" }));
+        assert!(matches!(
+            refused(&cfg),
+            ConfigError::Zero {
+                name: "AGENTPLANE_JOB_LEASE_SECS"
+            }
+        ));
         let mut cfg = valid_production();
         cfg.worker.poll_interval_ms = 0;
         assert!(matches!(refused(&cfg), ConfigError::Zero { .. }));
 
-        for role in ["", "App", "app-role", "1app", "app; DROP ROLE x", &"a".repeat(64)] {
-            let cfg = Config { db_role: role.to_owned(), ..valid_production() };
-            assert!(matches!(refused(&cfg), ConfigError::InvalidDbRole { .. }), "{role}");
+        for role in [
+            "",
+            "App",
+            "app-role",
+            "1app",
+            "app; DROP ROLE x",
+            &"a".repeat(64),
+        ] {
+            let cfg = Config {
+                db_role: role.to_owned(),
+                ..valid_production()
+            };
+            assert!(
+                matches!(refused(&cfg), ConfigError::InvalidDbRole { .. }),
+                "{role}"
+            );
         }
-        Config { db_role: "_app_2".into(), ..valid_production() }.validate().unwrap();
+        Config {
+            db_role: "_app_2".into(),
+            ..valid_production()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]
     fn dev_secret_is_created_once_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("nested").join("data");
-        let cfg = Config { data_dir: data_dir.clone(), ..Config::default() };
+        let cfg = Config {
+            data_dir: data_dir.clone(),
+            ..Config::default()
+        };
         let first = cfg.dev_secret().unwrap().unwrap();
         let path = data_dir.join("dev-jwt-secret");
         let meta = std::fs::metadata(&path).unwrap();
@@ -1247,26 +1503,50 @@ mod tests {
         let second = cfg.dev_secret().unwrap().unwrap();
         assert_eq!(first.expose_secret(), second.expose_secret());
         // Another data dir gets another secret.
-        let other = Config { data_dir: dir.path().join("other"), ..Config::default() };
-        assert_ne!(other.dev_secret().unwrap().unwrap().expose_secret(), first.expose_secret());
+        let other = Config {
+            data_dir: dir.path().join("other"),
+            ..Config::default()
+        };
+        assert_ne!(
+            other.dev_secret().unwrap().unwrap().expose_secret(),
+            first.expose_secret()
+        );
 
         // A damaged file is refused, not silently used.
         std::fs::write(&path, "short\n").unwrap();
-        assert!(matches!(cfg.dev_secret(), Err(ConfigError::BadDevSecret { .. })));
+        assert!(matches!(
+            cfg.dev_secret(),
+            Err(ConfigError::BadDevSecret { .. })
+        ));
     }
 
     #[test]
     fn dev_secret_only_when_needed() {
         let dir = tempfile::tempdir().unwrap();
-        let base = Config { data_dir: dir.path().to_owned(), ..Config::default() };
+        let base = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         let configured = Config {
-            jwt: JwtConfig { shared_secret: Some(STRONG.into()), ..JwtConfig::default() },
+            jwt: JwtConfig {
+                shared_secret: Some(STRONG.into()),
+                ..JwtConfig::default()
+            },
             ..base.clone()
         };
         assert!(configured.dev_secret().unwrap().is_none());
-        let production = Config { profile: Profile::Production, ..base.clone() };
+        let production = Config {
+            profile: Profile::Production,
+            ..base.clone()
+        };
         assert!(production.dev_secret().unwrap().is_none());
-        let rs = Config { jwt: JwtConfig { algorithm: Algorithm::RS256, ..JwtConfig::default() }, ..base.clone() };
+        let rs = Config {
+            jwt: JwtConfig {
+                algorithm: Algorithm::RS256,
+                ..JwtConfig::default()
+            },
+            ..base.clone()
+        };
         assert!(rs.dev_secret().unwrap().is_none());
         assert!(!dir.path().join(DEV_SECRET_FILE).exists());
         assert!(base.dev_secret().unwrap().is_some());

@@ -20,6 +20,7 @@ mod rows;
 mod sqlite;
 
 pub use error::{Conflict, StoreError};
+pub use sqlx::Error as SqlxError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -131,6 +132,8 @@ pub struct PurgeReport {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
+    /// A round trip to the database.
+    async fn ping(&self) -> Result<()>;
 
     // --- Plans (platform data, not tenant-owned) ---
     async fn list_plans(&self, page: &PageRequest) -> Result<Page<Plan>>;

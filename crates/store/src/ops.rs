@@ -183,6 +183,13 @@ impl Store for BackendStore {
         Self::BACKEND
     }
 
+    async fn ping(&self) -> Result<()> {
+        let mut tx = self.read_platform().await?;
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn list_plans(&self, page: &PageRequest) -> Result<Page<Plan>> {
         let mut tx = self.read_platform().await?;
         let rows: Vec<PlanRow> = sqlx::query_as("SELECT * FROM plans WHERE id > $1 ORDER BY id LIMIT $2")

@@ -1,0 +1,130 @@
+//! Wiring: configuration -> store -> planes -> router, and the serving loop with its
+//! embedded job worker and graceful shutdown.
+
+use crate::auth::{AuthSetupError, JwtVerifier};
+use crate::config::{Config, ConfigError};
+use crate::state::AppState;
+use agentplane_control::{ControlPlane, WorkerConfig};
+use agentplane_store::{PgStore, SqliteStore, Store, StoreError};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("JWT verification: {0}")]
+    Auth(#[from] AuthSetupError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the configured store: PostgreSQL when `TENANT_CATALOG_DSN` is set (the schema must
+/// have been migrated with `agentplane migrate`), else the embedded SQLite file, created and
+/// migrated on the spot.
+pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match &cfg.tenant_catalog_dsn {
+        Some(dsn) => {
+            let role = (!cfg.db_role.is_empty()).then_some(cfg.db_role.as_str());
+            Ok(Arc::new(
+                PgStore::connect(dsn.expose_secret(), role, 16).await?,
+            ))
+        }
+        None => {
+            std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
+                path: cfg.data_dir.display().to_string(),
+                source,
+            })?;
+            Ok(Arc::new(SqliteStore::open(&cfg.sqlite_path()).await?))
+        }
+    }
+}
+
+/// Runs the schema migrations as the owner (`AGENTPLANE_MIGRATE_DSN`, else the catalog DSN).
+pub async fn migrate(cfg: &Config) -> Result<&'static str, StartError> {
+    match cfg.migrate_dsn.as_ref().or(cfg.tenant_catalog_dsn.as_ref()) {
+        Some(dsn) => {
+            PgStore::migrate(dsn.expose_secret()).await?;
+            Ok("postgres")
+        }
+        None => {
+            open_store(cfg).await?;
+            Ok("sqlite")
+        }
+    }
+}
+
+pub fn worker_config(cfg: &Config) -> WorkerConfig {
+    WorkerConfig {
+        lease_ms: i64::try_from(cfg.worker.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        poll_interval: Duration::from_millis(cfg.worker.poll_interval_ms),
+        purge_grace_ms: i64::try_from(cfg.worker.purge_grace_hours.saturating_mul(3_600_000))
+            .unwrap_or(i64::MAX),
+    }
+}
+
+/// A built server: its planes and router, ready to serve.
+pub struct Server {
+    state: AppState,
+    max_body_bytes: usize,
+    embedded_worker: bool,
+}
+
+impl Server {
+    pub async fn build(cfg: &Config) -> Result<Self, StartError> {
+        let store = open_store(cfg).await?;
+        Self::with_store(cfg, store).await
+    }
+
+    pub async fn with_store(cfg: &Config, store: Arc<dyn Store>) -> Result<Self, StartError> {
+        let dev_secret = cfg.dev_secret()?;
+        let verifier = JwtVerifier::from_config(&cfg.jwt, dev_secret).await?;
+        let control = ControlPlane::new(store, worker_config(cfg));
+        Ok(Self {
+            state: AppState::new(control, verifier),
+            max_body_bytes: cfg.max_body_bytes,
+            embedded_worker: cfg.worker.embedded,
+        })
+    }
+
+    pub fn control(&self) -> &ControlPlane {
+        self.state.control()
+    }
+
+    pub fn router(&self) -> axum::Router {
+        crate::routes::router(self.state.clone(), self.max_body_bytes)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains requests and stops the worker.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let tasks = TaskTracker::new();
+        if self.embedded_worker {
+            let control = self.state.control().clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move { control.run_worker(stop).await });
+        }
+        let router = self.router();
+        let stop = shutdown.clone();
+        let res = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        res
+    }
+}

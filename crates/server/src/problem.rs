@@ -1,0 +1,202 @@
+//! RFC 9457 problem details: the one place where every error of every plane becomes an HTTP
+//! response. Each problem has a stable `code`; internal errors are logged with their cause
+//! and answered with an opaque 500.
+
+use crate::auth::AuthError;
+use agentplane_control::error::ConflictKind;
+use agentplane_control::ControlError;
+use agentplane_core::authz::AuthzError;
+use agentplane_core::DomainError;
+use agentplane_store::StoreError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub extra: Map<String, Value>,
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            extra: Map::new(),
+            headers: Vec::new(),
+        }
+    }
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+    pub fn header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            "the resource does not exist",
+        )
+    }
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, "Bad request", detail)
+    }
+    pub fn validation(field: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "Validation failed",
+            format!("{field}: {reason}"),
+        )
+        .with("field", json!(field))
+    }
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the server failed to handle the request; it has been logged",
+        )
+    }
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            "this path does not accept this method",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert(
+            "type".into(),
+            json!(format!("urn:agentplane:problem:{}", self.code)),
+        );
+        body.insert("title".into(), json!(self.title));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("detail".into(), json!(self.detail));
+        body.insert("code".into(), json!(self.code));
+        body.extend(self.extra);
+        let mut res = (self.status, Value::Object(body).to_string()).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        for (k, v) in self.headers {
+            res.headers_mut().insert(k, v);
+        }
+        res
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Invalid { field, reason } => Self::validation(field, reason),
+            e @ DomainError::InvalidTransition { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "invalid_transition",
+                "Invalid state transition",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Db(sqlx_err) if is_unavailable(sqlx_err) => {
+                tracing::error!(error = %e, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    "the database is unavailable; retry later",
+                )
+                .header(header::RETRY_AFTER, "5")
+            }
+            _ => {
+                tracing::error!(error = %e, "store error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+fn is_unavailable(e: &agentplane_store::SqlxError) -> bool {
+    use agentplane_store::SqlxError as E;
+    matches!(e, E::PoolTimedOut | E::PoolClosed | E::Io(_))
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Invalid(d) => d.into(),
+            ControlError::NotFound(_) => Self::not_found(),
+            ControlError::Conflict(kind) => {
+                let code = match kind {
+                    ConflictKind::PlanExists => "plan_exists",
+                    ConflictKind::SlugTaken => "slug_taken",
+                    ConflictKind::ConcurrentUpdate => "concurrent_update",
+                };
+                Self::new(StatusCode::CONFLICT, code, "Conflict", kind.to_string())
+            }
+            ControlError::IdempotencyKeyReused => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was already used with a different request body",
+            ),
+            ControlError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Unauthenticated",
+            format!("bearer token rejected: {e}"),
+        )
+        .header(header::WWW_AUTHENTICATE, "Bearer")
+    }
+}
+
+impl From<AuthzError> for ApiError {
+    fn from(e: AuthzError) -> Self {
+        match e {
+            AuthzError::NoTenantAccess => Self::not_found(),
+            AuthzError::MissingPermission(p) => Self::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                format!("this action needs the permission {p}"),
+            )
+            .with("required_permission", json!(p)),
+        }
+    }
+}

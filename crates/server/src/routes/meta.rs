@@ -1,0 +1,93 @@
+use crate::extract::PlatformScope;
+use crate::problem::ApiError;
+use crate::state::AppState;
+use agentplane_core::authz::Principal;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::OpenApi;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub database: &'static str,
+    pub version: &'static str,
+}
+
+/// Liveness and database reachability.
+#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = Health), (status = 503, description = "database unreachable")))]
+pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state.control().store().ping().await?;
+    let database = match state.control().store().backend() {
+        agentplane_store::Backend::Sqlite => "sqlite",
+        agentplane_store::Backend::Postgres => "postgres",
+    };
+    Ok(Json(Health {
+        status: "ok",
+        database,
+        version: env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// How the server reads the caller's token: roles, scopes and tenant access.
+#[utoipa::path(get, path = "/v1/admin/debug/identity", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = Principal), (status = 401, description = "no or bad token")))]
+pub async fn debug_identity(scope: PlatformScope) -> Json<Principal> {
+    Json(scope.principal)
+}
+
+/// The tenant-scoped AXAG semantic manifest, generated from the action registry.
+#[utoipa::path(get, path = "/v1/axag/manifest", tag = "meta", responses((status = 200, description = "AXAG manifest")))]
+pub async fn manifest() -> Json<Value> {
+    Json(agentplane_core::action::tenant_manifest())
+}
+
+/// This document.
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], ApiDoc::json())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Agentplane", description = "Multi-tenant platform for hosting AI agents"),
+    paths(
+        health, debug_identity, manifest,
+        super::plans::list, super::plans::get, super::plans::create,
+        super::tenants::create, super::tenants::get, super::tenants::list, super::tenants::change_plan,
+        super::tenants::suspend, super::tenants::reactivate, super::tenants::delete, super::tenants::purge,
+        super::tenants::list_users, super::tenants::run_next_job,
+        super::usage::tenant_usage, super::usage::export,
+        super::audit::list,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+impl ApiDoc {
+    pub fn json() -> String {
+        let doc = Self::openapi();
+        doc.to_pretty_json()
+            .unwrap_or_else(|e| json!({"error": e.to_string()}).to_string())
+    }
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

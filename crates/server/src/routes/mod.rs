@@ -1,0 +1,103 @@
+//! The router. Admin routes are built from the action registry: each declared action is
+//! mounted at its declared method and path, and its extractor checks the permission the
+//! registry declares for it. A test checks that every declared action is routed.
+
+mod audit;
+mod meta;
+mod plans;
+mod tenants;
+mod usage;
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+use agentplane_core::action::{ActionSpec, Method, REGISTRY};
+use agentplane_core::page::PageRequest;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
+use axum::Router;
+use serde::Deserialize;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use meta::ApiDoc;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn filter(m: Method) -> MethodFilter {
+    match m {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Patch => MethodFilter::PATCH,
+        Method::Put => MethodFilter::PUT,
+        Method::Delete => MethodFilter::DELETE,
+    }
+}
+
+/// The handler of a declared action.
+pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
+    let f = filter(spec.method);
+    Some(match spec.intent {
+        "admin.debug_identity" => on(f, meta::debug_identity),
+        "admin.list_plans" => on(f, plans::list),
+        "admin.get_plan" => on(f, plans::get),
+        "admin.create_plan" => on(f, plans::create),
+        "admin.list_tenants" => on(f, tenants::list),
+        "admin.create_tenant" => on(f, tenants::create),
+        "admin.get_tenant" => on(f, tenants::get),
+        "admin.change_tenant_plan" => on(f, tenants::change_plan),
+        "admin.suspend_tenant" => on(f, tenants::suspend),
+        "admin.reactivate_tenant" => on(f, tenants::reactivate),
+        "admin.delete_tenant" => on(f, tenants::delete),
+        "admin.purge_tenant" => on(f, tenants::purge),
+        "admin.list_users" => on(f, tenants::list_users),
+        "admin.get_tenant_usage" => on(f, usage::tenant_usage),
+        "admin.export_usage" => on(f, usage::export),
+        "admin.run_next_job" => on(f, tenants::run_next_job),
+        "admin.list_audit_events" => on(f, audit::list),
+        _ => return None,
+    })
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let mut r = Router::new()
+        .route("/health", get(meta::health))
+        .route("/openapi.json", get(meta::openapi))
+        .route("/v1/axag/manifest", get(meta::manifest));
+    for spec in REGISTRY {
+        match action_route(spec) {
+            Some(mr) => r = r.route(spec.path, mr),
+            None => tracing::error!(intent = spec.intent, "declared action has no handler"),
+        }
+    }
+    r.fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("handler panicked");
+            axum::response::IntoResponse::into_response(ApiError::internal())
+        }))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// `?cursor=&limit=` of every list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct PageParams {
+    /// Opaque cursor from the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1-500 (default 50).
+    pub limit: Option<u32>,
+}
+
+impl PageParams {
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        Ok(PageRequest::new(self.cursor.as_deref(), self.limit)?)
+    }
+}
