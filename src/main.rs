@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "agentplane", version, about = "Multi-tenant platform for hosting AI agents")]
+#[command(
+    name = "agentplane",
+    version,
+    about = "Multi-tenant platform for hosting AI agents"
+)]
 struct Cli {
     /// TOML configuration file (also AGENTPLANE_CONFIG).
     #[arg(long, global = true, env = "AGENTPLANE_CONFIG")]
@@ -69,7 +73,10 @@ enum AuditCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -87,9 +94,12 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("AGENTPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("AGENTPLANE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AGENTPLANE_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -117,7 +127,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-            let backend = if cfg.tenant_catalog_dsn.is_some() { "postgres" } else { "sqlite" };
+            let backend = if cfg.tenant_catalog_dsn.is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            };
             tracing::info!(
                 listen = %listener.local_addr()?, profile = %cfg.profile, backend,
                 data_dir = %cfg.data_dir.display(), "agentplane serving"
@@ -135,14 +149,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker => {
             cfg.validate()?;
             let store = agentplane_server::app::open_store(&cfg).await?;
-            let control = agentplane_control::ControlPlane::new(store, agentplane_server::app::worker_config(&cfg));
+            let control = agentplane_control::ControlPlane::new(
+                store,
+                agentplane_server::app::worker_config(&cfg),
+            );
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             tracing::info!("agentplane worker running");
             control.run_worker(shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Verify } => {
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
             let store = agentplane_server::app::open_store(&cfg).await?;
             let platform = PlatformCtx::for_system("cli/audit-verify");
             let report = agentplane_audit::verify_all(store.as_ref(), &platform).await?;
@@ -153,24 +172,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             if report.ok() {
-                println!("{} chains, {} events verified", report.chains.len(), report.events());
+                println!(
+                    "{} chains, {} events verified",
+                    report.chains.len(),
+                    report.events()
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
                 println!("audit chain verification FAILED");
                 Ok(ExitCode::from(1))
             }
         }
-        Command::Token { sub, roles, tenants, ttl } => {
+        Command::Token {
+            sub,
+            roles,
+            tenants,
+            ttl,
+        } => {
             let secret = match (&cfg.jwt.shared_secret, cfg.dev_secret()?) {
                 (Some(s), _) => s.expose_secret().to_owned(),
                 (None, Some(s)) => s.expose_secret().to_owned(),
                 (None, None) => anyhow::bail!("no shared secret: set JWT_SHARED_SECRET (tokens for RS*/ES* come from your IdP)"),
             };
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
             let claims = serde_json::json!({
                 "sub": sub, "roles": roles, "tenant_ids": tenants, "iat": now, "exp": now + ttl,
             });
-            println!("{}", agentplane_server::auth::mint_hs256(secret.as_bytes(), &claims)?);
+            println!(
+                "{}",
+                agentplane_server::auth::mint_hs256(secret.as_bytes(), &claims)?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -180,7 +213,9 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

@@ -1,1 +1,21 @@
+//! Integration tests: one binary (fast to link), each test run against both backends.
+//! `cargo test --test api sqlite::` or `postgres::` runs one backend's half.
+//!
+//! PostgreSQL tests need a server: `AGENTPLANE_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, a role that may create databases and
+//! roles). They fail, never skip, when it is unreachable. `scripts/test` starts one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod audit;
+mod authz;
+mod conformance;
+mod crash;
+mod input;
+mod meta;
+mod plans;
+mod rls;
+mod tenants;
+mod usage;

@@ -19,19 +19,24 @@ pub async fn read_trail(
     purpose: Option<&str>,
 ) -> Result<Page<AuditEvent>, StoreError> {
     let purpose: Option<String> = purpose.map(|p| p.chars().take(500).collect());
-    let read = NewAuditEvent::new(Chain::Tenant(ctx.tenant_id()), "audit.read", ctx.actor(), Timestamp::now())
-        .target("audit_trail", ctx.tenant_id())
-        .data(json!({
-            "filter": {
-                "action": filter.action,
-                "actor_id": filter.actor_id,
-                "from": filter.from,
-                "to": filter.to,
-            },
-            "cursor": page.after,
-            "limit": page.limit,
-            "purpose": purpose,
-        }));
+    let read = NewAuditEvent::new(
+        Chain::Tenant(ctx.tenant_id()),
+        "audit.read",
+        ctx.actor(),
+        Timestamp::now(),
+    )
+    .target("audit_trail", ctx.tenant_id())
+    .data(json!({
+        "filter": {
+            "action": filter.action,
+            "actor_id": filter.actor_id,
+            "from": filter.from,
+            "to": filter.to,
+        },
+        "cursor": page.after,
+        "limit": page.limit,
+        "purpose": purpose,
+    }));
     store.list_audit(ctx, filter, page, read).await
 }
 
@@ -60,7 +65,10 @@ impl VerifyReport {
 }
 
 /// Recomputes every chain from its first event, streaming a page at a time.
-pub async fn verify_all(store: &dyn Store, platform: &PlatformCtx) -> Result<VerifyReport, StoreError> {
+pub async fn verify_all(
+    store: &dyn Store,
+    platform: &PlatformCtx,
+) -> Result<VerifyReport, StoreError> {
     let mut chains = Vec::new();
     for (chain, head_seq, head_hash) in store.audit_chain_heads(platform).await? {
         let mut report = verify_chain(store, platform, &chain).await?;
@@ -75,7 +83,11 @@ pub async fn verify_all(store: &dyn Store, platform: &PlatformCtx) -> Result<Ver
     Ok(VerifyReport { chains })
 }
 
-pub async fn verify_chain(store: &dyn Store, platform: &PlatformCtx, chain: &str) -> Result<ChainReport, StoreError> {
+pub async fn verify_chain(
+    store: &dyn Store,
+    platform: &PlatformCtx,
+    chain: &str,
+) -> Result<ChainReport, StoreError> {
     const PAGE: u32 = 1000;
     let mut v = ChainVerifier::default();
     let mut after = 0;
@@ -96,7 +108,12 @@ pub async fn verify_chain(store: &dyn Store, platform: &PlatformCtx, chain: &str
             break None;
         }
     };
-    Ok(ChainReport { chain: chain.to_owned(), events: v.verified(), last_hash: v.last_hash().to_owned(), broken })
+    Ok(ChainReport {
+        chain: chain.to_owned(),
+        events: v.verified(),
+        last_hash: v.last_hash().to_owned(),
+        broken,
+    })
 }
 
 /// The chain key of a tenant, for callers that name chains.

@@ -40,7 +40,9 @@ impl From<StoreError> for ControlError {
         match e {
             StoreError::Conflict(Conflict::PlanId) => Self::Conflict(ConflictKind::PlanExists),
             StoreError::Conflict(Conflict::Slug) => Self::Conflict(ConflictKind::SlugTaken),
-            StoreError::Conflict(Conflict::Version) => Self::Conflict(ConflictKind::ConcurrentUpdate),
+            StoreError::Conflict(Conflict::Version) => {
+                Self::Conflict(ConflictKind::ConcurrentUpdate)
+            }
             other => Self::Store(other),
         }
     }

@@ -4,7 +4,6 @@
 //! generation, idempotency, what provisioning creates); persistence is the store's, HTTP is
 //! the server's. Every change is handed to the store together with its audit event.
 
-
 mod provisioning;
 mod tenants;
 
@@ -57,7 +56,10 @@ impl ControlPlane {
 
     pub async fn get_plan(&self, id: &str) -> Result<Plan> {
         let id = PlanId::parse(id).map_err(|_| ControlError::NotFound("plan"))?;
-        self.store.get_plan(&id).await?.ok_or(ControlError::NotFound("plan"))
+        self.store
+            .get_plan(&id)
+            .await?
+            .ok_or(ControlError::NotFound("plan"))
     }
 
     pub async fn create_plan(&self, ctx: &PlatformCtx, req: CreatePlan) -> Result<Plan> {
@@ -70,24 +72,38 @@ impl ControlPlane {
         };
         plan.limits.validate()?;
         validate_features(&plan.features)?;
-        let audit = NewAuditEvent::new(Chain::Platform, "plan.create", ctx.actor(), plan.created_at)
-            .target("plan", &plan.id)
-            .data(serde_json::json!({"limits": plan.limits, "features": plan.features}));
+        let audit =
+            NewAuditEvent::new(Chain::Platform, "plan.create", ctx.actor(), plan.created_at)
+                .target("plan", &plan.id)
+                .data(serde_json::json!({"limits": plan.limits, "features": plan.features}));
         self.store.insert_plan(&plan, audit).await?;
         Ok(plan)
     }
 
     /// Usage of a period (default: the current month) against the tenant's plan.
-    pub async fn usage_summary(&self, ctx: &TenantCtx, period: Option<&str>) -> Result<UsageSummary> {
+    pub async fn usage_summary(
+        &self,
+        ctx: &TenantCtx,
+        period: Option<&str>,
+    ) -> Result<UsageSummary> {
         let period = match period {
             Some(p) => validate_period(p)?,
             None => Timestamp::now().period(),
         };
         let tenant = self.tenant(ctx).await?;
-        let plan = self.store.get_plan(&tenant.plan_id).await?.ok_or(ControlError::NotFound("plan"))?;
+        let plan = self
+            .store
+            .get_plan(&tenant.plan_id)
+            .await?
+            .ok_or(ControlError::NotFound("plan"))?;
         let c = self.store.usage_counter(ctx, &period).await?;
         let (mu, tu, mr, tr) = c.map_or((0, 0, 0, 0), |c| {
-            (c.messages_used, c.tokens_used, c.messages_reserved, c.tokens_reserved)
+            (
+                c.messages_used,
+                c.tokens_used,
+                c.messages_reserved,
+                c.tokens_reserved,
+            )
         });
         Ok(UsageSummary {
             tenant_id: ctx.tenant_id(),
@@ -98,7 +114,12 @@ impl ControlPlane {
         })
     }
 
-    pub async fn export_usage(&self, ctx: &PlatformCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>> {
+    pub async fn export_usage(
+        &self,
+        ctx: &PlatformCtx,
+        range: TimeRange,
+        page: &PageRequest,
+    ) -> Result<Page<UsageRecord>> {
         if let (Some(f), Some(t)) = (range.from, range.to) {
             if f > t {
                 return Err(DomainError::invalid("from", "must not be after `to`").into());
@@ -107,7 +128,12 @@ impl ControlPlane {
         Ok(self.store.all_usage_records(ctx, range, page).await?)
     }
 
-    pub async fn list_users(&self, ctx: &TenantCtx, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>> {
+    pub async fn list_users(
+        &self,
+        ctx: &TenantCtx,
+        filter: &MemberFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Member>> {
         Ok(self.store.list_members(ctx, filter, page).await?)
     }
 }
@@ -117,7 +143,10 @@ fn validate_period(p: &str) -> Result<String, DomainError> {
     let ok = b.len() == 7
         && b[4] == b'-'
         && b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit)
-        && matches!(&p[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
+        && matches!(
+            &p[5..],
+            "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12"
+        );
     if ok {
         Ok(p.to_owned())
     } else {

@@ -24,7 +24,11 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { lease_ms: 60_000, poll_interval: Duration::from_millis(500), purge_grace_ms: 30 * 24 * 3_600_000 }
+        Self {
+            lease_ms: 60_000,
+            poll_interval: Duration::from_millis(500),
+            purge_grace_ms: 30 * 24 * 3_600_000,
+        }
     }
 }
 
@@ -53,7 +57,11 @@ fn default_settings() -> Vec<(String, serde_json::Value)> {
 impl ControlPlane {
     /// Claims and runs the next due job, if any.
     pub async fn run_next_job(&self) -> Result<Option<JobOutcome>> {
-        let Some(job) = self.store.claim_job(Timestamp::now(), self.cfg.lease_ms).await? else {
+        let Some(job) = self
+            .store
+            .claim_job(Timestamp::now(), self.cfg.lease_ms)
+            .await?
+        else {
             return Ok(None);
         };
         let span = tracing::info_span!("job", job_id = %job.id, tenant_id = %job.tenant_id, kind = job.kind.as_str());
@@ -70,11 +78,18 @@ impl ControlPlane {
                 tracing::warn!(error = %e, attempt = job.attempts, "job failed");
                 self.store.fail_job(&job, &e.to_string(), now).await?;
                 let dead = job.attempts >= job.max_attempts;
-                (if dead { "dead" } else { "retry_scheduled" }, Some(e.to_string()))
+                (
+                    if dead { "dead" } else { "retry_scheduled" },
+                    Some(e.to_string()),
+                )
             }
         };
         let job = self.store.get_job(job.id).await?.unwrap_or(job);
-        Ok(Some(JobOutcome { job, result: result.into(), error }))
+        Ok(Some(JobOutcome {
+            job,
+            result: result.into(),
+            error,
+        }))
     }
 
     /// Runs jobs until `shutdown` is cancelled.
@@ -105,7 +120,9 @@ impl ControlPlane {
             .get("admin_email")
             .and_then(|v| v.as_str())
             .and_then(|s| Email::parse(s).ok())
-            .ok_or_else(|| StoreError::Corrupt("provisioning job without a valid admin_email".into()))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt("provisioning job without a valid admin_email".into())
+            })?;
         let admin = Member {
             tenant_id: tenant.id,
             user_id: UserId::new(),
@@ -114,7 +131,11 @@ impl ControlPlane {
             status: "active".into(),
             created_at: now,
         };
-        let p = Provisioning { settings: default_settings(), first_admin: admin.clone(), period: now.period() };
+        let p = Provisioning {
+            settings: default_settings(),
+            first_admin: admin.clone(),
+            period: now.period(),
+        };
         let mut next = tenant.clone();
         next.status = tenant
             .status
@@ -122,17 +143,24 @@ impl ControlPlane {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         next.updated_at = now;
         next.version = tenant.version + 1;
-        let audit = NewAuditEvent::new(Chain::Tenant(tenant.id), "tenant.provisioned", ctx.actor(), now)
-            .target("tenant", tenant.id)
-            .data(json!({
-                "job_id": job.id,
-                "attempt": job.attempts,
-                "settings": p.settings.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-                "first_admin_user_id": admin.user_id,
-                "period": p.period,
-            }))
-            .pii(json!({"first_admin_email": admin.email}));
-        self.store.finish_provisioning(&ctx, job, &next, &p, audit, now).await
+        let audit = NewAuditEvent::new(
+            Chain::Tenant(tenant.id),
+            "tenant.provisioned",
+            ctx.actor(),
+            now,
+        )
+        .target("tenant", tenant.id)
+        .data(json!({
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "settings": p.settings.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            "first_admin_user_id": admin.user_id,
+            "period": p.period,
+        }))
+        .pii(json!({"first_admin_email": admin.email}));
+        self.store
+            .finish_provisioning(&ctx, job, &next, &p, audit, now)
+            .await
     }
 
     async fn purge(&self, job: &Job) -> Result<(), StoreError> {
@@ -143,8 +171,16 @@ impl ControlPlane {
             // Reactivated (or already purged) since the job was scheduled.
             _ => return self.store.complete_job(job, now).await,
         }
-        let audit = NewAuditEvent::new(Chain::Tenant(job.tenant_id), "tenant.purge", ctx.actor(), now)
-            .target("tenant", job.tenant_id);
-        self.store.purge_tenant(&ctx, job, audit, now).await.map(|_| ())
+        let audit = NewAuditEvent::new(
+            Chain::Tenant(job.tenant_id),
+            "tenant.purge",
+            ctx.actor(),
+            now,
+        )
+        .target("tenant", job.tenant_id);
+        self.store
+            .purge_tenant(&ctx, job, audit, now)
+            .await
+            .map(|_| ())
     }
 }

@@ -5,7 +5,9 @@ use agentplane_core::audit::{canonical_json, Chain, NewAuditEvent};
 use agentplane_core::authz::{PlatformCtx, TenantCtx};
 use agentplane_core::job::{Job, JobKind};
 use agentplane_core::page::{Page, PageRequest};
-use agentplane_core::tenant::{validate_region, validate_tenant_name, Email, Slug, Tenant, TenantStatus, Transition};
+use agentplane_core::tenant::{
+    validate_region, validate_tenant_name, Email, Slug, Tenant, TenantStatus, Transition,
+};
 use agentplane_core::time::Timestamp;
 use agentplane_core::{DomainError, JobId, PlanId, TenantId};
 use agentplane_store::{Conflict, IdempotencyRecord, NewTenant, StoreError};
@@ -43,9 +45,15 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     pub fn parse(scope: String, key: &str) -> Result<Self, DomainError> {
         if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            return Err(DomainError::invalid("Idempotency-Key", "must be 1-255 visible ASCII characters"));
+            return Err(DomainError::invalid(
+                "Idempotency-Key",
+                "must be 1-255 visible ASCII characters",
+            ));
         }
-        Ok(Self { scope, key: key.to_owned() })
+        Ok(Self {
+            scope,
+            key: key.to_owned(),
+        })
     }
 }
 
@@ -76,8 +84,8 @@ impl ControlPlane {
                 return replay(prev, &hash);
             }
         }
-        let req: CreateTenant = serde_json::from_value(raw)
-            .map_err(|e| DomainError::invalid("body", e.to_string()))?;
+        let req: CreateTenant =
+            serde_json::from_value(raw).map_err(|e| DomainError::invalid("body", e.to_string()))?;
         let name = validate_tenant_name(&req.name)?;
         let admin_email = Email::parse(&req.admin_email)?;
         let region = validate_region(req.region.as_deref().unwrap_or("default"))?;
@@ -113,9 +121,18 @@ impl ControlPlane {
                 deleted_at: None,
                 version: 1,
             };
-            let job = Job::new(tenant.id, JobKind::ProvisionTenant, json!({"admin_email": admin_email}), now);
-            let created = TenantCreated { tenant: tenant.clone(), provisioning_job_id: job.id };
-            let body = serde_json::to_value(&created).map_err(|e| DomainError::invalid("body", e.to_string()))?;
+            let job = Job::new(
+                tenant.id,
+                JobKind::ProvisionTenant,
+                json!({"admin_email": admin_email}),
+                now,
+            );
+            let created = TenantCreated {
+                tenant: tenant.clone(),
+                provisioning_job_id: job.id,
+            };
+            let body = serde_json::to_value(&created)
+                .map_err(|e| DomainError::invalid("body", e.to_string()))?;
             let audit = NewAuditEvent::new(Chain::Tenant(tenant.id), "tenant.create", ctx.actor(), now)
                 .target("tenant", tenant.id)
                 .data(json!({"slug": tenant.slug, "plan_id": tenant.plan_id, "region": tenant.region, "job_id": job.id}))
@@ -130,10 +147,21 @@ impl ControlPlane {
             });
             let res = self
                 .store
-                .insert_tenant(NewTenant { tenant, provisioning_job: job, audit, idempotency })
+                .insert_tenant(NewTenant {
+                    tenant,
+                    provisioning_job: job,
+                    audit,
+                    idempotency,
+                })
                 .await;
             match res {
-                Ok(()) => return Ok(Replayable { status: 202, body, replayed: false }),
+                Ok(()) => {
+                    return Ok(Replayable {
+                        status: 202,
+                        body,
+                        replayed: false,
+                    })
+                }
                 Err(StoreError::Conflict(Conflict::IdempotencyKey)) => {
                     // A concurrent request with the same key won; answer what it answered.
                     let k = idem.as_ref().ok_or(ControlError::IdempotencyKeyReused)?;
@@ -144,12 +172,17 @@ impl ControlPlane {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ControlError::Conflict(crate::error::ConflictKind::SlugTaken))
+        Err(ControlError::Conflict(
+            crate::error::ConflictKind::SlugTaken,
+        ))
     }
 
     /// The tenant the context is for (it may be in any state).
     pub async fn tenant(&self, ctx: &TenantCtx) -> Result<Tenant> {
-        self.store.get_tenant(ctx.tenant_id()).await?.ok_or(ControlError::NotFound("tenant"))
+        self.store
+            .get_tenant(ctx.tenant_id())
+            .await?
+            .ok_or(ControlError::NotFound("tenant"))
     }
 
     /// Looks a tenant up for the auth layer, before a context exists.
@@ -157,22 +190,34 @@ impl ControlPlane {
         Ok(self.store.get_tenant(id).await?.map(|t| t.status))
     }
 
-    pub async fn list_tenants(&self, ctx: &PlatformCtx, page: &PageRequest) -> Result<Page<Tenant>> {
+    pub async fn list_tenants(
+        &self,
+        ctx: &PlatformCtx,
+        page: &PageRequest,
+    ) -> Result<Page<Tenant>> {
         Ok(self.store.list_tenants(ctx, page).await?)
     }
 
     pub async fn suspend_tenant(&self, ctx: &TenantCtx, reason: Option<String>) -> Result<Tenant> {
         let reason = reason.map(|r| r.chars().take(500).collect::<String>());
-        self.transition(ctx, Transition::Suspend, "tenant.suspend", json!({"reason": reason})).await
+        self.transition(
+            ctx,
+            Transition::Suspend,
+            "tenant.suspend",
+            json!({"reason": reason}),
+        )
+        .await
     }
 
     pub async fn reactivate_tenant(&self, ctx: &TenantCtx) -> Result<Tenant> {
-        self.transition(ctx, Transition::Reactivate, "tenant.reactivate", json!({})).await
+        self.transition(ctx, Transition::Reactivate, "tenant.reactivate", json!({}))
+            .await
     }
 
     /// Soft delete: the tenant is refused at once; its purge job runs after the grace period.
     pub async fn delete_tenant(&self, ctx: &TenantCtx) -> Result<Tenant> {
-        self.transition(ctx, Transition::Delete, "tenant.delete", json!({})).await
+        self.transition(ctx, Transition::Delete, "tenant.delete", json!({}))
+            .await
     }
 
     /// Enqueues the purge of a soft-deleted tenant now.
@@ -180,21 +225,40 @@ impl ControlPlane {
         for _ in 0..3 {
             let t = self.tenant(ctx).await?;
             if t.status != TenantStatus::Deleted {
-                return Err(DomainError::InvalidTransition { from: t.status.as_str(), verb: "purged" }.into());
+                return Err(DomainError::InvalidTransition {
+                    from: t.status.as_str(),
+                    verb: "purged",
+                }
+                .into());
             }
             let now = Timestamp::now();
             let job = Job::new(t.id, JobKind::PurgeTenant, json!({}), now);
-            let next = Tenant { updated_at: now, version: t.version + 1, ..t.clone() };
-            let audit = NewAuditEvent::new(Chain::Tenant(t.id), "tenant.purge_requested", ctx.actor(), now)
-                .target("tenant", t.id)
-                .data(json!({"job_id": job.id}));
-            match self.store.update_tenant(ctx, &next, t.version, Some(&job), audit).await {
+            let next = Tenant {
+                updated_at: now,
+                version: t.version + 1,
+                ..t.clone()
+            };
+            let audit = NewAuditEvent::new(
+                Chain::Tenant(t.id),
+                "tenant.purge_requested",
+                ctx.actor(),
+                now,
+            )
+            .target("tenant", t.id)
+            .data(json!({"job_id": job.id}));
+            match self
+                .store
+                .update_tenant(ctx, &next, t.version, Some(&job), audit)
+                .await
+            {
                 Err(StoreError::Conflict(Conflict::Version)) => continue,
                 r => r?,
             }
             return Ok(job);
         }
-        Err(ControlError::Conflict(crate::error::ConflictKind::ConcurrentUpdate))
+        Err(ControlError::Conflict(
+            crate::error::ConflictKind::ConcurrentUpdate,
+        ))
     }
 
     /// Moves the tenant to another plan; quotas read the plan on every request, so the new
@@ -212,28 +276,40 @@ impl ControlPlane {
         .await
     }
 
-    async fn transition(&self, ctx: &TenantCtx, tr: Transition, action: &str, extra: Value) -> Result<Tenant> {
+    async fn transition(
+        &self,
+        ctx: &TenantCtx,
+        tr: Transition,
+        action: &str,
+        extra: Value,
+    ) -> Result<Tenant> {
         let grace_ms = self.cfg.purge_grace_ms;
         self.update_with_job(ctx, action, |t, now| {
-                let from = t.status;
-                t.status = t.status.apply(tr)?;
-                t.deleted_at = match t.status {
-                    TenantStatus::Deleted => Some(now),
-                    _ => None,
-                };
-                let job = (tr == Transition::Delete)
-                    .then(|| Job::new(t.id, JobKind::PurgeTenant, json!({}), now.plus_millis(grace_ms)));
-                let mut data = json!({"from": from, "to": t.status});
-                if let (Some(obj), Value::Object(extra)) = (data.as_object_mut(), &extra) {
-                    obj.extend(extra.clone());
-                }
-                if let Some(j) = &job {
-                    data["purge_job_id"] = json!(j.id);
-                    data["purge_at"] = json!(j.run_at);
-                }
-                Ok((data, job))
-            })
-            .await
+            let from = t.status;
+            t.status = t.status.apply(tr)?;
+            t.deleted_at = match t.status {
+                TenantStatus::Deleted => Some(now),
+                _ => None,
+            };
+            let job = (tr == Transition::Delete).then(|| {
+                Job::new(
+                    t.id,
+                    JobKind::PurgeTenant,
+                    json!({}),
+                    now.plus_millis(grace_ms),
+                )
+            });
+            let mut data = json!({"from": from, "to": t.status});
+            if let (Some(obj), Value::Object(extra)) = (data.as_object_mut(), &extra) {
+                obj.extend(extra.clone());
+            }
+            if let Some(j) = &job {
+                data["purge_job_id"] = json!(j.id);
+                data["purge_at"] = json!(j.run_at);
+            }
+            Ok((data, job))
+        })
+        .await
     }
 
     async fn update(
@@ -242,7 +318,8 @@ impl ControlPlane {
         action: &str,
         mut change: impl FnMut(&mut Tenant) -> Result<Value, DomainError>,
     ) -> Result<Tenant> {
-        self.update_with_job(ctx, action, |t, _| Ok((change(t)?, None))).await
+        self.update_with_job(ctx, action, |t, _| Ok((change(t)?, None)))
+            .await
     }
 
     /// Read, change, write with optimistic concurrency; retried a few times on a race.
@@ -262,13 +339,19 @@ impl ControlPlane {
             let audit = NewAuditEvent::new(Chain::Tenant(current.id), action, ctx.actor(), now)
                 .target("tenant", current.id)
                 .data(data);
-            match self.store.update_tenant(ctx, &next, current.version, job.as_ref(), audit).await {
+            match self
+                .store
+                .update_tenant(ctx, &next, current.version, job.as_ref(), audit)
+                .await
+            {
                 Err(StoreError::Conflict(Conflict::Version)) => continue,
                 r => r?,
             }
             return Ok(next);
         }
-        Err(ControlError::Conflict(crate::error::ConflictKind::ConcurrentUpdate))
+        Err(ControlError::Conflict(
+            crate::error::ConflictKind::ConcurrentUpdate,
+        ))
     }
 }
 
@@ -276,6 +359,11 @@ fn replay(prev: IdempotencyRecord, hash: &str) -> Result<Replayable> {
     if prev.request_hash != hash {
         return Err(ControlError::IdempotencyKeyReused);
     }
-    let body = serde_json::from_str(&prev.response).map_err(|e| DomainError::invalid("body", e.to_string()))?;
-    Ok(Replayable { status: prev.status, body, replayed: true })
+    let body = serde_json::from_str(&prev.response)
+        .map_err(|e| DomainError::invalid("body", e.to_string()))?;
+    Ok(Replayable {
+        status: prev.status,
+        body,
+        replayed: true,
+    })
 }

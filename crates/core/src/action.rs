@@ -119,7 +119,12 @@ pub struct Param {
 }
 
 impl Param {
-    pub const fn new(name: &'static str, ty: ParamType, required: bool, description: &'static str) -> Self {
+    pub const fn new(
+        name: &'static str,
+        ty: ParamType,
+        required: bool,
+        description: &'static str,
+    ) -> Self {
         Self {
             name,
             ty,
@@ -204,7 +209,12 @@ pub struct ActionSpec {
 const ACTIVE: &[TenantStatus] = &[TenantStatus::Active];
 const VISIBLE: &[TenantStatus] = &[TenantStatus::Provisioning, TenantStatus::Active];
 
-const fn spec(intent: &'static str, entity: &'static str, method: Method, path: &'static str) -> ActionSpec {
+const fn spec(
+    intent: &'static str,
+    entity: &'static str,
+    method: Method,
+    path: &'static str,
+) -> ActionSpec {
     ActionSpec {
         intent,
         entity,
@@ -226,15 +236,31 @@ const fn spec(intent: &'static str, entity: &'static str, method: Method, path: 
     }
 }
 
-const CURSOR: Param = Param::new("cursor", ParamType::String, false, "opaque cursor from the previous page");
+const CURSOR: Param = Param::new(
+    "cursor",
+    ParamType::String,
+    false,
+    "opaque cursor from the previous page",
+);
 const LIMIT: Param = Param::new("limit", ParamType::Integer, false, "page size").range(1, 500);
-const CONFIRM: Param = Param::new("confirm", ParamType::Boolean, true, "must be true: the caller confirmed this action");
+const CONFIRM: Param = Param::new(
+    "confirm",
+    ParamType::Boolean,
+    true,
+    "must be true: the caller confirmed this action",
+);
 
 pub static DEBUG_IDENTITY: ActionSpec = ActionSpec {
     entity: "identity",
     scope: Scope::Platform,
-    description: "Show how the server reads the caller's credentials (roles, scopes, tenant access)",
-    ..spec("admin.debug_identity", "identity", Method::Get, "/v1/admin/debug/identity")
+    description:
+        "Show how the server reads the caller's credentials (roles, scopes, tenant access)",
+    ..spec(
+        "admin.debug_identity",
+        "identity",
+        Method::Get,
+        "/v1/admin/debug/identity",
+    )
 };
 
 pub static LIST_PLANS: ActionSpec = ActionSpec {
@@ -250,7 +276,12 @@ pub static GET_PLAN: ActionSpec = ActionSpec {
     permission: Some(Permission::PlansRead),
     parameters: &[Param::new("plan_id", ParamType::String, true, "plan id")],
     description: "Show one plan and its limits",
-    ..spec("admin.get_plan", "plan", Method::Get, "/v1/admin/plans/{plan_id}")
+    ..spec(
+        "admin.get_plan",
+        "plan",
+        Method::Get,
+        "/v1/admin/plans/{plan_id}",
+    )
 };
 
 pub static CREATE_PLAN: ActionSpec = ActionSpec {
@@ -258,10 +289,25 @@ pub static CREATE_PLAN: ActionSpec = ActionSpec {
     scope: Scope::Platform,
     permission: Some(Permission::PlansWrite),
     parameters: &[
-        Param::new("id", ParamType::String, true, "plan id (a-z, 0-9, '-', '_')"),
+        Param::new(
+            "id",
+            ParamType::String,
+            true,
+            "plan id (a-z, 0-9, '-', '_')",
+        ),
         Param::new("name", ParamType::String, true, "display name"),
-        Param::new("limits", ParamType::Object, true, "monthly_messages, monthly_tokens, requests_per_minute, max_concurrent_runs"),
-        Param::new("features", ParamType::Array, false, "feature flags the plan grants"),
+        Param::new(
+            "limits",
+            ParamType::Object,
+            true,
+            "monthly_messages, monthly_tokens, requests_per_minute, max_concurrent_runs",
+        ),
+        Param::new(
+            "features",
+            ParamType::Array,
+            false,
+            "feature flags the plan grants",
+        ),
     ],
     preconditions: &["caller must have platform_admin role", "plan id not taken"],
     postconditions: &["plan created", "audit log entry created"],
@@ -276,7 +322,12 @@ pub static LIST_TENANTS: ActionSpec = ActionSpec {
     permission: Some(Permission::TenantsList),
     parameters: &[CURSOR, LIMIT],
     description: "List every tenant of the deployment",
-    ..spec("admin.list_tenants", "tenant", Method::Get, "/v1/admin/tenants")
+    ..spec(
+        "admin.list_tenants",
+        "tenant",
+        Method::Get,
+        "/v1/admin/tenants",
+    )
 };
 
 pub static CREATE_TENANT: ActionSpec = ActionSpec {
@@ -285,13 +336,28 @@ pub static CREATE_TENANT: ActionSpec = ActionSpec {
     permission: Some(Permission::TenantsCreate),
     parameters: &[
         Param::new("name", ParamType::String, true, "organisation name"),
-        Param::new("admin_email", ParamType::String, true, "e-mail of the first tenant admin").format("email"),
+        Param::new(
+            "admin_email",
+            ParamType::String,
+            true,
+            "e-mail of the first tenant admin",
+        )
+        .format("email"),
         Param::new("plan_id", ParamType::String, false, "plan").default("free"),
-        Param::new("slug", ParamType::String, false, "subdomain label; derived from the name if absent"),
+        Param::new(
+            "slug",
+            ParamType::String,
+            false,
+            "subdomain label; derived from the name if absent",
+        ),
         Param::new("region", ParamType::String, false, "data-residency region").default("default"),
     ],
     preconditions: &["caller must have platform_admin role", "plan exists"],
-    postconditions: &["tenant created in state provisioning", "provisioning job enqueued", "audit log entry created"],
+    postconditions: &[
+        "tenant created in state provisioning",
+        "provisioning job enqueued",
+        "audit log entry created",
+    ],
     risk_level: Risk::Medium,
     idempotent: false,
     is_async: true,
@@ -304,43 +370,82 @@ pub static GET_TENANT: ActionSpec = ActionSpec {
     permission: Some(Permission::TenantRead),
     description: "Show the current tenant",
     tenant_states: VISIBLE,
-    ..spec("admin.get_tenant", "tenant", Method::Get, "/v1/tenants/{tenant_id}")
+    ..spec(
+        "admin.get_tenant",
+        "tenant",
+        Method::Get,
+        "/v1/tenants/{tenant_id}",
+    )
 };
 
 pub static CHANGE_TENANT_PLAN: ActionSpec = ActionSpec {
     action_type: ActionType::Write,
     permission: Some(Permission::TenantsManage),
-    parameters: &[Param::new("plan_id", ParamType::String, true, "the new plan")],
+    parameters: &[Param::new(
+        "plan_id",
+        ParamType::String,
+        true,
+        "the new plan",
+    )],
     preconditions: &["caller must have platform_admin role", "plan exists"],
-    postconditions: &["new limits apply to the next request", "audit log entry created"],
+    postconditions: &[
+        "new limits apply to the next request",
+        "audit log entry created",
+    ],
     risk_level: Risk::High,
     side_effects: &["audit_log", "quota_change"],
     description: "Move a tenant to another plan, with immediate effect",
-    ..spec("admin.change_tenant_plan", "tenant", Method::Patch, "/v1/admin/tenants/{tenant_id}/plan")
+    ..spec(
+        "admin.change_tenant_plan",
+        "tenant",
+        Method::Patch,
+        "/v1/admin/tenants/{tenant_id}/plan",
+    )
 };
 
 pub static SUSPEND_TENANT: ActionSpec = ActionSpec {
     action_type: ActionType::Write,
     permission: Some(Permission::TenantsManage),
-    parameters: &[CONFIRM, Param::new("reason", ParamType::String, false, "why, for the audit trail")],
+    parameters: &[
+        CONFIRM,
+        Param::new(
+            "reason",
+            ParamType::String,
+            false,
+            "why, for the audit trail",
+        ),
+    ],
     preconditions: &["caller must have platform_admin role", "tenant is active"],
     postconditions: &["every tenant request is refused", "audit log entry created"],
     risk_level: Risk::High,
     confirmation_required: true,
     side_effects: &["audit_log", "access_revoked"],
     description: "Suspend a tenant",
-    ..spec("admin.suspend_tenant", "tenant", Method::Post, "/v1/admin/tenants/{tenant_id}/suspend")
+    ..spec(
+        "admin.suspend_tenant",
+        "tenant",
+        Method::Post,
+        "/v1/admin/tenants/{tenant_id}/suspend",
+    )
 };
 
 pub static REACTIVATE_TENANT: ActionSpec = ActionSpec {
     action_type: ActionType::Write,
     permission: Some(Permission::TenantsManage),
-    preconditions: &["caller must have platform_admin role", "tenant is suspended or deleted and not purged"],
+    preconditions: &[
+        "caller must have platform_admin role",
+        "tenant is suspended or deleted and not purged",
+    ],
     postconditions: &["tenant is active", "audit log entry created"],
     risk_level: Risk::Medium,
     side_effects: &["audit_log"],
     description: "Reactivate a suspended or soft-deleted tenant",
-    ..spec("admin.reactivate_tenant", "tenant", Method::Post, "/v1/admin/tenants/{tenant_id}/reactivate")
+    ..spec(
+        "admin.reactivate_tenant",
+        "tenant",
+        Method::Post,
+        "/v1/admin/tenants/{tenant_id}/reactivate",
+    )
 };
 
 pub static DELETE_TENANT: ActionSpec = ActionSpec {
@@ -348,47 +453,93 @@ pub static DELETE_TENANT: ActionSpec = ActionSpec {
     permission: Some(Permission::TenantsManage),
     parameters: &[CONFIRM],
     preconditions: &["caller must have platform_admin role"],
-    postconditions: &["tenant is soft-deleted and refused", "purge job scheduled after the grace period", "audit log entry created"],
+    postconditions: &[
+        "tenant is soft-deleted and refused",
+        "purge job scheduled after the grace period",
+        "audit log entry created",
+    ],
     risk_level: Risk::Critical,
     confirmation_required: true,
     side_effects: &["audit_log", "access_revoked", "purge_job"],
     description: "Soft-delete a tenant; its data is purged after the grace period",
-    ..spec("admin.delete_tenant", "tenant", Method::Delete, "/v1/admin/tenants/{tenant_id}")
+    ..spec(
+        "admin.delete_tenant",
+        "tenant",
+        Method::Delete,
+        "/v1/admin/tenants/{tenant_id}",
+    )
 };
 
 pub static PURGE_TENANT: ActionSpec = ActionSpec {
     action_type: ActionType::Delete,
     permission: Some(Permission::TenantsManage),
     parameters: &[CONFIRM],
-    preconditions: &["caller must have platform_admin role", "tenant is soft-deleted"],
+    preconditions: &[
+        "caller must have platform_admin role",
+        "tenant is soft-deleted",
+    ],
     postconditions: &["purge job enqueued to run now", "audit log entry created"],
     risk_level: Risk::Critical,
     confirmation_required: true,
     is_async: true,
     side_effects: &["audit_log", "data_destroyed"],
     description: "Purge a soft-deleted tenant's data now instead of after the grace period",
-    ..spec("admin.purge_tenant", "tenant", Method::Post, "/v1/admin/tenants/{tenant_id}/purge")
+    ..spec(
+        "admin.purge_tenant",
+        "tenant",
+        Method::Post,
+        "/v1/admin/tenants/{tenant_id}/purge",
+    )
 };
 
 pub static GET_TENANT_USAGE: ActionSpec = ActionSpec {
     permission: Some(Permission::UsageRead),
-    parameters: &[Param::new("period", ParamType::String, false, "YYYY-MM; the current month if absent")],
+    parameters: &[Param::new(
+        "period",
+        ParamType::String,
+        false,
+        "YYYY-MM; the current month if absent",
+    )],
     preconditions: &["caller must have tenant_admin or auditor role"],
     description: "Usage of the current period against the plan's quotas",
-    ..spec("admin.get_tenant_usage", "usage", Method::Get, "/v1/admin/tenants/{tenant_id}/usage")
+    ..spec(
+        "admin.get_tenant_usage",
+        "usage",
+        Method::Get,
+        "/v1/admin/tenants/{tenant_id}/usage",
+    )
 };
 
 pub static EXPORT_USAGE: ActionSpec = ActionSpec {
     scope: Scope::Platform,
     permission: Some(Permission::UsageExportAll),
     parameters: &[
-        Param::new("format", ParamType::String, false, "csv or json").one_of(&["csv", "json"]).default("json"),
-        Param::new("from", ParamType::String, false, "start (inclusive), date or RFC 3339").format("date"),
-        Param::new("to", ParamType::String, false, "end (exclusive), date or RFC 3339").format("date"),
+        Param::new("format", ParamType::String, false, "csv or json")
+            .one_of(&["csv", "json"])
+            .default("json"),
+        Param::new(
+            "from",
+            ParamType::String,
+            false,
+            "start (inclusive), date or RFC 3339",
+        )
+        .format("date"),
+        Param::new(
+            "to",
+            ParamType::String,
+            false,
+            "end (exclusive), date or RFC 3339",
+        )
+        .format("date"),
     ],
     preconditions: &["caller must have platform_admin role"],
     description: "Export every tenant's usage records in a date range",
-    ..spec("admin.export_usage", "usage", Method::Get, "/v1/admin/usage/export")
+    ..spec(
+        "admin.export_usage",
+        "usage",
+        Method::Get,
+        "/v1/admin/usage/export",
+    )
 };
 
 pub static RUN_NEXT_JOB: ActionSpec = ActionSpec {
@@ -401,18 +552,38 @@ pub static RUN_NEXT_JOB: ActionSpec = ActionSpec {
     idempotent: false,
     side_effects: &["audit_log"],
     description: "Run the next due provisioning job now",
-    ..spec("admin.run_next_job", "job", Method::Post, "/v1/provisioning/jobs/run-next")
+    ..spec(
+        "admin.run_next_job",
+        "job",
+        Method::Post,
+        "/v1/provisioning/jobs/run-next",
+    )
 };
 
 pub static LIST_AUDIT_EVENTS: ActionSpec = ActionSpec {
     entity: "audit_event",
     permission: Some(Permission::AuditRead),
     parameters: &[
-        Param::new("action", ParamType::String, false, "only events of this action"),
-        Param::new("actor_id", ParamType::String, false, "only events of this actor"),
+        Param::new(
+            "action",
+            ParamType::String,
+            false,
+            "only events of this action",
+        ),
+        Param::new(
+            "actor_id",
+            ParamType::String,
+            false,
+            "only events of this actor",
+        ),
         Param::new("from", ParamType::String, false, "start (inclusive)").format("date"),
         Param::new("to", ParamType::String, false, "end (exclusive)").format("date"),
-        Param::new("purpose", ParamType::String, false, "why the trail is read, recorded in the trail"),
+        Param::new(
+            "purpose",
+            ParamType::String,
+            false,
+            "why the trail is read, recorded in the trail",
+        ),
         CURSOR,
         LIMIT,
     ],
@@ -420,21 +591,41 @@ pub static LIST_AUDIT_EVENTS: ActionSpec = ActionSpec {
     postconditions: &["the read is itself recorded in the audit log"],
     side_effects: &["audit_log"],
     description: "Search the current tenant's audit trail",
-    ..spec("admin.list_audit_events", "audit_event", Method::Get, "/v1/tenants/{tenant_id}/audit")
+    ..spec(
+        "admin.list_audit_events",
+        "audit_event",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/audit",
+    )
 };
 
 pub static LIST_USERS: ActionSpec = ActionSpec {
     permission: Some(Permission::UsersRead),
     parameters: &[
-        Param::new("role_filter", ParamType::String, false, "only users holding this role"),
-        Param::new("status_filter", ParamType::String, false, "only users in this status")
-            .one_of(&["active", "inactive", "suspended"]),
+        Param::new(
+            "role_filter",
+            ParamType::String,
+            false,
+            "only users holding this role",
+        ),
+        Param::new(
+            "status_filter",
+            ParamType::String,
+            false,
+            "only users in this status",
+        )
+        .one_of(&["active", "inactive", "suspended"]),
         CURSOR,
         LIMIT,
     ],
     preconditions: &["caller must have tenant_admin role"],
     description: "List all users in the current tenant",
-    ..spec("admin.list_users", "user", Method::Get, "/v1/tenants/{tenant_id}/users")
+    ..spec(
+        "admin.list_users",
+        "user",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/users",
+    )
 };
 
 /// Every admin action. The server routes exactly these; a test checks none is missing.
@@ -487,9 +678,15 @@ impl ActionSpec {
         if !self.side_effects.is_empty() {
             m.insert("side_effects".into(), json!(self.side_effects));
         }
-        m.insert("required_permission".into(), json!(self.permission.map(|p| p.as_str())));
+        m.insert(
+            "required_permission".into(),
+            json!(self.permission.map(|p| p.as_str())),
+        );
         m.insert("description".into(), json!(self.description));
-        m.insert("http".into(), json!({"method": self.method.as_str(), "path": self.path}));
+        m.insert(
+            "http".into(),
+            json!({"method": self.method.as_str(), "path": self.path}),
+        );
         Value::Object(m)
     }
 }
@@ -516,11 +713,24 @@ mod tests {
         let mut routes = HashSet::new();
         for a in REGISTRY {
             assert!(intents.insert(a.intent), "duplicate intent {}", a.intent);
-            assert!(routes.insert((a.method.as_str(), a.path)), "duplicate route {}", a.path);
+            assert!(
+                routes.insert((a.method.as_str(), a.path)),
+                "duplicate route {}",
+                a.path
+            );
             assert!(!a.description.is_empty(), "{} has no description", a.intent);
-            assert_eq!(a.scope == Scope::Tenant, a.path.contains("{tenant_id}"), "{}", a.intent);
+            assert_eq!(
+                a.scope == Scope::Tenant,
+                a.path.contains("{tenant_id}"),
+                "{}",
+                a.intent
+            );
             if a.confirmation_required {
-                assert!(a.parameters.iter().any(|p| p.name == "confirm"), "{}", a.intent);
+                assert!(
+                    a.parameters.iter().any(|p| p.name == "confirm"),
+                    "{}",
+                    a.intent
+                );
             }
         }
     }
@@ -536,9 +746,14 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(list_users["entity"], "user");
         assert_eq!(list_users["action_type"], "read");
-        assert_eq!(list_users["parameters"]["status_filter"]["enum"][2], "suspended");
+        assert_eq!(
+            list_users["parameters"]["status_filter"]["enum"][2],
+            "suspended"
+        );
         assert_eq!(list_users["risk_level"], "none");
         assert_eq!(list_users["idempotent"], true);
-        assert!(m["actions"].as_array().is_some_and(|a| a.iter().all(|x| x["scope"] == "tenant")));
+        assert!(m["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x["scope"] == "tenant")));
     }
 }

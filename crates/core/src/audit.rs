@@ -243,10 +243,18 @@ pub enum ChainBreak {
 impl std::fmt::Display for ChainBreak {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Gap { expected, found } => write!(f, "expected seq {expected}, found seq {found}"),
-            Self::PrevHash { seq } => write!(f, "seq {seq}: prev_hash does not match the hash of seq {}", seq - 1),
+            Self::Gap { expected, found } => {
+                write!(f, "expected seq {expected}, found seq {found}")
+            }
+            Self::PrevHash { seq } => write!(
+                f,
+                "seq {seq}: prev_hash does not match the hash of seq {}",
+                seq - 1
+            ),
             Self::Hash { seq } => write!(f, "seq {seq}: content does not match its hash"),
-            Self::PiiDigest { seq } => write!(f, "seq {seq}: personal data does not match its digest"),
+            Self::PiiDigest { seq } => {
+                write!(f, "seq {seq}: personal data does not match its digest")
+            }
         }
     }
 }
@@ -260,15 +268,25 @@ pub struct ChainVerifier {
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        Self { next_seq: 1, prev_hash: GENESIS_HASH.to_owned() }
+        Self {
+            next_seq: 1,
+            prev_hash: GENESIS_HASH.to_owned(),
+        }
     }
 }
 
 impl ChainVerifier {
     /// `pii` is the personal data with its salt, if it is still held.
-    pub fn check(&mut self, ev: &AuditEvent, pii: Option<(&[u8], &Value)>) -> Result<(), ChainBreak> {
+    pub fn check(
+        &mut self,
+        ev: &AuditEvent,
+        pii: Option<(&[u8], &Value)>,
+    ) -> Result<(), ChainBreak> {
         if ev.seq != self.next_seq {
-            return Err(ChainBreak::Gap { expected: self.next_seq, found: ev.seq });
+            return Err(ChainBreak::Gap {
+                expected: self.next_seq,
+                found: ev.seq,
+            });
         }
         if ev.prev_hash != self.prev_hash {
             return Err(ChainBreak::PrevHash { seq: ev.seq });
@@ -300,14 +318,17 @@ mod tests {
     use serde_json::json;
 
     fn chain(n: i64) -> Vec<AuditEvent> {
-        let actor = Actor::System { component: "t".into() };
+        let actor = Actor::System {
+            component: "t".into(),
+        };
         let mut prev = GENESIS_HASH.to_owned();
         (1..=n)
             .map(|seq| {
-                let (ev, _) = NewAuditEvent::new(Chain::Platform, "x.y", &actor, Timestamp::from_millis(seq))
-                    .data(json!({"b": 1, "a": [seq]}))
-                    .pii(json!({"email": "a@b.c"}))
-                    .seal(seq, &prev, b"salt");
+                let (ev, _) =
+                    NewAuditEvent::new(Chain::Platform, "x.y", &actor, Timestamp::from_millis(seq))
+                        .data(json!({"b": 1, "a": [seq]}))
+                        .pii(json!({"email": "a@b.c"}))
+                        .seal(seq, &prev, b"salt");
                 prev.clone_from(&ev.hash);
                 ev
             })
@@ -316,8 +337,12 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_recursively() {
-        let v: Value = serde_json::from_str(r#"{"b":{"z":1,"a":[{"y":2,"x":1}]},"a":"\u00e9"}"#).unwrap_or_default();
-        assert_eq!(canonical_json(&v), r#"{"a":"é","b":{"a":[{"x":1,"y":2}],"z":1}}"#);
+        let v: Value = serde_json::from_str(r#"{"b":{"z":1,"a":[{"y":2,"x":1}]},"a":"\u00e9"}"#)
+            .unwrap_or_default();
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":"é","b":{"a":[{"x":1,"y":2}],"z":1}}"#
+        );
     }
 
     #[test]
@@ -325,7 +350,10 @@ mod tests {
         let events = chain(4);
         let mut v = ChainVerifier::default();
         for e in &events {
-            assert_eq!(v.check(e, Some((b"salt", &json!({"email": "a@b.c"})))), Ok(()));
+            assert_eq!(
+                v.check(e, Some((b"salt", &json!({"email": "a@b.c"})))),
+                Ok(())
+            );
         }
         assert_eq!(v.verified(), 4);
 
@@ -344,7 +372,13 @@ mod tests {
 
         let mut removed = events.clone();
         removed.remove(1);
-        assert_eq!(check_all(&removed), Err(ChainBreak::Gap { expected: 2, found: 3 }));
+        assert_eq!(
+            check_all(&removed),
+            Err(ChainBreak::Gap {
+                expected: 2,
+                found: 3
+            })
+        );
 
         let mut v = ChainVerifier::default();
         assert_eq!(

@@ -23,7 +23,12 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::PlatformAdmin, Role::TenantAdmin, Role::Auditor, Role::Member];
+    pub const ALL: [Role; 4] = [
+        Role::PlatformAdmin,
+        Role::TenantAdmin,
+        Role::Auditor,
+        Role::Member,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -86,14 +91,25 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
     (P::TenantsManage, &[R::PlatformAdmin]),
     (P::UsageExportAll, &[R::PlatformAdmin]),
     (P::JobsRun, &[R::PlatformAdmin]),
-    (P::TenantRead, &[R::PlatformAdmin, R::TenantAdmin, R::Auditor, R::Member]),
-    (P::UsageRead, &[R::PlatformAdmin, R::TenantAdmin, R::Auditor]),
-    (P::AuditRead, &[R::PlatformAdmin, R::TenantAdmin, R::Auditor]),
+    (
+        P::TenantRead,
+        &[R::PlatformAdmin, R::TenantAdmin, R::Auditor, R::Member],
+    ),
+    (
+        P::UsageRead,
+        &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
+    ),
+    (
+        P::AuditRead,
+        &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
+    ),
     (P::UsersRead, &[R::PlatformAdmin, R::TenantAdmin]),
 ];
 
 pub fn role_grants(role: Role, perm: Permission) -> bool {
-    PERMISSION_MATRIX.iter().any(|(p, roles)| *p == perm && roles.contains(&role))
+    PERMISSION_MATRIX
+        .iter()
+        .any(|(p, roles)| *p == perm && roles.contains(&role))
 }
 
 /// Which tenants a principal's credentials reach.
@@ -146,7 +162,11 @@ impl Principal {
 
     /// The one gate to a tenant's data: tenant access first (a miss looks like a missing
     /// tenant), then the permission.
-    pub fn authorize_tenant(&self, tenant: TenantId, perm: Option<Permission>) -> Result<TenantCtx, AuthzError> {
+    pub fn authorize_tenant(
+        &self,
+        tenant: TenantId,
+        perm: Option<Permission>,
+    ) -> Result<TenantCtx, AuthzError> {
         if !self.can_access(tenant) {
             return Err(AuthzError::NoTenantAccess);
         }
@@ -155,7 +175,10 @@ impl Principal {
                 return Err(AuthzError::MissingPermission(perm.as_str()));
             }
         }
-        Ok(TenantCtx { tenant_id: tenant, actor: self.actor() })
+        Ok(TenantCtx {
+            tenant_id: tenant,
+            actor: self.actor(),
+        })
     }
 
     /// The gate to cross-tenant operator actions.
@@ -165,11 +188,16 @@ impl Principal {
                 return Err(AuthzError::MissingPermission(perm.as_str()));
             }
         }
-        Ok(PlatformCtx { actor: self.actor() })
+        Ok(PlatformCtx {
+            actor: self.actor(),
+        })
     }
 
     pub fn actor(&self) -> Actor {
-        Actor::User { subject: self.subject.clone(), roles: self.roles.iter().map(|r| r.as_str()).collect() }
+        Actor::User {
+            subject: self.subject.clone(),
+            roles: self.roles.iter().map(|r| r.as_str()).collect(),
+        }
     }
 }
 
@@ -177,8 +205,13 @@ impl Principal {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Actor {
-    User { subject: String, roles: Vec<&'static str> },
-    System { component: String },
+    User {
+        subject: String,
+        roles: Vec<&'static str>,
+    },
+    System {
+        component: String,
+    },
 }
 
 impl Actor {
@@ -214,7 +247,12 @@ impl TenantCtx {
     /// BYPASS: the durable-job worker acts inside the tenant that enqueued the job. The job
     /// payload carries the tenant; the job was enqueued by an authorized, audited action.
     pub fn for_system_job(tenant_id: TenantId, job: JobId) -> Self {
-        Self { tenant_id, actor: Actor::System { component: format!("worker/job/{job}") } }
+        Self {
+            tenant_id,
+            actor: Actor::System {
+                component: format!("worker/job/{job}"),
+            },
+        }
     }
 }
 
@@ -232,12 +270,19 @@ impl PlatformCtx {
     /// BYPASS: an operator command run on the server itself (`agentplane audit verify`,
     /// the embedded worker), which has the database credentials anyway.
     pub fn for_system(component: &str) -> Self {
-        Self { actor: Actor::System { component: component.to_owned() } }
+        Self {
+            actor: Actor::System {
+                component: component.to_owned(),
+            },
+        }
     }
 
     /// A platform operator acting on one tenant (suspend, purge, ...).
     pub fn tenant(&self, tenant_id: TenantId) -> TenantCtx {
-        TenantCtx { tenant_id, actor: self.actor.clone() }
+        TenantCtx {
+            tenant_id,
+            actor: self.actor.clone(),
+        }
     }
 }
 
@@ -268,9 +313,13 @@ mod tests {
         let a = TenantId::new();
         let b = TenantId::new();
         let admin_of_a = principal(&[Role::TenantAdmin], TenantAccess::Only([a].into()));
-        assert!(admin_of_a.authorize_tenant(a, Some(Permission::UsersRead)).is_ok());
+        assert!(admin_of_a
+            .authorize_tenant(a, Some(Permission::UsersRead))
+            .is_ok());
         assert_eq!(
-            admin_of_a.authorize_tenant(b, Some(Permission::TenantRead)).err(),
+            admin_of_a
+                .authorize_tenant(b, Some(Permission::TenantRead))
+                .err(),
             Some(AuthzError::NoTenantAccess)
         );
         assert!(matches!(
@@ -278,7 +327,11 @@ mod tests {
             Err(AuthzError::MissingPermission(_))
         ));
         let member = principal(&[Role::Member], TenantAccess::Only([a].into()));
-        assert!(member.authorize_tenant(a, Some(Permission::AuditRead)).is_err());
-        assert!(member.authorize_platform(Some(Permission::PlansRead)).is_err());
+        assert!(member
+            .authorize_tenant(a, Some(Permission::AuditRead))
+            .is_err());
+        assert!(member
+            .authorize_platform(Some(Permission::PlansRead))
+            .is_err());
     }
 }

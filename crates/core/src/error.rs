@@ -6,11 +6,17 @@ pub enum DomainError {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
     #[error("tenant is {from}; it cannot be {verb}")]
-    InvalidTransition { from: &'static str, verb: &'static str },
+    InvalidTransition {
+        from: &'static str,
+        verb: &'static str,
+    },
 }
 
 impl DomainError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::Invalid { field, reason: reason.into() }
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
     }
 }

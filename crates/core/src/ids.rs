@@ -94,7 +94,8 @@ impl PlanId {
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
             && s.as_bytes()[0].is_ascii_alphanumeric();
         if ok {
             Ok(Self(s.to_owned()))

@@ -83,7 +83,12 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(tenant_id: TenantId, kind: JobKind, payload: serde_json::Value, run_at: Timestamp) -> Self {
+    pub fn new(
+        tenant_id: TenantId,
+        kind: JobKind,
+        payload: serde_json::Value,
+        run_at: Timestamp,
+    ) -> Self {
         Self {
             id: JobId::new(),
             tenant_id,

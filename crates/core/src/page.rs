@@ -20,7 +20,10 @@ impl PageRequest {
         };
         let limit = limit.unwrap_or(DEFAULT_LIMIT);
         if limit == 0 || limit > MAX_LIMIT {
-            return Err(crate::DomainError::invalid("limit", format!("must be 1-{MAX_LIMIT}")));
+            return Err(crate::DomainError::invalid(
+                "limit",
+                format!("must be 1-{MAX_LIMIT}"),
+            ));
         }
         Ok(Self { after, limit })
     }
@@ -43,7 +46,11 @@ impl<T> Page<T> {
     pub fn from_overfetch(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Self {
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
-        let next_cursor = if more { items.last().map(|t| encode_cursor(&key(t))) } else { None };
+        let next_cursor = if more {
+            items.last().map(|t| encode_cursor(&key(t)))
+        } else {
+            None
+        };
         Self { items, next_cursor }
     }
 }

@@ -50,7 +50,10 @@ impl PlanLimits {
 pub fn validate_plan_name(name: &str) -> Result<String, DomainError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(DomainError::invalid("name", "must be 1-100 printable characters"));
+        return Err(DomainError::invalid(
+            "name",
+            "must be 1-100 printable characters",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -60,8 +63,16 @@ pub fn validate_features(features: &[String]) -> Result<(), DomainError> {
         return Err(DomainError::invalid("features", "at most 64 features"));
     }
     for f in features {
-        if f.is_empty() || f.len() > 64 || !f.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            return Err(DomainError::invalid("features", format!("'{f}' is not a valid feature name")));
+        if f.is_empty()
+            || f.len() > 64
+            || !f
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(DomainError::invalid(
+                "features",
+                format!("'{f}' is not a valid feature name"),
+            ));
         }
     }
     Ok(())

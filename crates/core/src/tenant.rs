@@ -74,7 +74,10 @@ impl TenantStatus {
             (Active, Suspend) => Ok(Suspended),
             (Suspended | Deleted, Reactivate) => Ok(Active),
             (Provisioning | Active | Suspended, Delete) => Ok(Deleted),
-            (from, t) => Err(DomainError::InvalidTransition { from: from.as_str(), verb: t.verb() }),
+            (from, t) => Err(DomainError::InvalidTransition {
+                from: from.as_str(),
+                verb: t.verb(),
+            }),
         }
     }
 }
@@ -112,7 +115,8 @@ impl Slug {
     pub fn parse(s: &str) -> Result<Self, DomainError> {
         let b = s.as_bytes();
         let shape = (3..=Self::MAX_LEN).contains(&b.len())
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()
             && !s.contains("--");
@@ -193,7 +197,10 @@ pub fn validate_tenant_name(name: &str) -> Result<String, DomainError> {
         return Err(DomainError::invalid("name", "must be 1-100 characters"));
     }
     if name.chars().any(char::is_control) {
-        return Err(DomainError::invalid("name", "must not contain control characters"));
+        return Err(DomainError::invalid(
+            "name",
+            "must not contain control characters",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -201,11 +208,16 @@ pub fn validate_tenant_name(name: &str) -> Result<String, DomainError> {
 /// A region name: `default`, `eu`, `us-east`, ... (a-z, 0-9, '-', 1-32).
 pub fn validate_region(region: &str) -> Result<String, DomainError> {
     let ok = (1..=32).contains(&region.len())
-        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(region.to_owned())
     } else {
-        Err(DomainError::invalid("region", "must be 1-32 characters of a-z, 0-9 and '-'"))
+        Err(DomainError::invalid(
+            "region",
+            "must be 1-32 characters of a-z, 0-9 and '-'",
+        ))
     }
 }
 
@@ -267,13 +279,25 @@ mod tests {
 
     #[test]
     fn slugs() {
-        assert_eq!(Slug::from_name("Acme Corp, Ltd.").map(|s| s.0), Ok("acme-corp-ltd".into()));
+        assert_eq!(
+            Slug::from_name("Acme Corp, Ltd.").map(|s| s.0),
+            Ok("acme-corp-ltd".into())
+        );
         assert_eq!(Slug::from_name("ÄÖ").map(|s| s.0), Ok("tenant".into()));
         assert_eq!(Slug::from_name("www").map(|s| s.0), Ok("www-org".into()));
         assert_eq!(Slug::from_name(&"x".repeat(300)).map(|s| s.0.len()), Ok(35));
         let s = Slug::parse("acme").and_then(|s| s.with_suffix(12));
         assert_eq!(s.map(|s| s.0), Ok("acme-12".into()));
-        for bad in ["ab", "-abc", "abc-", "a--b", "ABC", "admin", "a_b", &"a".repeat(41)] {
+        for bad in [
+            "ab",
+            "-abc",
+            "abc-",
+            "a--b",
+            "ABC",
+            "admin",
+            "a_b",
+            &"a".repeat(41),
+        ] {
             assert!(Slug::parse(bad).is_err(), "{bad}");
         }
     }
@@ -295,8 +319,13 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(Email::parse(" Ann@Example.COM ").map(|e| e.0), Ok("Ann@example.com".into()));
-        for bad in ["", "a", "a@b", "@b.c", "a@.b.c", "a b@c.d", "a@b..c", "a@b@c.d"] {
+        assert_eq!(
+            Email::parse(" Ann@Example.COM ").map(|e| e.0),
+            Ok("Ann@example.com".into())
+        );
+        for bad in [
+            "", "a", "a@b", "@b.c", "a@.b.c", "a b@c.d", "a@b..c", "a@b@c.d",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }

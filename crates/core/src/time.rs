@@ -30,7 +30,9 @@ impl Timestamp {
         Self(self.0.saturating_add(ms))
     }
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
-        OffsetDateTime::parse(s, &Rfc3339).ok().map(Self::from_datetime)
+        OffsetDateTime::parse(s, &Rfc3339)
+            .ok()
+            .map(Self::from_datetime)
     }
     /// Parses `YYYY-MM-DD` as midnight UTC, or a full RFC 3339 timestamp.
     pub fn parse_date_or_rfc3339(s: &str) -> Option<Self> {
@@ -38,7 +40,9 @@ impl Timestamp {
             return Some(ts);
         }
         let fmt = time::macros::format_description!("[year]-[month]-[day]");
-        time::Date::parse(s, &fmt).ok().map(|d| Self::from_datetime(d.midnight().assume_utc()))
+        time::Date::parse(s, &fmt)
+            .ok()
+            .map(|d| Self::from_datetime(d.midnight().assume_utc()))
     }
     /// The calendar month (UTC) this instant falls in, as `YYYY-MM`: the quota period.
     pub fn period(self) -> String {
@@ -65,7 +69,8 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Self::parse_rfc3339(&s).ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 timestamp"))
+        Self::parse_rfc3339(&s)
+            .ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 timestamp"))
     }
 }
 
@@ -89,7 +94,10 @@ mod tests {
     fn rfc3339_and_period() {
         let ts = Timestamp::parse_rfc3339("2026-11-23T10:00:00Z").map(Timestamp::millis);
         assert_eq!(ts, Some(1_795_428_000_000));
-        assert_eq!(Timestamp::from_millis(1_795_428_000_000).period(), "2026-11");
+        assert_eq!(
+            Timestamp::from_millis(1_795_428_000_000).period(),
+            "2026-11"
+        );
         assert_eq!(
             Timestamp::parse_date_or_rfc3339("2026-01-31").map(|t| t.to_string()),
             Some("2026-01-31T00:00:00Z".to_owned())

@@ -52,6 +52,11 @@ pub struct QuotaState {
 
 impl QuotaState {
     pub fn new(used: i64, reserved: i64, limit: i64) -> Self {
-        Self { used, reserved, limit, remaining: (limit - used - reserved).max(0) }
+        Self {
+            used,
+            reserved,
+            limit,
+            remaining: (limit - used - reserved).max(0),
+        }
     }
 }

@@ -885,17 +885,18 @@ impl Config {
             let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             // Write a private temporary file, then link it into place: the secret file appears
             // whole or not at all, and a concurrent start that wins the race is kept.
-            let tmp = self
-                .data_dir
-                .join(format!(".{DEV_SECRET_FILE}.{}.tmp", std::process::id()));
+            let tmp = self.data_dir.join(format!(
+                ".{DEV_SECRET_FILE}.{}.{:016x}.tmp",
+                std::process::id(),
+                rand::rngs::OsRng.next_u64()
+            ));
             let written = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
                 .and_then(|mut f| {
-                    // `mode` is only applied on creation; make sure of it.
+                    // Exactly 0600, whatever the umask.
                     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
                     f.write_all(secret.as_bytes())?;
                     f.sync_all()

@@ -20,9 +20,9 @@ mod rows;
 mod sqlite;
 
 pub use error::{Conflict, StoreError};
-pub use sqlx::Error as SqlxError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use sqlx::Error as SqlxError;
 
 use agentplane_core::audit::{AuditEvent, NewAuditEvent};
 use agentplane_core::authz::{PlatformCtx, TenantCtx};
@@ -147,7 +147,11 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_tenant(&self, new: NewTenant) -> Result<()>;
     /// Looks a tenant up by id for the auth layer (status checks) and the operator paths.
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>>;
-    async fn list_tenants(&self, platform: &PlatformCtx, page: &PageRequest) -> Result<Page<Tenant>>;
+    async fn list_tenants(
+        &self,
+        platform: &PlatformCtx,
+        page: &PageRequest,
+    ) -> Result<Page<Tenant>>;
     async fn slug_taken(&self, slug: &Slug) -> Result<bool>;
     /// Writes `tenant` if its stored version is still `expected_version` (else
     /// `Conflict::Version`), with an optional job to enqueue and the audit event.
@@ -180,15 +184,36 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Deletes the tenant's data (not its audit chain, which stays verifiable; its personal
     /// data is deleted) and the tenant, and completes the job.
-    async fn purge_tenant(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent, now: Timestamp) -> Result<PurgeReport>;
+    async fn purge_tenant(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        audit: NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<PurgeReport>;
 
     // --- Tenant data ---
-    async fn list_members(&self, ctx: &TenantCtx, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>>;
+    async fn list_members(
+        &self,
+        ctx: &TenantCtx,
+        filter: &MemberFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Member>>;
     async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>>;
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>>;
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()>;
-    async fn tenant_usage_records(&self, ctx: &TenantCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>>;
-    async fn all_usage_records(&self, platform: &PlatformCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>>;
+    async fn tenant_usage_records(
+        &self,
+        ctx: &TenantCtx,
+        range: TimeRange,
+        page: &PageRequest,
+    ) -> Result<Page<UsageRecord>>;
+    async fn all_usage_records(
+        &self,
+        platform: &PlatformCtx,
+        range: TimeRange,
+        page: &PageRequest,
+    ) -> Result<Page<UsageRecord>>;
 
     // --- Audit ---
     /// Appends an event on its own (for events that record no other change).
@@ -203,7 +228,8 @@ pub trait Store: Send + Sync + 'static {
         read_event: NewAuditEvent,
     ) -> Result<Page<AuditEvent>>;
     /// Every chain (tenant ids and `platform`) with its head: the last seq and hash.
-    async fn audit_chain_heads(&self, platform: &PlatformCtx) -> Result<Vec<(String, i64, String)>>;
+    async fn audit_chain_heads(&self, platform: &PlatformCtx)
+        -> Result<Vec<(String, i64, String)>>;
     /// Events of one chain in `seq` order after `after_seq`, with their personal data.
     async fn audit_chain_page(
         &self,

@@ -67,13 +67,15 @@ pub(super) async fn append_audit(tx: &mut Tx<'_>, ev: NewAuditEvent) -> Result<A
     .execute(&mut **tx)
     .await?;
     if let Some(pii) = &pii {
-        sqlx::query("INSERT INTO audit_pii (tenant_id, event_id, salt, pii) VALUES ($1, $2, $3, $4)")
-            .bind(&event.chain)
-            .bind(event.id.to_string())
-            .bind(hex::encode(salt))
-            .bind(agentplane_core::audit::canonical_json(pii))
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit_pii (tenant_id, event_id, salt, pii) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&event.chain)
+        .bind(event.id.to_string())
+        .bind(hex::encode(salt))
+        .bind(agentplane_core::audit::canonical_json(pii))
+        .execute(&mut **tx)
+        .await?;
     }
     sqlx::query("UPDATE audit_heads SET hash = $2 WHERE tenant_id = $1")
         .bind(&event.chain)
@@ -159,7 +161,9 @@ fn usage_cursor(page: &PageRequest) -> Result<(i64, String, String)> {
         None => Ok((i64::MIN, String::new(), String::new())),
         Some(k) => {
             let v = split_key(k, 3)?;
-            let ts = v[0].parse().map_err(|_| StoreError::Corrupt("cursor".into()))?;
+            let ts = v[0]
+                .parse()
+                .map_err(|_| StoreError::Corrupt("cursor".into()))?;
             Ok((ts, v[1].to_owned(), v[2].to_owned()))
         }
     }
@@ -170,7 +174,10 @@ fn usage_key(r: &UsageRecord) -> String {
 }
 
 fn range_bounds(range: TimeRange) -> (i64, i64) {
-    (range.from.map_or(i64::MIN, Timestamp::millis), range.to.map_or(i64::MAX, Timestamp::millis))
+    (
+        range.from.map_or(i64::MIN, Timestamp::millis),
+        range.to.map_or(i64::MAX, Timestamp::millis),
+    )
 }
 
 fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>> {
@@ -192,13 +199,18 @@ impl Store for BackendStore {
 
     async fn list_plans(&self, page: &PageRequest) -> Result<Page<Plan>> {
         let mut tx = self.read_platform().await?;
-        let rows: Vec<PlanRow> = sqlx::query_as("SELECT * FROM plans WHERE id > $1 ORDER BY id LIMIT $2")
-            .bind(after_key(page))
-            .bind(overfetch(page))
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows: Vec<PlanRow> =
+            sqlx::query_as("SELECT * FROM plans WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after_key(page))
+                .bind(overfetch(page))
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
-        Ok(Page::from_overfetch(convert(rows)?, page.limit, |p: &Plan| p.id.to_string()))
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |p: &Plan| p.id.to_string(),
+        ))
     }
 
     async fn get_plan(&self, id: &PlanId) -> Result<Option<Plan>> {
@@ -228,7 +240,9 @@ impl Store for BackendStore {
         .execute(&mut *tx)
         .await;
         match res {
-            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::PlanId)),
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(Conflict::PlanId))
+            }
             r => r?,
         };
         append_audit(&mut tx, audit).await?;
@@ -253,7 +267,9 @@ impl Store for BackendStore {
             .execute(&mut *tx)
             .await;
             match res {
-                Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::IdempotencyKey)),
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(Conflict::IdempotencyKey))
+                }
                 r => r?,
             };
         }
@@ -293,16 +309,25 @@ impl Store for BackendStore {
         row.map(Tenant::try_from).transpose()
     }
 
-    async fn list_tenants(&self, _platform: &PlatformCtx, page: &PageRequest) -> Result<Page<Tenant>> {
+    async fn list_tenants(
+        &self,
+        _platform: &PlatformCtx,
+        page: &PageRequest,
+    ) -> Result<Page<Tenant>> {
         let mut tx = self.read_platform().await?;
-        let rows: Vec<TenantRow> =
-            sqlx::query_as("SELECT * FROM tenants WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2")
-                .bind(after_key(page))
-                .bind(overfetch(page))
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows: Vec<TenantRow> = sqlx::query_as(
+            "SELECT * FROM tenants WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2",
+        )
+        .bind(after_key(page))
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(Page::from_overfetch(convert(rows)?, page.limit, |t: &Tenant| t.id.to_string()))
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |t: &Tenant| t.id.to_string(),
+        ))
     }
 
     async fn slug_taken(&self, slug: &Slug) -> Result<bool> {
@@ -457,19 +482,35 @@ impl Store for BackendStore {
         Ok(())
     }
 
-    async fn purge_tenant(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent, now: Timestamp) -> Result<PurgeReport> {
+    async fn purge_tenant(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        audit: NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<PurgeReport> {
         let tenant = ctx.tenant_id().to_string();
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let mut report = PurgeReport::default();
         macro_rules! delete {
             ($field:ident, $sql:literal) => {
-                report.$field = sqlx::query($sql).bind(&tenant).execute(&mut *tx).await?.rows_affected();
+                report.$field = sqlx::query($sql)
+                    .bind(&tenant)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             };
         }
         delete!(settings, "DELETE FROM tenant_settings WHERE tenant_id = $1");
         delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
-        delete!(usage_counters, "DELETE FROM usage_counters WHERE tenant_id = $1");
-        delete!(usage_records, "DELETE FROM usage_records WHERE tenant_id = $1");
+        delete!(
+            usage_counters,
+            "DELETE FROM usage_counters WHERE tenant_id = $1"
+        );
+        delete!(
+            usage_records,
+            "DELETE FROM usage_records WHERE tenant_id = $1"
+        );
         delete!(audit_pii, "DELETE FROM audit_pii WHERE tenant_id = $1");
         report.jobs = sqlx::query("DELETE FROM jobs WHERE tenant_id = $1 AND id <> $2")
             .bind(&tenant)
@@ -477,15 +518,26 @@ impl Store for BackendStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM tenants WHERE tenant_id = $1").bind(&tenant).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM tenants WHERE tenant_id = $1")
+            .bind(&tenant)
+            .execute(&mut *tx)
+            .await?;
         complete_job_tx(&mut tx, job, now).await?;
-        let audit = NewAuditEvent { data: serde_json::to_value(&report).map_err(corrupt)?, ..audit };
+        let audit = NewAuditEvent {
+            data: serde_json::to_value(&report).map_err(corrupt)?,
+            ..audit
+        };
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(report)
     }
 
-    async fn list_members(&self, ctx: &TenantCtx, filter: &MemberFilter, page: &PageRequest) -> Result<Page<Member>> {
+    async fn list_members(
+        &self,
+        ctx: &TenantCtx,
+        filter: &MemberFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Member>> {
         let mut tx = self.read_tenant(ctx.tenant_id()).await?;
         let rows: Vec<MemberRow> = sqlx::query_as(
             "SELECT * FROM memberships WHERE tenant_id = $1 AND user_id > $2 \
@@ -503,20 +555,30 @@ impl Store for BackendStore {
         // then be short, which cursor pagination allows.
         let more = members.len() > page.limit as usize;
         members.truncate(page.limit as usize);
-        let next_cursor = more.then(|| members.last().map(|m| agentplane_core::page::encode_cursor(&m.user_id.to_string()))).flatten();
+        let next_cursor = more
+            .then(|| {
+                members
+                    .last()
+                    .map(|m| agentplane_core::page::encode_cursor(&m.user_id.to_string()))
+            })
+            .flatten();
         if let Some(role) = &filter.role {
             members.retain(|m| m.roles.iter().any(|r| r == role));
         }
-        Ok(Page { items: members, next_cursor })
+        Ok(Page {
+            items: members,
+            next_cursor,
+        })
     }
 
     async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>> {
         let mut tx = self.read_tenant(ctx.tenant_id()).await?;
-        let rows: Vec<SettingRow> =
-            sqlx::query_as("SELECT key, value, updated_at FROM tenant_settings WHERE tenant_id = $1 ORDER BY key")
-                .bind(ctx.tenant_id().to_string())
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows: Vec<SettingRow> = sqlx::query_as(
+            "SELECT key, value, updated_at FROM tenant_settings WHERE tenant_id = $1 ORDER BY key",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         convert(rows)
     }
@@ -556,7 +618,12 @@ impl Store for BackendStore {
         Ok(())
     }
 
-    async fn tenant_usage_records(&self, ctx: &TenantCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>> {
+    async fn tenant_usage_records(
+        &self,
+        ctx: &TenantCtx,
+        range: TimeRange,
+        page: &PageRequest,
+    ) -> Result<Page<UsageRecord>> {
         let (ts, tenant, id) = usage_cursor(page)?;
         let (from, to) = range_bounds(range);
         let mut tx = self.read_tenant(ctx.tenant_id()).await?;
@@ -576,7 +643,12 @@ impl Store for BackendStore {
         Ok(Page::from_overfetch(convert(rows)?, page.limit, usage_key))
     }
 
-    async fn all_usage_records(&self, _platform: &PlatformCtx, range: TimeRange, page: &PageRequest) -> Result<Page<UsageRecord>> {
+    async fn all_usage_records(
+        &self,
+        _platform: &PlatformCtx,
+        range: TimeRange,
+        page: &PageRequest,
+    ) -> Result<Page<UsageRecord>> {
         let (ts, tenant, id) = usage_cursor(page)?;
         let (from, to) = range_bounds(range);
         let mut tx = self.read_platform().await?;
@@ -616,7 +688,9 @@ impl Store for BackendStore {
     ) -> Result<Page<AuditEvent>> {
         let before: i64 = match &page.after {
             None => i64::MAX,
-            Some(k) => k.parse().map_err(|_| StoreError::Corrupt("cursor".into()))?,
+            Some(k) => k
+                .parse()
+                .map_err(|_| StoreError::Corrupt("cursor".into()))?,
         };
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let rows: Vec<AuditRow> = sqlx::query_as(AUDIT_LIST_SQL)
@@ -629,17 +703,28 @@ impl Store for BackendStore {
             .bind(overfetch(page))
             .fetch_all(&mut *tx)
             .await?;
-        let events: Vec<AuditEvent> = rows.into_iter().map(|r| r.into_parts().map(|(e, _)| e)).collect::<Result<_>>()?;
+        let events: Vec<AuditEvent> = rows
+            .into_iter()
+            .map(|r| r.into_parts().map(|(e, _)| e))
+            .collect::<Result<_>>()?;
         append_audit(&mut tx, read_event).await?;
         tx.commit().await?;
-        Ok(Page::from_overfetch(events, page.limit, |e: &AuditEvent| e.seq.to_string()))
+        Ok(Page::from_overfetch(
+            events,
+            page.limit,
+            |e: &AuditEvent| e.seq.to_string(),
+        ))
     }
 
-    async fn audit_chain_heads(&self, _platform: &PlatformCtx) -> Result<Vec<(String, i64, String)>> {
+    async fn audit_chain_heads(
+        &self,
+        _platform: &PlatformCtx,
+    ) -> Result<Vec<(String, i64, String)>> {
         let mut tx = self.read_platform().await?;
-        let keys = sqlx::query_as("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")
-            .fetch_all(&mut *tx)
-            .await?;
+        let keys =
+            sqlx::query_as("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(keys)
     }
@@ -683,5 +768,7 @@ const AUDIT_LIST_SQL: &str = concat!(
      ORDER BY e.seq DESC LIMIT $7"
 );
 
-const AUDIT_CHAIN_SQL: &str =
-    concat!(audit_select!(), "WHERE e.tenant_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3");
+const AUDIT_CHAIN_SQL: &str = concat!(
+    audit_select!(),
+    "WHERE e.tenant_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
+);

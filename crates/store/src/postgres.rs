@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 #[path = "ops.rs"]
+#[allow(clippy::duplicate_mod)] // compiled once per backend, on purpose
 mod ops;
 
 type Db = sqlx::Postgres;
@@ -31,12 +32,16 @@ pub struct PgStore {
 fn checked_role(role: &str) -> Result<&str> {
     let ok = !role.is_empty()
         && role.len() <= 63
-        && role.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !role.as_bytes()[0].is_ascii_digit();
     if ok {
         Ok(role)
     } else {
-        Err(StoreError::Config(format!("database role {role:?} must match [a-z_][a-z0-9_]*")))
+        Err(StoreError::Config(format!(
+            "database role {role:?} must match [a-z_][a-z0-9_]*"
+        )))
     }
 }
 
@@ -84,9 +89,11 @@ impl PgStore {
     async fn check_schema(&self) -> Result<()> {
         let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         // A database that was never migrated has no _sqlx_migrations table: version 0.
-        let found: i64 = match sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.pool)
-            .await
+        let found: i64 = match sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await
         {
             Ok(v) => v.unwrap_or(0),
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => 0,
@@ -105,7 +112,11 @@ impl PgStore {
 
     async fn scoped(&self, name: &str, value: &str) -> Result<Transaction<'static, Db>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config($1, $2, true)").bind(name).bind(value).execute(&mut *tx).await?;
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
         Ok(tx)
     }
     async fn write_platform(&self) -> Result<Transaction<'static, Db>> {

@@ -7,12 +7,15 @@ use agentplane_core::job::Job;
 use agentplane_core::time::Timestamp;
 use agentplane_core::TenantId;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Transaction;
 use std::path::Path;
 use std::time::Duration;
 
 #[path = "ops.rs"]
+#[allow(clippy::duplicate_mod)] // compiled once per backend, on purpose
 mod ops;
 
 type Db = sqlx::Sqlite;

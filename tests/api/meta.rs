@@ -1,0 +1,127 @@
+//! Health, the OpenAPI document, the AXAG manifest and the registry-driven routing.
+
+use crate::both_backends;
+use crate::helpers::{status_json, Backend, TestApp};
+use agentplane_core::action::{Scope, REGISTRY};
+use reqwest::Method;
+use serde_json::Value;
+
+both_backends!(health_reports_the_backend);
+
+async fn health_reports_the_backend(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let res = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("x-request-id"));
+    let (s, body) = status_json(res).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        body["database"],
+        if b == Backend::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    );
+}
+
+fn method(m: agentplane_core::action::Method) -> Method {
+    Method::from_bytes(m.as_str().as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn every_declared_action_is_routed_and_needs_a_token() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    for a in REGISTRY {
+        let path = a
+            .path
+            .replace("{tenant_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{plan_id}", "free");
+        let (s, p) = status_json(app.call(method(a.method), &path, None, None).await).await;
+        assert_eq!(
+            (s, p["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "{} {}",
+            a.intent,
+            a.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn openapi_documents_every_action_and_has_not_drifted() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let res = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap();
+    let served = res.text().await.unwrap();
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    for a in REGISTRY {
+        let op = &doc["paths"][a.path][a.method.as_str().to_lowercase()];
+        assert!(
+            op.is_object(),
+            "{} {} is not in the OpenAPI document",
+            a.method.as_str(),
+            a.path
+        );
+    }
+    let committed_path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(committed_path, &served).unwrap();
+    }
+    let committed = std::fs::read_to_string(committed_path).unwrap_or_default();
+    assert!(committed == served, "docs/openapi.json has drifted from the code: run `UPDATE_OPENAPI=1 cargo test --test api openapi` and commit it");
+}
+
+#[tokio::test]
+async fn axag_manifest_comes_from_the_registry() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (s, m) = status_json(
+        app.client
+            .get(format!("{}/v1/axag/manifest", app.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(m["tenant_boundary"], "strict");
+    assert_eq!(m["scope"], "tenant");
+    let intents: Vec<&str> = m["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["intent"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = REGISTRY
+        .iter()
+        .filter(|a| a.scope == Scope::Tenant)
+        .map(|a| a.intent)
+        .collect();
+    assert_eq!(intents, expected);
+    let users = m["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["intent"] == "admin.list_users")
+        .unwrap();
+    assert_eq!(users["parameters"]["page_size"].is_null(), true);
+    assert_eq!(users["required_permission"], "users.read");
+    assert_eq!(users["http"]["path"], "/v1/tenants/{tenant_id}/users");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (s, p) = status_json(app.call(Method::GET, "/nope", None, None).await).await;
+    assert_eq!((s, p["code"].as_str()), (404, Some("not_found")));
+    let (s, p) = status_json(app.call(Method::PUT, "/health", None, None).await).await;
+    assert_eq!((s, p["code"].as_str()), (405, Some("method_not_allowed")));
+}
