@@ -10,6 +10,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database schema is at version {found}, this build needs {expected}: run `agentplane migrate`")]
     SchemaOutdated { found: i64, expected: i64 },
+    /// A tenant-scoped write was handed a row or event of another tenant: a bug, refused
+    /// on every backend (PostgreSQL's RLS would refuse it too).
+    #[error("cross-tenant write refused: {0}")]
+    CrossTenant(&'static str),
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("invalid configuration: {0}")]

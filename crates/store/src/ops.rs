@@ -138,6 +138,23 @@ pub(super) async fn bury_expired(tx: &mut Tx<'_>, now: Timestamp) -> Result<()> 
     Ok(())
 }
 
+/// Refuses an audit event that is not for the context's tenant.
+fn scoped(ctx: &TenantCtx, ev: NewAuditEvent) -> Result<NewAuditEvent> {
+    if ev.chain == agentplane_core::audit::Chain::Tenant(ctx.tenant_id()) {
+        Ok(ev)
+    } else {
+        Err(StoreError::CrossTenant("audit event of another chain"))
+    }
+}
+
+fn same_tenant(ctx: &TenantCtx, tenant: TenantId, what: &'static str) -> Result<()> {
+    if ctx.tenant_id() == tenant {
+        Ok(())
+    } else {
+        Err(StoreError::CrossTenant(what))
+    }
+}
+
 fn after_key(page: &PageRequest) -> String {
     page.after.clone().unwrap_or_default()
 }
@@ -348,6 +365,11 @@ impl Store for BackendStore {
         job: Option<&Job>,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        same_tenant(ctx, t.id, "tenant")?;
+        let audit = scoped(ctx, audit)?;
+        if let Some(j) = job {
+            same_tenant(ctx, j.tenant_id, "job")?;
+        }
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let res = sqlx::query(
             "UPDATE tenants SET name = $3, plan_id = $4, status = $5, region = $6, updated_at = $7, \
@@ -428,6 +450,10 @@ impl Store for BackendStore {
         audit: NewAuditEvent,
         now: Timestamp,
     ) -> Result<()> {
+        same_tenant(ctx, t.id, "tenant")?;
+        same_tenant(ctx, job.tenant_id, "job")?;
+        same_tenant(ctx, p.first_admin.tenant_id, "membership")?;
+        let audit = scoped(ctx, audit)?;
         let tenant = ctx.tenant_id().to_string();
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         for (key, value) in &p.settings {
@@ -596,6 +622,7 @@ impl Store for BackendStore {
     }
 
     async fn insert_usage_record(&self, ctx: &TenantCtx, r: &UsageRecord) -> Result<()> {
+        same_tenant(ctx, r.tenant_id, "usage record")?;
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         sqlx::query(
             "INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, \
@@ -686,6 +713,7 @@ impl Store for BackendStore {
         page: &PageRequest,
         read_event: NewAuditEvent,
     ) -> Result<Page<AuditEvent>> {
+        let read_event = scoped(ctx, read_event)?;
         let before: i64 = match &page.after {
             None => i64::MAX,
             Some(k) => k
