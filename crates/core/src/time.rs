@@ -51,9 +51,14 @@ impl Timestamp {
     }
 }
 
+/// RFC 3339 in UTC with exactly three fraction digits, so the strings sort like the instants.
+const WIRE_FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.to_datetime().format(&Rfc3339) {
+        match self.to_datetime().format(WIRE_FORMAT) {
             Ok(s) => f.write_str(&s),
             Err(_) => write!(f, "{}", self.0),
         }
@@ -100,7 +105,7 @@ mod tests {
         );
         assert_eq!(
             Timestamp::parse_date_or_rfc3339("2026-01-31").map(|t| t.to_string()),
-            Some("2026-01-31T00:00:00Z".to_owned())
+            Some("2026-01-31T00:00:00.000Z".to_owned())
         );
         assert!(Timestamp::parse_date_or_rfc3339("yesterday").is_none());
     }

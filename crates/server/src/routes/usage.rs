@@ -55,7 +55,7 @@ pub(crate) fn parse_time(
     .transpose()
 }
 
-const EXPORT_PAGE: u32 = 1000;
+const EXPORT_PAGE: u32 = agentplane_core::page::MAX_LIMIT;
 
 /// Every tenant's usage records in a date range, streamed as a JSON array or CSV.
 #[utoipa::path(get, path = "/v1/admin/usage/export", tag = "usage", security(("bearer" = [])), params(ExportParams),
@@ -87,11 +87,19 @@ pub async fn export(
         async move {
             let (page, first_chunk) = st?;
             let chunk = render(&page.items, csv, first_chunk, page.next_cursor.is_none());
+            // A failure mid-stream aborts the transfer (the client sees a truncated body,
+            // never a short export that looks complete).
             let next = match page.next_cursor {
                 None => None,
                 Some(c) => {
-                    let req = PageRequest::new(Some(&c), Some(EXPORT_PAGE)).ok()?;
-                    match control.export_usage(&ctx, range, &req).await {
+                    let fetched = match PageRequest::new(Some(&c), Some(EXPORT_PAGE)) {
+                        Ok(req) => control
+                            .export_usage(&ctx, range, &req)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match fetched {
                         Ok(p) => Some((p, false)),
                         Err(e) => {
                             tracing::error!(error = %e, "usage export aborted mid-stream");
