@@ -125,3 +125,61 @@ async fn unknown_routes_and_methods_are_problems() {
     let (s, p) = status_json(app.call(Method::PUT, "/health", None, None).await).await;
     assert_eq!((s, p["code"].as_str()), (405, Some("method_not_allowed")));
 }
+
+/// docs/permissions.md is generated from the permission matrix and the action registry.
+fn permissions_doc() -> String {
+    use agentplane_core::authz::{role_grants, Role, PERMISSION_MATRIX};
+    let mut s = String::from(
+        "# Permissions\n\n\
+         Generated from `PERMISSION_MATRIX` and the action registry (`crates/core/src/authz.rs`,\n\
+         `crates/core/src/action.rs`) by `tests/api/meta.rs`; regenerate with\n\
+         `UPDATE_DOCS=1 cargo test --test api permissions_doc`.\n\n\
+         A caller first needs access to the tenant (`platform_admin`, `tenant_ids`, `tenant_id`/`tid`);\n\
+         without it every tenant route answers 404, like a missing tenant. With access, the\n\
+         route's permission decides (403 `forbidden` otherwise, recorded as `access.denied` in\n\
+         the tenant's audit trail). Members of a suspended tenant get 403 `tenant_suspended`;\n\
+         of a deleted one, 404.\n\n## Role x permission\n\n| permission |",
+    );
+    for r in Role::ALL {
+        s.push_str(&format!(" `{}` |", r.as_str()));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---|".repeat(Role::ALL.len()));
+    s.push('\n');
+    for (p, _) in PERMISSION_MATRIX {
+        s.push_str(&format!("| `{}` |", p.as_str()));
+        for r in Role::ALL {
+            s.push_str(if role_grants(r, *p) { " yes |" } else { " |" });
+        }
+        s.push('\n');
+    }
+    s.push_str("\n## Actions\n\n| intent | method | path | scope | permission | risk | confirm |\n|---|---|---|---|---|---|---|\n");
+    for a in REGISTRY {
+        s.push_str(&format!(
+            "| `{}` | {} | `{}` | {} | {} | {} | {} |\n",
+            a.intent,
+            a.method.as_str(),
+            a.path,
+            a.scope.as_str(),
+            a.permission
+                .map_or("any authenticated caller".to_owned(), |p| format!(
+                    "`{}`",
+                    p.as_str()
+                )),
+            a.risk_level.as_str(),
+            if a.confirmation_required { "yes" } else { "" },
+        ));
+    }
+    s
+}
+
+#[test]
+fn permissions_doc_matches_the_matrix() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/permissions.md");
+    let generated = permissions_doc();
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(committed == generated, "docs/permissions.md has drifted: run `UPDATE_DOCS=1 cargo test --test api permissions_doc`");
+}
