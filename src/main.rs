@@ -3,6 +3,9 @@
 //! as its owner; `worker` runs only the job worker; `audit verify` recomputes every audit
 //! hash chain; `token` mints an admin JWT with the configured shared secret (development).
 
+// A CLI: printing its results to stdout is its job.
+#![allow(clippy::print_stdout)]
+
 use agentplane_core::authz::PlatformCtx;
 use agentplane_server::config::Config;
 use agentplane_server::Server;

@@ -104,7 +104,6 @@ impl Drop for PgDb {
 
 /// Where a test app keeps its data.
 pub struct Db {
-    pub backend: Backend,
     pub dir: tempfile::TempDir,
     pub pg: Option<PgDb>,
 }
@@ -116,7 +115,7 @@ impl Db {
             Backend::Sqlite => None,
             Backend::Postgres => Some(PgDb::create().await),
         };
-        Db { backend, dir, pg }
+        Db { dir, pg }
     }
 
     pub fn sqlite_path(&self) -> PathBuf {

@@ -737,6 +737,7 @@ async fn query_strings_with_nul_and_foreign_cursors_are_refused(b: Backend) {
     for l in &lists {
         // A cursor is opaque: one the server did not issue is a 422, never a 5xx.
         for c in [hex("\u{0}"), hex("a\u{0}b"), hex("not a key"), hex("9|x|y")] {
+            eprintln!("PROBE {l}?cursor={c}");
             let (s, p) = status_json(app.get(&format!("{l}?cursor={c}"), &admin).await).await;
             assert!(
                 s == 200 || (s, p["field"].as_str()) == (422, Some("cursor")),
@@ -752,6 +753,7 @@ async fn query_strings_with_nul_and_foreign_cursors_are_refused(b: Backend) {
         "action=%1b%5b2J",
     ] {
         let path = format!("/v1/tenants/{a}/audit?{q}");
+        eprintln!("PROBE {path}");
         let (s, p) = status_json(app.get(&path, &admin).await).await;
         assert!(s == 200 || s == 422, "{path}: {s} {p}");
         if s == 200 && !q.starts_with("purpose") {
@@ -764,6 +766,7 @@ async fn query_strings_with_nul_and_foreign_cursors_are_refused(b: Backend) {
         "status_filter=active%00",
     ] {
         let path = format!("/v1/tenants/{a}/users?{q}");
+        eprintln!("PROBE {path}");
         let (s, p) = status_json(app.get(&path, &admin).await).await;
         assert!(s == 200 || s == 422, "{path}: {s} {p}");
         if s == 200 {
@@ -984,4 +987,48 @@ async fn concurrent_suspend_and_reactivate_stay_consistent(b: Backend) {
         (o["status"].as_str(), o["version"].as_i64()),
         (Some("active"), Some(2))
     );
+}
+
+#[tokio::test]
+async fn zz_probe() {
+    for b in [Backend::Sqlite, Backend::Postgres] {
+    let app = TestApp::spawn(b).await;
+    let admin = app.platform_admin();
+    let a = app.active_tenant("Nul").await;
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let lists = [
+        "/v1/admin/tenants".to_owned(),
+        "/v1/admin/plans".to_owned(),
+        format!("/v1/tenants/{a}/users"),
+        format!("/v1/tenants/{a}/audit"),
+    ];
+    let mut paths = vec![];
+    for l in &lists {
+        for c in [hex("\u{0}"), hex("a\u{0}b"), hex("not a key"), hex("9|x|y")] {
+            paths.push(format!("{l}?cursor={c}"));
+        }
+    }
+    for q in ["action=tenant.create%00", "actor_id=%00", "purpose=audit%00review", "action=%1b%5b2J"] {
+        paths.push(format!("/v1/tenants/{a}/audit?{q}"));
+    }
+    for q in ["role_filter=%00", "role_filter=tenant_admin%00", "status_filter=active%00"] {
+        paths.push(format!("/v1/tenants/{a}/users?{q}"));
+    }
+    for p in paths {
+        let r = app.get(&p, &admin).await;
+        let s = r.status();
+        let t = r.text().await.unwrap();
+        eprintln!("ZZ {b:?} {s} {p} {}", &t[..t.len().min(150)]);
+    }
+    let r = app.call(Method::PATCH, &format!("/v1/admin/tenants/{a}/plan"), Some(&admin), Some(json!(["pro"]))).await;
+    eprintln!("ZZ {b:?} patch arr {}", r.status());
+    let r = app.call(Method::POST, "/v1/tenants", Some(&admin), Some(json!(["Arr", "a@arr.test"]))).await;
+    eprintln!("ZZ {b:?} tenant arr {} {}", r.status(), r.text().await.unwrap());
+    let r = app.call(Method::POST, &format!("/v1/admin/tenants/{a}/suspend?confirm=true"), Some(&admin), Some(json!(["arr"]))).await;
+    eprintln!("ZZ {b:?} suspend arr {} {}", r.status(), r.text().await.unwrap());
+    let r = app.call(Method::POST, &format!("/v1/admin/tenants/{a}/reactivate"), Some(&admin), Some(json!({"x":1}))).await;
+    eprintln!("ZZ {b:?} reactivate with body {} {}", r.status(), r.text().await.unwrap());
+    let r = app.call(Method::POST, "/v1/admin/plans", Some(&admin), Some(json!(["arrplan", "Arr", [1,1,1,1]]))).await;
+    eprintln!("ZZ {b:?} plan arr {} {}", r.status(), r.text().await.unwrap());
+    }
 }
