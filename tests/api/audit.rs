@@ -6,7 +6,6 @@ use crate::both_backends;
 use crate::crash::Proc;
 use crate::helpers::{status_json, Backend, Db, TestApp};
 use agentplane_core::authz::PlatformCtx;
-use agentplane_core::TenantId;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor};
@@ -63,9 +62,9 @@ async fn walk(
     let mut pages = 0;
     loop {
         let mut params: Vec<(&str, &str)> = q.to_vec();
-        params.push(("limit", &limit_s));
+        params.push(("limit", limit_s.as_str()));
         if let Some(c) = &cursor {
-            params.push(("cursor", c));
+            params.push(("cursor", c.as_str()));
         }
         let (s, page) = read_audit(app, tenant, token, &params).await;
         assert_eq!(s, 200, "{page}");
@@ -158,7 +157,10 @@ async fn reading_the_trail_is_audited_filtered_and_paginated(b: Backend) {
     // The filters of a read are recorded too.
     let (_, page) = read_audit(&app, &id, &auditor, &[("limit", "1")]).await;
     assert_eq!(items(&page)[0]["action"], "audit.read");
-    assert_eq!(items(&page)[0]["data"]["filter"]["action"], "tenant.suspend");
+    assert_eq!(
+        items(&page)[0]["data"]["filter"]["action"],
+        "tenant.suspend"
+    );
 
     // actor_id
     let (by_operator, _) = walk(&app, &id, &auditor, &[("actor_id", "operator")], 500).await;
@@ -169,7 +171,14 @@ async fn reading_the_trail_is_audited_filtered_and_paginated(b: Backend) {
     assert_eq!(actions.len(), 2 * ROUNDS + 1, "{actions:?}");
     assert_eq!(actions.last(), Some(&"tenant.create"));
     assert!(by_operator.iter().all(|e| e["actor_id"] == "operator"));
-    let (by_auditor, _) = walk(&app, &id, &auditor, &[("actor_id", &auditor_sub)], 500).await;
+    let (by_auditor, _) = walk(
+        &app,
+        &id,
+        &auditor,
+        &[("actor_id", auditor_sub.as_str())],
+        500,
+    )
+    .await;
     assert!(!by_auditor.is_empty());
     assert!(by_auditor
         .iter()
@@ -180,10 +189,11 @@ async fn reading_the_trail_is_audited_filtered_and_paginated(b: Backend) {
 
     // from / to (to is exclusive), on the suspensions' own timestamps.
     let split = suspends[ROUNDS / 2]["ts"].as_str().unwrap().to_owned();
-    let split_ms = time::OffsetDateTime::parse(&split, &time::format_description::well_known::Rfc3339)
-        .unwrap()
-        .unix_timestamp_nanos()
-        / 1_000_000;
+    let split_ms =
+        time::OffsetDateTime::parse(&split, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp_nanos()
+            / 1_000_000;
     let ms = |e: &Value| {
         time::OffsetDateTime::parse(
             e["ts"].as_str().unwrap(),
@@ -204,12 +214,13 @@ async fn reading_the_trail_is_audited_filtered_and_paginated(b: Backend) {
         .map(|e| e["seq"].as_i64().unwrap())
         .collect();
     assert!(!later.is_empty() && !earlier.is_empty(), "{split}");
-    let seq_of = |v: Vec<Value>| -> Vec<i64> { v.iter().map(|e| e["seq"].as_i64().unwrap()).collect() };
+    let seq_of =
+        |v: Vec<Value>| -> Vec<i64> { v.iter().map(|e| e["seq"].as_i64().unwrap()).collect() };
     let (from, _) = walk(
         &app,
         &id,
         &auditor,
-        &[("action", "tenant.suspend"), ("from", &split)],
+        &[("action", "tenant.suspend"), ("from", split.as_str())],
         500,
     )
     .await;
@@ -218,7 +229,7 @@ async fn reading_the_trail_is_audited_filtered_and_paginated(b: Backend) {
         &app,
         &id,
         &auditor,
-        &[("action", "tenant.suspend"), ("to", &split)],
+        &[("action", "tenant.suspend"), ("to", split.as_str())],
         500,
     )
     .await;
@@ -315,8 +326,18 @@ impl Direct {
     async fn count_events(&mut self, tenant: &str) -> i64 {
         let sql = "SELECT count(*) FROM audit_events WHERE tenant_id = $1";
         match self {
-            Direct::Sqlite(c) => sqlx::query_scalar(sql).bind(tenant).fetch_one(&mut *c).await,
-            Direct::Pg(c) => sqlx::query_scalar(sql).bind(tenant).fetch_one(&mut *c).await,
+            Direct::Sqlite(c) => {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .bind(tenant)
+                    .fetch_one(&mut *c)
+                    .await
+            }
+            Direct::Pg(c) => {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .bind(tenant)
+                    .fetch_one(&mut *c)
+                    .await
+            }
         }
         .unwrap()
     }
@@ -345,7 +366,10 @@ async fn audit_events_are_append_only(b: Backend) {
     suspend_and_reactivate(&app, &id, "x").await;
     let platform = PlatformCtx::for_system("test/audit");
     let store = app.control.store().clone();
-    let before = store.audit_chain_page(&platform, &id, 0, 100).await.unwrap();
+    let before = store
+        .audit_chain_page(&platform, &id, 0, 100)
+        .await
+        .unwrap();
     assert_eq!(before.len(), 4);
 
     let mut c = Direct::open(&app.db).await;
@@ -402,7 +426,10 @@ async fn audit_events_are_append_only(b: Backend) {
     assert_eq!(c.count_events(&id).await, 4);
     c.close().await;
 
-    let after = store.audit_chain_page(&platform, &id, 0, 100).await.unwrap();
+    let after = store
+        .audit_chain_page(&platform, &id, 0, 100)
+        .await
+        .unwrap();
     assert_eq!(before, after, "nothing changed");
     let report = agentplane_audit::verify_all(store.as_ref(), &platform)
         .await
@@ -509,8 +536,6 @@ async fn tamper_and_verify(b: Backend, sql: &str, expected: &str) {
         1,
         "only the victim's chain: {out}"
     );
-    // The API's trail is still readable (verification is the tool that judges it).
-    let _: TenantId = victim.parse().unwrap();
 }
 
 async fn verify_passes_on_an_untampered_database(b: Backend) {
@@ -573,7 +598,10 @@ async fn erasing_personal_data_keeps_the_chain_verifiable(b: Backend) {
         .exec("DELETE FROM audit_pii WHERE tenant_id = $1", &victim)
         .await
         .unwrap();
-    assert!(n >= 2, "the creation and provisioning events held personal data ({n})");
+    assert!(
+        n >= 2,
+        "the creation and provisioning events held personal data ({n})"
+    );
     c.close().await;
 
     let platform = PlatformCtx::for_system("test/audit");

@@ -114,12 +114,12 @@ async fn plans_round_trip_and_conflict(b: Backend) {
         created_at: Timestamp::from_millis(1_700_000_000_123),
     };
     store
-        .insert_plan(&plan, audit(Chain::Platform, "plan.create"))
+        .insert_plan(&plan, audit(Chain::Platform, "plan.create"), None)
         .await
         .unwrap();
     assert_eq!(store.get_plan(&plan.id).await.unwrap(), Some(plan.clone()));
     let err = store
-        .insert_plan(&plan, audit(Chain::Platform, "plan.create"))
+        .insert_plan(&plan, audit(Chain::Platform, "plan.create"), None)
         .await
         .unwrap_err();
     assert!(

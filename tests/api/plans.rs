@@ -6,7 +6,8 @@ use serde_json::json;
 
 both_backends!(
     plans_create_get_list_paginate,
-    plan_input_is_validated_and_duplicates_refused
+    plan_input_is_validated_and_duplicates_refused,
+    plan_creation_is_idempotent_with_a_key,
 );
 
 fn plan(id: &str) -> serde_json::Value {
@@ -120,4 +121,45 @@ async fn plan_input_is_validated_and_duplicates_refused(b: Backend) {
         2,
         "nothing was created"
     );
+}
+
+async fn plan_creation_is_idempotent_with_a_key(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let admin = app.platform_admin();
+    let send = |body: serde_json::Value| {
+        app.client
+            .post(format!("{}/v1/admin/plans", app.base))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "plan-1")
+            .json(&body)
+            .send()
+    };
+    let first = send(plan("gold")).await.unwrap();
+    assert_eq!(first.headers()["location"], "/v1/admin/plans/gold");
+    let (s1, b1) = status_json(first).await;
+    let again = send(plan("gold")).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let (s2, b2) = status_json(again).await;
+    assert_eq!(
+        (s1, s2),
+        (201, 201),
+        "a retried creation answers like the first, not 409"
+    );
+    assert_eq!(b1, b2);
+    let (s, p) = status_json(send(plan("silver")).await.unwrap()).await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    // Without a key, a repeat is a conflict.
+    let (s, _) = status_json(app.post("/v1/admin/plans", &admin, plan("gold")).await).await;
+    assert_eq!(s, 409);
+    let platform = agentplane_core::authz::PlatformCtx::for_system("test");
+    let events = app
+        .control
+        .store()
+        .audit_chain_page(&platform, "platform", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "created and audited once");
 }

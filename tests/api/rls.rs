@@ -58,7 +58,7 @@ async fn as_app_role(url: &str) -> PgConnection {
 async fn count(c: &mut PgConnection, table: &str, filter: &str, tenant: &str) -> i64 {
     // Table names come from TENANT_TABLES, never from input.
     let sql = format!("SELECT count(*) FROM {table} {filter}");
-    let q = sqlx::query_scalar(&sql);
+    let q = sqlx::query_scalar::<_, i64>(&sql);
     let q = if filter.contains("$1") {
         q.bind(tenant)
     } else {

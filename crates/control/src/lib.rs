@@ -4,13 +4,15 @@
 //! generation, idempotency, what provisioning creates); persistence is the store's, HTTP is
 //! the server's. Every change is handed to the store together with its audit event.
 
+mod idempotency;
 mod provisioning;
 mod tenants;
 
 pub mod error;
 pub use error::ControlError;
+pub use idempotency::{IdempotencyKey, Replayable};
 pub use provisioning::{JobOutcome, WorkerConfig};
-pub use tenants::{CreateTenant, IdempotencyKey, Replayable, TenantCreated};
+pub use tenants::{CreateTenant, TenantCreated};
 
 use agentplane_core::audit::{Chain, NewAuditEvent};
 use agentplane_core::authz::{PlatformCtx, TenantCtx};
@@ -62,7 +64,19 @@ impl ControlPlane {
             .ok_or(ControlError::NotFound("plan"))
     }
 
-    pub async fn create_plan(&self, ctx: &PlatformCtx, req: CreatePlan) -> Result<Plan> {
+    /// Creates a plan; answers 201 with it (replayed for a repeated `Idempotency-Key`).
+    pub async fn create_plan(
+        &self,
+        ctx: &PlatformCtx,
+        raw: serde_json::Value,
+        idem: Option<IdempotencyKey>,
+    ) -> Result<Replayable> {
+        let hash = idempotency::request_hash(&raw);
+        if let Some(prior) = self.prior_answer(idem.as_ref(), &hash).await? {
+            return Ok(prior);
+        }
+        let req: CreatePlan =
+            serde_json::from_value(raw).map_err(|e| DomainError::invalid("body", e.to_string()))?;
         let plan = Plan {
             id: PlanId::parse(&req.id)?,
             name: validate_plan_name(&req.name)?,
@@ -76,8 +90,20 @@ impl ControlPlane {
             NewAuditEvent::new(Chain::Platform, "plan.create", ctx.actor(), plan.created_at)
                 .target("plan", &plan.id)
                 .data(serde_json::json!({"limits": plan.limits, "features": plan.features}));
-        self.store.insert_plan(&plan, audit).await?;
-        Ok(plan)
+        let body =
+            serde_json::to_value(&plan).map_err(|e| DomainError::invalid("body", e.to_string()))?;
+        let record = idempotency::record(idem.as_ref(), &hash, 201, &body, plan.created_at);
+        match self.store.insert_plan(&plan, audit, record).await {
+            Ok(()) => Ok(Replayable {
+                status: 201,
+                body,
+                replayed: false,
+            }),
+            Err(agentplane_store::StoreError::Conflict(
+                agentplane_store::Conflict::IdempotencyKey,
+            )) => self.winner_answer(idem.as_ref(), &hash).await,
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Usage of a period (default: the current month) against the tenant's plan.

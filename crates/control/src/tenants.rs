@@ -1,7 +1,8 @@
 //! Tenant creation (validated, idempotent, with a generated unique slug) and lifecycle.
 
+use crate::idempotency::{record, request_hash, IdempotencyKey, Replayable};
 use crate::{ControlError, ControlPlane, Result};
-use agentplane_core::audit::{canonical_json, Chain, NewAuditEvent};
+use agentplane_core::audit::{Chain, NewAuditEvent};
 use agentplane_core::authz::{PlatformCtx, TenantCtx};
 use agentplane_core::job::{Job, JobKind};
 use agentplane_core::page::{Page, PageRequest};
@@ -10,10 +11,9 @@ use agentplane_core::tenant::{
 };
 use agentplane_core::time::Timestamp;
 use agentplane_core::{DomainError, JobId, PlanId, TenantId};
-use agentplane_store::{Conflict, IdempotencyRecord, NewTenant, StoreError};
+use agentplane_store::{Conflict, NewTenant, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,40 +35,6 @@ pub struct TenantCreated {
     pub provisioning_job_id: JobId,
 }
 
-/// An `Idempotency-Key` with the scope it is unique in (the caller).
-#[derive(Clone, Debug)]
-pub struct IdempotencyKey {
-    pub scope: String,
-    pub key: String,
-}
-
-impl IdempotencyKey {
-    pub fn parse(scope: String, key: &str) -> Result<Self, DomainError> {
-        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            return Err(DomainError::invalid(
-                "Idempotency-Key",
-                "must be 1-255 visible ASCII characters",
-            ));
-        }
-        Ok(Self {
-            scope,
-            key: key.to_owned(),
-        })
-    }
-}
-
-/// A creating request's response, fresh or replayed for a repeated `Idempotency-Key`.
-#[derive(Clone, Debug)]
-pub struct Replayable {
-    pub status: u16,
-    pub body: Value,
-    pub replayed: bool,
-}
-
-fn request_hash(v: &Value) -> String {
-    hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
-}
-
 const MAX_SLUG_ATTEMPTS: u32 = 20;
 
 impl ControlPlane {
@@ -79,10 +45,8 @@ impl ControlPlane {
         idem: Option<IdempotencyKey>,
     ) -> Result<Replayable> {
         let hash = request_hash(&raw);
-        if let Some(k) = &idem {
-            if let Some(prev) = self.store.get_idempotency(&k.scope, &k.key).await? {
-                return replay(prev, &hash);
-            }
+        if let Some(prior) = self.prior_answer(idem.as_ref(), &hash).await? {
+            return Ok(prior);
         }
         let req: CreateTenant =
             serde_json::from_value(raw).map_err(|e| DomainError::invalid("body", e.to_string()))?;
@@ -137,14 +101,7 @@ impl ControlPlane {
                 .target("tenant", tenant.id)
                 .data(json!({"slug": tenant.slug, "plan_id": tenant.plan_id, "region": tenant.region, "job_id": job.id}))
                 .pii(json!({"name": tenant.name, "admin_email": admin_email}));
-            let idempotency = idem.as_ref().map(|k| IdempotencyRecord {
-                scope: k.scope.clone(),
-                key: k.key.clone(),
-                request_hash: hash.clone(),
-                status: 202,
-                response: body.to_string(),
-                created_at: now,
-            });
+            let idempotency = record(idem.as_ref(), &hash, 202, &body, now);
             let res = self
                 .store
                 .insert_tenant(NewTenant {
@@ -164,9 +121,7 @@ impl ControlPlane {
                 }
                 Err(StoreError::Conflict(Conflict::IdempotencyKey)) => {
                     // A concurrent request with the same key won; answer what it answered.
-                    let k = idem.as_ref().ok_or(ControlError::IdempotencyKeyReused)?;
-                    let prev = self.store.get_idempotency(&k.scope, &k.key).await?;
-                    return replay(prev.ok_or(ControlError::IdempotencyKeyReused)?, &hash);
+                    return self.winner_answer(idem.as_ref(), &hash).await;
                 }
                 Err(StoreError::Conflict(Conflict::Slug)) if requested_slug.is_none() => continue,
                 Err(e) => return Err(e.into()),
@@ -353,17 +308,4 @@ impl ControlPlane {
             crate::error::ConflictKind::ConcurrentUpdate,
         ))
     }
-}
-
-fn replay(prev: IdempotencyRecord, hash: &str) -> Result<Replayable> {
-    if prev.request_hash != hash {
-        return Err(ControlError::IdempotencyKeyReused);
-    }
-    let body = serde_json::from_str(&prev.response)
-        .map_err(|e| DomainError::invalid("body", e.to_string()))?;
-    Ok(Replayable {
-        status: prev.status,
-        body,
-        replayed: true,
-    })
 }

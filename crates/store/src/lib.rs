@@ -138,8 +138,14 @@ pub trait Store: Send + Sync + 'static {
     // --- Plans (platform data, not tenant-owned) ---
     async fn list_plans(&self, page: &PageRequest) -> Result<Page<Plan>>;
     async fn get_plan(&self, id: &PlanId) -> Result<Option<Plan>>;
-    /// `Conflict::PlanId` if the id is taken.
-    async fn insert_plan(&self, plan: &Plan, audit: NewAuditEvent) -> Result<()>;
+    /// `Conflict::PlanId` if the id is taken, `Conflict::IdempotencyKey` if the key was used
+    /// concurrently; nothing is written in either case.
+    async fn insert_plan(
+        &self,
+        plan: &Plan,
+        audit: NewAuditEvent,
+        idempotency: Option<IdempotencyRecord>,
+    ) -> Result<()>;
 
     // --- Tenant catalog ---
     /// `Conflict::IdempotencyKey` if the key was used concurrently, `Conflict::Slug` if the

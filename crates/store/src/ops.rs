@@ -106,6 +106,27 @@ async fn insert_job(tx: &mut Tx<'_>, job: &Job) -> Result<()> {
     Ok(())
 }
 
+/// Records a creating request's response under its `Idempotency-Key`, in the transaction of
+/// the creation: a concurrent request with the same key conflicts here and writes nothing.
+async fn insert_idempotency(tx: &mut Tx<'_>, idem: &IdempotencyRecord) -> Result<()> {
+    let res = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, status, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&idem.scope)
+    .bind(&idem.key)
+    .bind(&idem.request_hash)
+    .bind(i64::from(idem.status))
+    .bind(&idem.response)
+    .bind(idem.created_at.millis())
+    .execute(&mut **tx)
+    .await;
+    match res {
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(Conflict::IdempotencyKey)),
+        r => r.map(|_| ()).map_err(Into::into),
+    }
+}
+
 /// Completes a job if this worker still holds its lease.
 async fn complete_job_tx(tx: &mut Tx<'_>, job: &Job, now: Timestamp) -> Result<()> {
     let done = sqlx::query(
@@ -240,8 +261,16 @@ impl Store for BackendStore {
         row.map(Plan::try_from).transpose()
     }
 
-    async fn insert_plan(&self, plan: &Plan, audit: NewAuditEvent) -> Result<()> {
+    async fn insert_plan(
+        &self,
+        plan: &Plan,
+        audit: NewAuditEvent,
+        idempotency: Option<IdempotencyRecord>,
+    ) -> Result<()> {
         let mut tx = self.write_platform().await?;
+        if let Some(idem) = &idempotency {
+            insert_idempotency(&mut tx, idem).await?;
+        }
         let res = sqlx::query(
             "INSERT INTO plans (id, name, monthly_messages, monthly_tokens, requests_per_minute, \
              max_concurrent_runs, features, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -271,24 +300,7 @@ impl Store for BackendStore {
         let t = &new.tenant;
         let mut tx = self.write_platform().await?;
         if let Some(idem) = &new.idempotency {
-            let res = sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, status, response, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&idem.scope)
-            .bind(&idem.key)
-            .bind(&idem.request_hash)
-            .bind(i64::from(idem.status))
-            .bind(&idem.response)
-            .bind(idem.created_at.millis())
-            .execute(&mut *tx)
-            .await;
-            match res {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Conflict(Conflict::IdempotencyKey))
-                }
-                r => r?,
-            };
+            insert_idempotency(&mut tx, idem).await?;
         }
         let res = sqlx::query(
             "INSERT INTO tenants (tenant_id, slug, name, plan_id, status, region, created_at, updated_at, \

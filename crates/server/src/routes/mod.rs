@@ -10,10 +10,13 @@ mod usage;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
+use agentplane_control::{IdempotencyKey, Replayable};
 use agentplane_core::action::{ActionSpec, Method, REGISTRY};
+use agentplane_core::authz::Principal;
 use agentplane_core::page::PageRequest;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
 use serde::Deserialize;
@@ -85,6 +88,38 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The request's `Idempotency-Key`, scoped to the operation and the caller.
+pub(crate) fn idempotency_key(
+    headers: &HeaderMap,
+    operation: &str,
+    caller: &Principal,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?;
+    Ok(Some(IdempotencyKey::parse(
+        format!("{operation}:{}", caller.subject),
+        key,
+    )?))
+}
+
+/// The response of a creating request (fresh or replayed), with its `Location`.
+pub(crate) fn created(out: Replayable, location: Option<String>) -> Response {
+    let status = StatusCode::from_u16(out.status).unwrap_or(StatusCode::CREATED);
+    let mut res = (status, axum::Json(out.body)).into_response();
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        res.headers_mut().insert(header::LOCATION, loc);
+    }
+    if out.replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
 }
 
 /// `?cursor=&limit=` of every list.

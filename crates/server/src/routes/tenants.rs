@@ -2,13 +2,13 @@ use super::PageParams;
 use crate::extract::{Body, OptionalBody, PlatformScope, Query, TenantScope};
 use crate::problem::ApiError;
 use crate::state::AppState;
-use agentplane_control::{IdempotencyKey, JobOutcome, TenantCreated};
+use agentplane_control::{JobOutcome, TenantCreated};
 use agentplane_core::job::Job;
 use agentplane_core::page::Page;
 use agentplane_core::tenant::Tenant;
 use agentplane_store::{Member, MemberFilter};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -26,32 +26,12 @@ pub async fn create(
     headers: HeaderMap,
     Body(raw): Body<Value>,
 ) -> Result<Response, ApiError> {
-    let idem = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?;
-            Some(IdempotencyKey::parse(
-                format!("tenants.create:{}", scope.principal.subject),
-                key,
-            )?)
-        }
-    };
+    let idem = super::idempotency_key(&headers, "tenants.create", &scope.principal)?;
     let out = state.control().create_tenant(&scope.ctx, raw, idem).await?;
-    let status = StatusCode::from_u16(out.status).unwrap_or(StatusCode::ACCEPTED);
     let location = out.body["tenant"]["id"]
         .as_str()
         .map(|id| format!("/v1/tenants/{id}"));
-    let mut res = (status, Json(out.body)).into_response();
-    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-        res.headers_mut().insert(header::LOCATION, loc);
-    }
-    if out.replayed {
-        res.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(res)
+    Ok(super::created(out, location))
 }
 
 /// Show a tenant.
