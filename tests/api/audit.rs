@@ -18,6 +18,7 @@ both_backends!(
     verify_catches_a_deleted_middle_event,
     verify_catches_a_deleted_last_event,
     verify_catches_edited_personal_data,
+    verify_catches_a_chain_whose_head_was_removed,
     erasing_personal_data_keeps_the_chain_verifiable,
 );
 
@@ -189,11 +190,6 @@ async fn reading_the_trail_is_audited_filtered_and_paginated(b: Backend) {
 
     // from / to (to is exclusive), on the suspensions' own timestamps.
     let split = suspends[ROUNDS / 2]["ts"].as_str().unwrap().to_owned();
-    let split_ms =
-        time::OffsetDateTime::parse(&split, &time::format_description::well_known::Rfc3339)
-            .unwrap()
-            .unix_timestamp_nanos()
-            / 1_000_000;
     let ms = |e: &Value| {
         time::OffsetDateTime::parse(
             e["ts"].as_str().unwrap(),
@@ -203,6 +199,7 @@ async fn reading_the_trail_is_audited_filtered_and_paginated(b: Backend) {
         .unix_timestamp_nanos()
             / 1_000_000
     };
+    let split_ms = ms(&suspends[ROUNDS / 2]);
     let later: Vec<i64> = suspends
         .iter()
         .filter(|e| ms(e) >= split_ms)
@@ -515,7 +512,8 @@ fn assert_line(out: &str, line: &str) {
 /// Tampers with the victim through a direct connection that bypasses the triggers, then
 /// expects `audit verify` to exit 1 naming the victim's chain and what broke, and to pass
 /// the bystander.
-async fn tamper_and_verify(b: Backend, sql: &str, expected: &str) {
+/// `expected` is the exact reason printed, or `None` when any reason will do.
+async fn tamper_and_verify(b: Backend, sql: &str, expected: Option<&str>) {
     let (app, victim, bystander) = victim_and_bystander(b).await;
     let (code, out) = verify(&app).await;
     assert_eq!(code, Some(0), "{out}");
@@ -528,7 +526,14 @@ async fn tamper_and_verify(b: Backend, sql: &str, expected: &str) {
 
     let (code, out) = verify(&app).await;
     assert_eq!(code, Some(1), "{out}");
-    assert_line(&out, &format!("BROKEN  {victim}: {expected}"));
+    match expected {
+        Some(reason) => assert_line(&out, &format!("BROKEN  {victim}: {reason}")),
+        None => assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("BROKEN  {victim}: "))),
+            "no BROKEN line for {victim} in:\n{out}"
+        ),
+    }
     assert_line(&out, &format!("ok      {bystander} (2 events)"));
     assert!(out.contains("audit chain verification FAILED"), "{out}");
     assert_eq!(
@@ -556,7 +561,7 @@ async fn verify_catches_an_edited_event(b: Backend) {
     tamper_and_verify(
         b,
         "UPDATE audit_events SET data = '{\"reason\":\"nothing to see\"}' WHERE tenant_id = $1 AND seq = 3",
-        "seq 3: content does not match its hash",
+        Some("seq 3: content does not match its hash"),
     )
     .await;
 }
@@ -565,7 +570,7 @@ async fn verify_catches_a_deleted_middle_event(b: Backend) {
     tamper_and_verify(
         b,
         "DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 2",
-        "expected seq 2, found seq 3",
+        Some("expected seq 2, found seq 3"),
     )
     .await;
 }
@@ -574,7 +579,9 @@ async fn verify_catches_a_deleted_last_event(b: Backend) {
     tamper_and_verify(
         b,
         "DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 4",
-        "the chain ends at seq 3 but its head records seq 4: events were removed from its end",
+        Some(
+            "the chain ends at seq 3 but its head records seq 4: events were removed from its end",
+        ),
     )
     .await;
 }
@@ -585,9 +592,15 @@ async fn verify_catches_edited_personal_data(b: Backend) {
         "UPDATE audit_pii SET pii = '{\"first_admin_email\":\"someone-else@victim.test\"}' \
          WHERE tenant_id = $1 AND event_id = \
          (SELECT id FROM audit_events WHERE tenant_id = $1 AND seq = 2)",
-        "seq 2: personal data does not match its digest",
+        Some("seq 2: personal data does not match its digest"),
     )
     .await;
+}
+
+/// The head row is what reveals events removed from a chain's end; a chain whose head is
+/// gone (which even the server role may DELETE) must not drop out of verification.
+async fn verify_catches_a_chain_whose_head_was_removed(b: Backend) {
+    tamper_and_verify(b, "DELETE FROM audit_heads WHERE tenant_id = $1", None).await;
 }
 
 async fn erasing_personal_data_keeps_the_chain_verifiable(b: Backend) {

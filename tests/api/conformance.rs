@@ -128,7 +128,10 @@ async fn plans_round_trip_and_conflict(b: Backend) {
     );
     let heads = store.audit_chain_heads(&platform()).await.unwrap();
     assert_eq!(
-        heads.iter().find(|h| h.0 == "platform").map(|h| h.1),
+        heads
+            .iter()
+            .find(|h| h.0 == "platform")
+            .and_then(|h| h.1.as_ref().map(|x| x.0)),
         Some(1),
         "the failed insert wrote no event"
     );

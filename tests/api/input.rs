@@ -291,28 +291,98 @@ async fn deeply_nested_json_is_refused(b: Backend) {
     assert_eq!(state(&app).await, before);
 }
 
+/// An oversized request over a plain TCP connection. The server stops reading a body once it
+/// is over the limit and closes the connection; bytes a client is still sending then meet a
+/// reset that can make an HTTP client lose the 413. So the head declares the whole body
+/// (`Content-Length`, or a chunk of that size) but only `limit + 1` bytes are sent: exactly
+/// what the server must read before it refuses, so the exchange is deterministic.
+async fn oversized(
+    app: &TestApp,
+    method: &Method,
+    path: &str,
+    token: &str,
+    declared: usize,
+    limit: usize,
+    chunked: bool,
+) -> (u16, Value) {
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let framing = if chunked {
+        "transfer-encoding: chunked".to_owned()
+    } else {
+        format!("content-length: {declared}")
+    };
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\n{framing}\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    if chunked {
+        request.extend(format!("{declared:x}\r\n").as_bytes());
+    }
+    // The start of a JSON document that would go on for `declared` bytes.
+    request.extend(b"{\"name\": \"");
+    request.resize(request.len() + limit + 1 - 10, b'x');
+    let response = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        // A guard against a hang, not a timing assertion.
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let w = std::thread::spawn(move || {
+            let _ = writer.write_all(&request);
+        });
+        let mut out = Vec::new();
+        // Bytes read before an error are kept; the server closes after answering.
+        let _ = stream.read_to_end(&mut out);
+        let _ = w.join();
+        out
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete answer to {method} {path}: {text:?}"));
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_owned());
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/problem+json"),
+        "{status} {body}"
+    );
+    assert_eq!(body["status"], status);
+    assert!(status < 500, "{status} {body}");
+    (status, body)
+}
+
 async fn oversized_bodies_are_413(b: Backend) {
     let app = TestApp::spawn(b).await;
     let admin = app.platform_admin();
     let a = app.active_tenant("Large").await;
     let before = state(&app).await;
-    // 2 MiB of valid JSON: refused for its size, not its content.
-    let big = format!(
-        r#"{{"name": "Big", "admin_email": "a@b.test", "slug": "{}"}}"#,
-        "x".repeat(2 * 1024 * 1024)
-    );
+    let limit = 1024 * 1024;
+    // 2 MiB bodies, declared by length or sent chunked: refused for their size.
     for (m, path, _) in body_routes(&a) {
-        let (s, p) = send_json(&app, m.clone(), &path, &admin, big.clone()).await;
-        assert_eq!(
-            (s, p["code"].as_str()),
-            (413, Some("payload_too_large")),
-            "{m} {path}"
-        );
+        for chunked in [false, true] {
+            let (s, p) = oversized(&app, &m, &path, &admin, 2 * 1024 * 1024, limit, chunked).await;
+            assert_eq!(
+                (s, p["code"].as_str()),
+                (413, Some("payload_too_large")),
+                "{m} {path} chunked={chunked}: {p}"
+            );
+        }
     }
     // Just under the default limit of 1 MiB: read, and refused for its content.
     let under = format!(
         r#"{{"name": "Big", "admin_email": "a@b.test", "slug": "{}"}}"#,
-        "x".repeat(1024 * 1024 - 100)
+        "x".repeat(limit - 100)
     );
     let (s, p) = send_json(&app, Method::POST, "/v1/tenants", &admin, under).await;
     assert_eq!(
@@ -328,27 +398,25 @@ async fn configured_body_limit_is_enforced(b: Backend) {
     })
     .await;
     let admin = app.platform_admin();
+    let a = app.active_tenant("Limited").await;
     let before = state(&app).await;
-    let five_kib =
-        json!({"name": "Five", "admin_email": "a@five.test", "region": "x".repeat(5 * 1024)})
-            .to_string();
-    assert!(five_kib.len() > 5 * 1024);
-    let (s, p) = send_json(&app, Method::POST, "/v1/tenants", &admin, five_kib).await;
-    assert_eq!((s, p["code"].as_str()), (413, Some("payload_too_large")));
-    let big_plan = json!({"id": "big", "name": "x".repeat(5 * 1024), "limits": {}}).to_string();
-    let (s, p) = send_json(&app, Method::POST, "/v1/admin/plans", &admin, big_plan).await;
-    assert_eq!((s, p["code"].as_str()), (413, Some("payload_too_large")));
+    for (m, path, _) in body_routes(&a) {
+        for chunked in [false, true] {
+            let (s, p) = oversized(&app, &m, &path, &admin, 5 * 1024, 4096, chunked).await;
+            assert_eq!(
+                (s, p["code"].as_str()),
+                (413, Some("payload_too_large")),
+                "{m} {path} chunked={chunked}: {p}"
+            );
+        }
+    }
     assert_eq!(state(&app).await, before);
-    let (s, _) = status_json(
-        app.post(
-            "/v1/tenants",
-            &admin,
-            json!({"name": "Small", "admin_email": "a@small.test"}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(s, 202, "a small body is accepted");
+    // A body just under the limit is read and accepted.
+    let small = json!({"name": "Small", "admin_email": "a@small.test", "slug": format!("s{}", "x".repeat(30))});
+    let padded = format!("{small}{}", " ".repeat(4000 - small.to_string().len()));
+    assert_eq!(padded.len(), 4000);
+    let (s, p) = send_json(&app, Method::POST, "/v1/tenants", &admin, padded).await;
+    assert_eq!(s, 202, "a small body is accepted: {p}");
 }
 
 // --- strings ---------------------------------------------------------------------------
@@ -855,35 +923,39 @@ async fn bad_idempotency_keys_are_refused(b: Backend) {
         HeaderValue::from_static("tab\there"),
         HeaderValue::from_static(""),
     ];
-    for key in keys {
-        let res = app
-            .client
-            .post(format!("{}/v1/tenants", app.base))
+    // Every creating route takes an Idempotency-Key.
+    let creating = [
+        (
+            "/v1/tenants",
+            json!({"name": "Idem", "admin_email": "a@idem.test"}),
+        ),
+        ("/v1/admin/plans", plan_body("idem")),
+    ];
+    let send = |path: &str, key: HeaderValue, body: &Value| {
+        app.client
+            .post(format!("{}{path}", app.base))
             .bearer_auth(&admin)
-            .header("idempotency-key", key.clone())
-            .json(&json!({"name": "Idem", "admin_email": "a@idem.test"}))
+            .header("idempotency-key", key)
+            .json(body)
             .send()
-            .await
-            .unwrap();
-        let (s, p) = status_json(res).await;
-        assert_eq!(
-            (s, p["code"].as_str(), p["field"].as_str()),
-            (422, Some("validation_failed"), Some("Idempotency-Key")),
-            "{key:?}"
-        );
+    };
+    for (path, body) in &creating {
+        for key in &keys {
+            let (s, p) = status_json(send(path, key.clone(), body).await.unwrap()).await;
+            assert_eq!(
+                (s, p["code"].as_str(), p["field"].as_str()),
+                (422, Some("validation_failed"), Some("Idempotency-Key")),
+                "{path} {key:?}"
+            );
+        }
     }
     assert_eq!(state(&app).await, before);
     // The longest accepted key works.
-    let res = app
-        .client
-        .post(format!("{}/v1/tenants", app.base))
-        .bearer_auth(&admin)
-        .header("idempotency-key", "k".repeat(255))
-        .json(&json!({"name": "Idem", "admin_email": "a@idem.test"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status_json(res).await.0, 202);
+    let longest = HeaderValue::from_str(&"k".repeat(255)).unwrap();
+    for (path, body) in &creating {
+        let (s, p) = status_json(send(path, longest.clone(), body).await.unwrap()).await;
+        assert!(s == 201 || s == 202, "{path}: {s} {p}");
+    }
 }
 
 async fn unknown_routes_and_methods_are_problems(b: Backend) {

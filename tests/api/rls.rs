@@ -525,3 +525,36 @@ async fn serve_refuses_an_unmigrated_database_until_migrate_runs() {
     let s = serve.wait(std::time::Duration::from_secs(30)).await;
     assert!(s.success(), "{s:?}\n{}", serve.describe());
 }
+
+/// On a cluster where `agentplane migrate` never ran, the server role does not exist yet
+/// (the migrations create it). Simulated with a role name that exists nowhere: `serve` must
+/// say what is wrong, not time out on a pool that cannot open a connection.
+#[tokio::test]
+async fn serve_names_a_missing_server_role() {
+    let db = PgDb::create().await;
+    let role = format!("ap_missing_{}", uuid::Uuid::new_v4().simple());
+    let data = tempfile::tempdir().unwrap();
+    let env = HashMap::from([
+        ("TENANT_CATALOG_DSN".to_owned(), db.url.clone()),
+        ("JWT_SHARED_SECRET".to_owned(), random_secret()),
+        ("AGENTPLANE_DB_ROLE".to_owned(), role.clone()),
+        (
+            "AGENTPLANE_DATA_DIR".to_owned(),
+            data.path().display().to_string(),
+        ),
+    ]);
+    let (status, out, err) = Proc::run(&["serve", "--listen", "127.0.0.1:0"], &env).await;
+    assert!(
+        !status.success(),
+        "serve started without its role\n{out}\n{err}"
+    );
+    let final_error = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no final error line in:\n{err}"));
+    assert!(
+        final_error.contains(&role),
+        "the error names the missing role {role}: {final_error}"
+    );
+}

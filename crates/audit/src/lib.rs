@@ -70,8 +70,15 @@ pub async fn verify_all(
     platform: &PlatformCtx,
 ) -> Result<VerifyReport, StoreError> {
     let mut chains = Vec::new();
-    for (chain, head_seq, head_hash) in store.audit_chain_heads(platform).await? {
+    for (chain, head) in store.audit_chain_heads(platform).await? {
         let mut report = verify_chain(store, platform, &chain).await?;
+        let Some((head_seq, head_hash)) = head else {
+            report.broken.get_or_insert_with(|| {
+                "the chain has events but its head record is missing".to_owned()
+            });
+            chains.push(report);
+            continue;
+        };
         if report.broken.is_none() && (report.events != head_seq || report.last_hash != head_hash) {
             report.broken = Some(format!(
                 "the chain ends at seq {} but its head records seq {head_seq}: events were removed from its end",

@@ -43,6 +43,10 @@ impl From<StoreError> for ControlError {
             StoreError::Conflict(Conflict::Version) => {
                 Self::Conflict(ConflictKind::ConcurrentUpdate)
             }
+            StoreError::InvalidCursor => Self::Invalid(DomainError::invalid(
+                "cursor",
+                "is not a cursor this server issued",
+            )),
             other => Self::Store(other),
         }
     }

@@ -36,10 +36,15 @@ pub struct ControlPlane {
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePlan {
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub id: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"^\s*[^\s\x00-\x1f\x7f]")]
     pub name: String,
+    #[serde(deserialize_with = "agentplane_core::object_only")]
     pub limits: PlanLimits,
+    /// Feature flags (letters, digits, `.`, `_`, `-`), at most 64.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub features: Vec<String>,
 }
 
@@ -75,8 +80,7 @@ impl ControlPlane {
         if let Some(prior) = self.prior_answer(idem.as_ref(), &hash).await? {
             return Ok(prior);
         }
-        let req: CreatePlan =
-            serde_json::from_value(raw).map_err(|e| DomainError::invalid("body", e.to_string()))?;
+        let req: CreatePlan = parse_object(raw)?;
         let plan = Plan {
             id: PlanId::parse(&req.id)?,
             name: validate_plan_name(&req.name)?,
@@ -162,6 +166,16 @@ impl ControlPlane {
     ) -> Result<Page<Member>> {
         Ok(self.store.list_members(ctx, filter, page).await?)
     }
+}
+
+/// A request body: a JSON object of the expected shape (never the positional array form).
+pub(crate) fn parse_object<T: serde::de::DeserializeOwned>(
+    raw: serde_json::Value,
+) -> Result<T, DomainError> {
+    if !raw.is_object() {
+        return Err(DomainError::invalid("body", "must be a JSON object"));
+    }
+    serde_json::from_value(raw).map_err(|e| DomainError::invalid("body", e.to_string()))
 }
 
 fn validate_period(p: &str) -> Result<String, DomainError> {

@@ -18,14 +18,20 @@ use serde_json::{json, Value};
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// Organisation name, 1-100 printable characters.
+    #[schema(min_length = 1, max_length = 100, pattern = r"^\s*[^\s\x00-\x1f\x7f]")]
     pub name: String,
     /// E-mail of the tenant's first admin, created by provisioning.
+    #[schema(format = Email, max_length = 254, pattern = r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$")]
     pub admin_email: String,
     /// Defaults to `free`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub plan_id: Option<String>,
     /// Subdomain label; derived from the name (made unique) when absent.
+    #[schema(pattern = "^[a-z0-9](?:-?[a-z0-9])+$", min_length = 3, max_length = 40)]
     pub slug: Option<String>,
     /// Data-residency region; `default` when absent.
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
     pub region: Option<String>,
 }
 
@@ -48,8 +54,7 @@ impl ControlPlane {
         if let Some(prior) = self.prior_answer(idem.as_ref(), &hash).await? {
             return Ok(prior);
         }
-        let req: CreateTenant =
-            serde_json::from_value(raw).map_err(|e| DomainError::invalid("body", e.to_string()))?;
+        let req: CreateTenant = crate::parse_object(raw)?;
         let name = validate_tenant_name(&req.name)?;
         let admin_email = Email::parse(&req.admin_email)?;
         let region = validate_region(req.region.as_deref().unwrap_or("default"))?;

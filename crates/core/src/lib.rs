@@ -18,5 +18,21 @@ pub mod tenant;
 pub mod time;
 pub mod usage;
 
+/// Deserializes a struct only from a JSON object. serde's derived structs also accept a
+/// positional array (`[1, 2, 3]`), which an API must not: use with
+/// `#[serde(deserialize_with = "agentplane_core::object_only")]`.
+pub fn object_only<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::Deserialize;
+    let v = serde_json::Value::deserialize(d)?;
+    if !v.is_object() {
+        return Err(serde::de::Error::custom("expected a JSON object"));
+    }
+    serde_json::from_value(v).map_err(serde::de::Error::custom)
+}
+
 pub use error::DomainError;
 pub use ids::{AuditEventId, JobId, PlanId, TenantId, UsageRecordId, UserId};

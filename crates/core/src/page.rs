@@ -65,5 +65,9 @@ pub fn decode_cursor(c: &str) -> Result<String, crate::DomainError> {
         return Err(bad());
     }
     let bytes = hex::decode(c).map_err(|_| bad())?;
-    String::from_utf8(bytes).map_err(|_| bad())
+    let key = String::from_utf8(bytes).map_err(|_| bad())?;
+    if key.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    Ok(key)
 }

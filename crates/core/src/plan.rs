@@ -16,14 +16,19 @@ pub struct Plan {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PlanLimits {
     /// Runs per calendar month (UTC).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub monthly_messages: i64,
     /// Prompt plus completion tokens per calendar month (UTC).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub monthly_tokens: i64,
     /// Request rate per tenant.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub requests_per_minute: i64,
     /// Runs in flight at once per tenant.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub max_concurrent_runs: i64,
 }
 

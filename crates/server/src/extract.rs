@@ -200,11 +200,28 @@ pub struct Body<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rej) => Err(json_rejection(rej)),
-        }
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(rej) => return Err(json_rejection(rej)),
+        };
+        from_object(value).map(Self)
     }
+}
+
+/// Every request body is a JSON object: serde would otherwise also read a struct from a
+/// positional array.
+fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "Validation failed",
+            e.to_string(),
+        )
+    })
 }
 
 fn json_rejection(rej: JsonRejection) -> ApiError {
@@ -240,6 +257,10 @@ pub struct Query<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // No identifier, filter or cursor may carry a NUL (PostgreSQL text cannot hold one).
+        if let Some(field) = parts.uri.query().and_then(nul_field) {
+            return Err(ApiError::validation(&field, "must not contain NUL"));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Self(v)),
             Err(rej @ QueryRejection::FailedToDeserializeQueryString(_)) => {
@@ -248,6 +269,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             Err(rej) => Err(ApiError::bad_request("bad_query", rej.body_text())),
         }
     }
+}
+
+/// The name of the first query parameter whose value holds an encoded NUL.
+fn nul_field(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        value
+            .to_ascii_lowercase()
+            .contains("%00")
+            .then(|| key.chars().take(64).collect())
+    })
 }
 
 /// A JSON body that may be absent (empty). Present bodies are parsed like [`Body`].
@@ -273,19 +305,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalBody<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
-        serde_json::from_slice(&bytes)
-            .map(|v| Self(Some(v)))
-            .map_err(|e| {
-                if e.is_data() {
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "validation_failed",
-                        "Validation failed",
-                        e.to_string(),
-                    )
-                } else {
-                    ApiError::bad_request("malformed_json", e.to_string())
-                }
-            })
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?;
+        from_object(value).map(|v| Self(Some(v)))
     }
 }

@@ -127,6 +127,9 @@ impl From<DomainError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
+            StoreError::InvalidCursor => {
+                Self::validation("cursor", "is not a cursor this server issued")
+            }
             StoreError::Db(sqlx_err) if is_unavailable(sqlx_err) => {
                 tracing::error!(error = %e, "database unavailable");
                 Self::new(

@@ -14,6 +14,9 @@ pub enum StoreError {
     /// on every backend (PostgreSQL's RLS would refuse it too).
     #[error("cross-tenant write refused: {0}")]
     CrossTenant(&'static str),
+    /// A page cursor this store did not issue.
+    #[error("invalid cursor")]
+    InvalidCursor,
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("invalid configuration: {0}")]

@@ -233,9 +233,12 @@ pub trait Store: Send + Sync + 'static {
         page: &PageRequest,
         read_event: NewAuditEvent,
     ) -> Result<Page<AuditEvent>>;
-    /// Every chain (tenant ids and `platform`) with its head: the last seq and hash.
-    async fn audit_chain_heads(&self, platform: &PlatformCtx)
-        -> Result<Vec<(String, i64, String)>>;
+    /// Every chain (tenant ids and `platform`) with its head: the last seq and hash. A chain
+    /// that has events but no head row (it was deleted) is listed with `None`.
+    async fn audit_chain_heads(
+        &self,
+        platform: &PlatformCtx,
+    ) -> Result<Vec<(String, Option<(i64, String)>)>>;
     /// Events of one chain in `seq` order after `after_seq`, with their personal data.
     async fn audit_chain_page(
         &self,

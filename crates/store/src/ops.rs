@@ -189,7 +189,7 @@ fn split_key(key: &str, parts: usize) -> Result<Vec<&str>> {
     if v.len() == parts {
         Ok(v)
     } else {
-        Err(StoreError::Corrupt("cursor".into()))
+        Err(StoreError::InvalidCursor)
     }
 }
 
@@ -199,9 +199,7 @@ fn usage_cursor(page: &PageRequest) -> Result<(i64, String, String)> {
         None => Ok((i64::MIN, String::new(), String::new())),
         Some(k) => {
             let v = split_key(k, 3)?;
-            let ts = v[0]
-                .parse()
-                .map_err(|_| StoreError::Corrupt("cursor".into()))?;
+            let ts = v[0].parse().map_err(|_| StoreError::InvalidCursor)?;
             Ok((ts, v[1].to_owned(), v[2].to_owned()))
         }
     }
@@ -728,9 +726,7 @@ impl Store for BackendStore {
         let read_event = scoped(ctx, read_event)?;
         let before: i64 = match &page.after {
             None => i64::MAX,
-            Some(k) => k
-                .parse()
-                .map_err(|_| StoreError::Corrupt("cursor".into()))?,
+            Some(k) => k.parse().map_err(|_| StoreError::InvalidCursor)?,
         };
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let rows: Vec<AuditRow> = sqlx::query_as(AUDIT_LIST_SQL)
@@ -759,14 +755,20 @@ impl Store for BackendStore {
     async fn audit_chain_heads(
         &self,
         _platform: &PlatformCtx,
-    ) -> Result<Vec<(String, i64, String)>> {
+    ) -> Result<Vec<(String, Option<(i64, String)>)>> {
         let mut tx = self.read_platform().await?;
-        let keys =
-            sqlx::query_as("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows: Vec<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT c.tenant_id, h.seq, h.hash FROM \
+             (SELECT tenant_id FROM audit_heads UNION SELECT DISTINCT tenant_id FROM audit_events) c \
+             LEFT JOIN audit_heads h ON h.tenant_id = c.tenant_id ORDER BY c.tenant_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(keys)
+        Ok(rows
+            .into_iter()
+            .map(|(chain, seq, hash)| (chain, seq.zip(hash)))
+            .collect())
     }
 
     async fn audit_chain_page(

@@ -45,6 +45,32 @@ fn checked_role(role: &str) -> Result<&str> {
     }
 }
 
+/// Before pooling connections that `SET ROLE`, checks once that the role exists and may be
+/// assumed, so a fresh cluster says what to do instead of timing out on every connection.
+async fn preflight_role(opts: &PgConnectOptions, role: &str) -> Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(opts).await?;
+    let (exists, allowed): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), \
+         COALESCE((SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE rolname = $1), false)",
+    )
+    .bind(role)
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await.ok();
+    if !exists {
+        return Err(StoreError::Config(format!(
+            "the database role {role} does not exist: run `agentplane migrate` (it creates agentplane_app), or create the role"
+        )));
+    }
+    if !allowed {
+        return Err(StoreError::Config(format!(
+            "the login role may not SET ROLE {role}: GRANT {role} TO <login role>, or set AGENTPLANE_DB_ROLE empty and connect as a member"
+        )));
+    }
+    Ok(())
+}
+
 impl PgStore {
     const BACKEND: Backend = Backend::Postgres;
 
@@ -63,6 +89,10 @@ impl PgStore {
     /// login role that may assume agentplane_app); without, the login role itself must be
     /// the unprivileged one (the right choice behind PgBouncer). Refuses an outdated schema.
     pub async fn connect(dsn: &str, role: Option<&str>, max_connections: u32) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(dsn)?;
+        if let Some(r) = role {
+            preflight_role(&opts, checked_role(r)?).await?;
+        }
         let set_role = match role {
             Some(r) => Some(format!("SET ROLE \"{}\"", checked_role(r)?)),
             None => None,
@@ -79,7 +109,7 @@ impl PgStore {
                     Ok(())
                 })
             })
-            .connect_with(PgConnectOptions::from_str(dsn)?)
+            .connect_with(opts)
             .await?;
         let store = Self { pool };
         store.check_schema().await?;

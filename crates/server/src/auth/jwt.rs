@@ -379,7 +379,12 @@ fn strings(value: Option<&Value>) -> Vec<&str> {
 
 fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, AuthError> {
     let subject = match claims.get("sub") {
-        Some(Value::String(sub)) if !sub.trim().is_empty() => sub.clone(),
+        // The subject is recorded in audit events: printable and bounded.
+        Some(Value::String(sub))
+            if !sub.trim().is_empty() && sub.len() <= 255 && !sub.chars().any(char::is_control) =>
+        {
+            sub.clone()
+        }
         _ => return Err(AuthError::NoSubject),
     };
     // jsonwebtoken skips an `nbf` it cannot read; a non-numeric `nbf` is not ours to ignore.

@@ -22,13 +22,17 @@ pub struct AuditParams {
     pub to: Option<String>,
     /// Why the trail is read; recorded in the trail.
     pub purpose: Option<String>,
+    /// Opaque cursor from the previous page's `next_cursor`.
+    #[param(pattern = "^([0-9a-f]{2})*$", max_length = 512)]
     pub cursor: Option<String>,
+    /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
 /// Search the tenant's audit trail, newest first. The read is itself recorded.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/audit", tag = "audit", security(("bearer" = [])),
-    params(("tenant_id" = String, Path), AuditParams), responses((status = 200, body = Page<AuditEvent>)))]
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), AuditParams), responses((status = 200, body = Page<AuditEvent>)))]
 pub async fn list(
     State(state): State<AppState>,
     scope: TenantScope,

@@ -62,7 +62,8 @@ pub async fn openapi() -> impl IntoResponse {
         super::usage::tenant_usage, super::usage::export,
         super::audit::list,
     ),
-    modifiers(&BearerAuth)
+    components(schemas(Problem, super::usage::ExportFormat)),
+    modifiers(&BearerAuth, &ProblemResponses)
 )]
 pub struct ApiDoc;
 
@@ -89,5 +90,83 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// An RFC 9457 problem, as every error of the API is answered.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:agentplane:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable, machine-readable error code.
+    pub code: String,
+}
+
+/// Documents the problem responses every operation can give, where not documented already.
+struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |desc: &str| {
+            ResponseBuilder::new()
+                .description(desc)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = matches!(path.as_str(), "/health" | "/v1/axag/manifest");
+            let ops = [
+                ("GET", &mut item.get),
+                ("POST", &mut item.post),
+                ("PATCH", &mut item.patch),
+                ("PUT", &mut item.put),
+                ("DELETE", &mut item.delete),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
+                let confirm = agentplane_core::action::REGISTRY.iter().any(|a| {
+                    a.path == path && a.method.as_str() == method && a.confirmation_required
+                });
+                let mut add = |code: &str, desc: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| problem(desc).into());
+                };
+                if !public {
+                    add("400", "Malformed request (JSON syntax, query string)");
+                    add("401", "Missing or invalid bearer token");
+                    add(
+                        "403",
+                        "The caller lacks the permission, or the tenant is suspended",
+                    );
+                    add("404", "Not found, or not visible to the caller");
+                    add("413", "Request body too large");
+                    add("415", "Body is not application/json");
+                    add("422", "Validation failed; `field` names the culprit");
+                }
+                if method != "GET" {
+                    add(
+                        "409",
+                        "Conflict: the state machine refuses it, or a concurrent change won",
+                    );
+                }
+                if confirm {
+                    add("428", "Confirmation required: repeat with `?confirm=true`");
+                }
+                add("405", "Method not allowed");
+                add("503", "The database is unavailable; retry later");
+            }
+        }
     }
 }

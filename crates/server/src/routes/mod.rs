@@ -126,8 +126,10 @@ pub(crate) fn created(out: Replayable, location: Option<String>) -> Response {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct PageParams {
     /// Opaque cursor from the previous page's `next_cursor`.
+    #[param(pattern = "^([0-9a-f]{2})*$", max_length = 512)]
     pub cursor: Option<String>,
     /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 

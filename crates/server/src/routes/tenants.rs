@@ -36,7 +36,7 @@ pub async fn create(
 
 /// Show a tenant.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("bearer" = [])),
-    params(("tenant_id" = String, Path)), responses((status = 200, body = Tenant), (status = 404), (status = 403)))]
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")), responses((status = 200, body = Tenant), (status = 404), (status = 403)))]
 pub async fn get(
     State(state): State<AppState>,
     scope: TenantScope,
@@ -65,7 +65,7 @@ pub struct ChangePlan {
 
 /// Move a tenant to another plan, with immediate effect.
 #[utoipa::path(patch, path = "/v1/admin/tenants/{tenant_id}/plan", tag = "tenants", security(("bearer" = [])),
-    params(("tenant_id" = String, Path)), request_body = ChangePlan, responses((status = 200, body = Tenant), (status = 422)))]
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")), request_body = ChangePlan, responses((status = 200, body = Tenant), (status = 422)))]
 pub async fn change_plan(
     State(state): State<AppState>,
     scope: TenantScope,
@@ -87,7 +87,7 @@ pub struct SuspendRequest {
 
 /// Suspend a tenant (`?confirm=true` required).
 #[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/suspend", tag = "tenants", security(("bearer" = [])),
-    params(("tenant_id" = String, Path), ("confirm" = bool, Query)), request_body = Option<SuspendRequest>,
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("confirm" = bool, Query)), request_body = Option<SuspendRequest>,
     responses((status = 200, body = Tenant), (status = 409, description = "not active"), (status = 428)))]
 pub async fn suspend(
     State(state): State<AppState>,
@@ -102,7 +102,7 @@ pub async fn suspend(
 
 /// Reactivate a suspended or soft-deleted tenant.
 #[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/reactivate", tag = "tenants", security(("bearer" = [])),
-    params(("tenant_id" = String, Path)), responses((status = 200, body = Tenant), (status = 409)))]
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")), responses((status = 200, body = Tenant), (status = 409)))]
 pub async fn reactivate(
     State(state): State<AppState>,
     scope: TenantScope,
@@ -112,7 +112,7 @@ pub async fn reactivate(
 
 /// Soft-delete a tenant (`?confirm=true` required); its data is purged after the grace period.
 #[utoipa::path(delete, path = "/v1/admin/tenants/{tenant_id}", tag = "tenants", security(("bearer" = [])),
-    params(("tenant_id" = String, Path), ("confirm" = bool, Query)), responses((status = 200, body = Tenant), (status = 428)))]
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("confirm" = bool, Query)), responses((status = 200, body = Tenant), (status = 428)))]
 pub async fn delete(
     State(state): State<AppState>,
     scope: TenantScope,
@@ -122,7 +122,7 @@ pub async fn delete(
 
 /// Purge a soft-deleted tenant now (`?confirm=true` required). Answers the queued job.
 #[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/purge", tag = "tenants", security(("bearer" = [])),
-    params(("tenant_id" = String, Path), ("confirm" = bool, Query)), responses((status = 202, body = Job), (status = 409)))]
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("confirm" = bool, Query)), responses((status = 202, body = Job), (status = 409)))]
 pub async fn purge(
     State(state): State<AppState>,
     scope: TenantScope,
@@ -138,14 +138,19 @@ pub struct UserParams {
     /// Only users holding this role.
     pub role_filter: Option<String>,
     /// `active`, `inactive` or `suspended`.
+    #[param(pattern = "^(active|inactive|suspended)$")]
     pub status_filter: Option<String>,
+    /// Opaque cursor from the previous page's `next_cursor`.
+    #[param(pattern = "^([0-9a-f]{2})*$", max_length = 512)]
     pub cursor: Option<String>,
+    /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
 /// List the users of the tenant (`admin.list_users`).
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/users", tag = "users", security(("bearer" = [])),
-    params(("tenant_id" = String, Path), UserParams), responses((status = 200, body = Page<Member>)))]
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), UserParams), responses((status = 200, body = Page<Member>)))]
 pub async fn list_users(
     State(state): State<AppState>,
     scope: TenantScope,

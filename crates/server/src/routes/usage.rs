@@ -15,12 +15,13 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct UsageParams {
     /// `YYYY-MM`; the current month when absent.
+    #[param(pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
     pub period: Option<String>,
 }
 
 /// The tenant's usage in a period against its plan's quotas.
 #[utoipa::path(get, path = "/v1/admin/tenants/{tenant_id}/usage", tag = "usage", security(("bearer" = [])),
-    params(("tenant_id" = String, Path), UsageParams), responses((status = 200, body = UsageSummary), (status = 404)))]
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), UsageParams), responses((status = 200, body = UsageSummary), (status = 404)))]
 pub async fn tenant_usage(
     State(state): State<AppState>,
     scope: TenantScope,
@@ -37,11 +38,21 @@ pub async fn tenant_usage(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ExportParams {
     /// `json` (default) or `csv`.
+    #[param(value_type = Option<ExportFormat>)]
     pub format: Option<String>,
     /// Start, inclusive: `YYYY-MM-DD` or RFC 3339.
     pub from: Option<String>,
     /// End, exclusive: `YYYY-MM-DD` or RFC 3339.
     pub to: Option<String>,
+}
+
+/// Export formats (documentation; the handler validates the raw value for a clear error).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Json,
+    Csv,
 }
 
 pub(crate) fn parse_time(
