@@ -70,7 +70,8 @@ const EXPORT_PAGE: u32 = agentplane_core::page::MAX_LIMIT;
 
 /// Every tenant's usage records in a date range, streamed as a JSON array or CSV.
 #[utoipa::path(get, path = "/v1/admin/usage/export", tag = "usage", security(("bearer" = [])), params(ExportParams),
-    responses((status = 200, description = "JSON array of UsageRecord, or CSV", body = Vec<UsageRecord>)))]
+    responses((status = 200, description = "The usage records: a JSON array, or CSV with a header row",
+        content((Vec<UsageRecord> = "application/json"), (String = "text/csv")))))]
 pub async fn export(
     State(state): State<AppState>,
     scope: PlatformScope,
