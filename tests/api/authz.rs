@@ -35,7 +35,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
     let mut p = a
         .path
         .replace("{tenant_id}", tenant)
-        .replace("{plan_id}", "free");
+        .replace("{plan_id}", "free")
+        .replace("{setting_key}", "locale");
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -47,6 +48,8 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
     match a.intent {
         "admin.change_tenant_plan" => Some(json!({"plan_id": "pro"})),
         "admin.suspend_tenant" => Some(json!({"reason": "authz test"})),
+        "admin.update_tenant_settings" => Some(json!({"setting_value": format!("l{n}")})),
+        "admin.rollback_tenant_setting" => Some(json!({"version": 1})),
         "admin.create_plan" => Some(json!({
             "id": format!("authz-{n}"), "name": "Authz plan",
             "limits": {"monthly_messages": 1, "monthly_tokens": 1, "requests_per_minute": 1, "max_concurrent_runs": 1}

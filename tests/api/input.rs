@@ -619,7 +619,10 @@ async fn malformed_tenant_ids_in_the_path_look_like_a_missing_tenant(b: Backend)
     let missing = uuid::Uuid::now_v7().to_string();
     for action in tenant_actions {
         let path = |id: &str| {
-            let mut p = action.path.replace("{tenant_id}", id);
+            let mut p = action
+                .path
+                .replace("{tenant_id}", id)
+                .replace("{setting_key}", "locale");
             if action.confirmation_required {
                 p.push_str("?confirm=true");
             }

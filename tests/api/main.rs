@@ -17,5 +17,6 @@ mod input;
 mod meta;
 mod plans;
 mod rls;
+mod settings;
 mod tenants;
 mod usage;

@@ -40,7 +40,8 @@ async fn every_declared_action_is_routed_and_needs_a_token() {
         let path = a
             .path
             .replace("{tenant_id}", &uuid::Uuid::now_v7().to_string())
-            .replace("{plan_id}", "free");
+            .replace("{plan_id}", "free")
+            .replace("{setting_key}", "locale");
         let (s, p) = status_json(app.call(method(a.method), &path, None, None).await).await;
         assert_eq!(
             (s, p["code"].as_str()),

@@ -6,12 +6,14 @@
 
 mod idempotency;
 mod provisioning;
+mod settings;
 mod tenants;
 
 pub mod error;
 pub use error::ControlError;
 pub use idempotency::{IdempotencyKey, Replayable};
 pub use provisioning::{JobOutcome, WorkerConfig};
+pub use settings::{EffectiveSetting, Feature};
 pub use tenants::{CreateTenant, TenantCreated};
 
 use agentplane_core::audit::{Chain, NewAuditEvent};

@@ -42,16 +42,13 @@ pub struct JobOutcome {
     pub error: Option<String>,
 }
 
-/// The settings every tenant starts with.
+/// The settings every tenant starts with: the registry's defaults, stored as version 1 so a
+/// later change of a default in code never silently changes an existing tenant's policy.
 fn default_settings() -> Vec<(String, serde_json::Value)> {
-    vec![
-        ("locale".into(), json!("en")),
-        ("timezone".into(), json!("UTC")),
-        ("audit.retention_days".into(), json!(365)),
-        ("data.retention_days".into(), json!(365)),
-        ("providers.allowed".into(), json!([])),
-        ("sso.enforced".into(), json!(false)),
-    ]
+    agentplane_core::settings::SETTINGS
+        .iter()
+        .map(|s| (s.key.to_owned(), s.default_value()))
+        .collect()
 }
 
 impl ControlPlane {

@@ -628,6 +628,115 @@ pub static LIST_USERS: ActionSpec = ActionSpec {
     )
 };
 
+const SETTING_KEY: Param = Param::new(
+    "setting_key",
+    ParamType::String,
+    true,
+    "a key of the settings registry (GET .../settings lists them)",
+);
+
+pub static LIST_TENANT_SETTINGS: ActionSpec = ActionSpec {
+    entity: "tenant_settings",
+    permission: Some(Permission::SettingsRead),
+    preconditions: &["caller must have tenant_admin or auditor role"],
+    description: "List the tenant's settings: value, version, default, schema",
+    ..spec(
+        "admin.list_tenant_settings",
+        "tenant_settings",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/settings",
+    )
+};
+
+pub static UPDATE_TENANT_SETTINGS: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::SettingsWrite),
+    parameters: &[
+        SETTING_KEY,
+        Param::new(
+            "setting_value",
+            ParamType::Object,
+            true,
+            "the new value; its type is the key's schema",
+        ),
+        Param::new(
+            "expected_version",
+            ParamType::Integer,
+            false,
+            "refuse if the setting changed since this version",
+        ),
+        CONFIRM,
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["setting updated", "audit log entry created"],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log", "setting_propagation"],
+    description: "Update a tenant-level configuration setting",
+    ..spec(
+        "admin.update_tenant_settings",
+        "tenant_settings",
+        Method::Put,
+        "/v1/tenants/{tenant_id}/settings/{setting_key}",
+    )
+};
+
+pub static GET_SETTING_HISTORY: ActionSpec = ActionSpec {
+    permission: Some(Permission::SettingsRead),
+    parameters: &[SETTING_KEY, CURSOR, LIMIT],
+    preconditions: &["caller must have tenant_admin or auditor role"],
+    description: "Every version of a setting: value, previous value, who and when",
+    ..spec(
+        "admin.get_setting_history",
+        "tenant_settings",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/settings/{setting_key}/history",
+    )
+};
+
+pub static ROLLBACK_TENANT_SETTING: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::SettingsWrite),
+    parameters: &[
+        SETTING_KEY,
+        Param::new(
+            "version",
+            ParamType::Integer,
+            true,
+            "the version to restore",
+        )
+        .range(1, i64::MAX),
+        CONFIRM,
+    ],
+    preconditions: &["caller must have tenant_admin role", "the version exists"],
+    postconditions: &[
+        "the old value is restored as a new version",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log", "setting_propagation"],
+    description: "Restore an earlier version of a setting",
+    ..spec(
+        "admin.rollback_tenant_setting",
+        "tenant_settings",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/settings/{setting_key}/rollback",
+    )
+};
+
+pub static GET_TENANT_FEATURES: ActionSpec = ActionSpec {
+    entity: "feature",
+    permission: Some(Permission::TenantRead),
+    description: "The features the tenant's users see: the plan's, less those the tenant admin hid",
+    ..spec(
+        "admin.get_tenant_features",
+        "feature",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/features",
+    )
+};
+
 /// Every admin action. The server routes exactly these; a test checks none is missing.
 pub static REGISTRY: &[&ActionSpec] = &[
     &DEBUG_IDENTITY,
@@ -647,6 +756,11 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &RUN_NEXT_JOB,
     &LIST_AUDIT_EVENTS,
     &LIST_USERS,
+    &LIST_TENANT_SETTINGS,
+    &UPDATE_TENANT_SETTINGS,
+    &GET_SETTING_HISTORY,
+    &ROLLBACK_TENANT_SETTING,
+    &GET_TENANT_FEATURES,
 ];
 
 impl ActionSpec {

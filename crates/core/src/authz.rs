@@ -59,6 +59,8 @@ pub enum Permission {
     UsageRead,
     AuditRead,
     UsersRead,
+    SettingsRead,
+    SettingsWrite,
 }
 
 impl Permission {
@@ -75,6 +77,8 @@ impl Permission {
             Self::UsageRead => "usage.read",
             Self::AuditRead => "audit.read",
             Self::UsersRead => "users.read",
+            Self::SettingsRead => "settings.read",
+            Self::SettingsWrite => "settings.write",
         }
     }
 }
@@ -104,6 +108,11 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
     ),
     (P::UsersRead, &[R::PlatformAdmin, R::TenantAdmin]),
+    (
+        P::SettingsRead,
+        &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
+    ),
+    (P::SettingsWrite, &[R::PlatformAdmin, R::TenantAdmin]),
 ];
 
 pub fn role_grants(role: Role, perm: Permission) -> bool {

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod job;
 pub mod page;
 pub mod plan;
+pub mod settings;
 pub mod tenant;
 pub mod time;
 pub mod usage;

@@ -84,9 +84,45 @@ pub struct MemberFilter {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Setting {
     pub key: String,
+    pub version: i64,
     #[schema(value_type = Object)]
     pub value: Value,
     pub updated_at: Timestamp,
+}
+
+/// A change of one setting. With `expected_version` (0: the tenant has no value for the key
+/// yet) the change is refused if the setting moved on since; without, it applies on top of
+/// whatever is current (last writer wins, each write its own version).
+#[derive(Clone, Debug)]
+pub struct SettingChange {
+    pub key: String,
+    pub value: Value,
+    pub expected_version: Option<i64>,
+    pub actor: agentplane_core::authz::Actor,
+    pub ts: Timestamp,
+}
+
+/// What `put_setting` did.
+#[derive(Clone, Debug)]
+pub struct SettingWrite {
+    pub setting: Setting,
+    pub previous: Option<Value>,
+    /// False when the value was already current: no version, no history, no event.
+    pub changed: bool,
+}
+
+/// One version of a setting.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct SettingVersion {
+    pub key: String,
+    pub version: i64,
+    #[schema(value_type = Object)]
+    pub value: Value,
+    #[schema(value_type = Option<Object>)]
+    pub previous: Option<Value>,
+    pub actor_kind: String,
+    pub actor_id: String,
+    pub ts: Timestamp,
 }
 
 /// What provisioning creates for a new tenant.
@@ -122,6 +158,7 @@ pub struct AuditPii {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PurgeReport {
     pub settings: u64,
+    pub setting_history: u64,
     pub memberships: u64,
     pub usage_counters: u64,
     pub usage_records: u64,
@@ -206,6 +243,29 @@ pub trait Store: Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<Page<Member>>;
     async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>>;
+    async fn get_setting(&self, ctx: &TenantCtx, key: &str) -> Result<Option<Setting>>;
+    /// Writes a new version of a setting with its history row and audit event (the store adds
+    /// `version` and `previous` to the event's data, as it reads them under a row lock);
+    /// `Conflict::Version` if `expected_version` is set and the setting moved on.
+    async fn put_setting(
+        &self,
+        ctx: &TenantCtx,
+        change: &SettingChange,
+        audit: NewAuditEvent,
+    ) -> Result<SettingWrite>;
+    /// The versions of a setting, newest first.
+    async fn setting_history(
+        &self,
+        ctx: &TenantCtx,
+        key: &str,
+        page: &PageRequest,
+    ) -> Result<Page<SettingVersion>>;
+    async fn setting_version(
+        &self,
+        ctx: &TenantCtx,
+        key: &str,
+        version: i64,
+    ) -> Result<Option<SettingVersion>>;
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>>;
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()>;
     async fn tenant_usage_records(

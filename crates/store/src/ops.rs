@@ -467,13 +467,26 @@ impl Store for BackendStore {
         let tenant = ctx.tenant_id().to_string();
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         for (key, value) in &p.settings {
+            let value = to_json(value)?;
             sqlx::query(
-                "INSERT INTO tenant_settings (tenant_id, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO tenant_settings (tenant_id, key, value, updated_at, version) VALUES ($1, $2, $3, $4, 1) \
                  ON CONFLICT (tenant_id, key) DO NOTHING",
             )
             .bind(&tenant)
             .bind(key)
-            .bind(to_json(value)?)
+            .bind(&value)
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO tenant_setting_history (tenant_id, key, version, value, previous, actor_kind, actor_id, ts) \
+                 VALUES ($1, $2, 1, $3, NULL, $4, $5, $6) ON CONFLICT (tenant_id, key, version) DO NOTHING",
+            )
+            .bind(&tenant)
+            .bind(key)
+            .bind(&value)
+            .bind(ctx.actor().kind())
+            .bind(ctx.actor().id())
             .bind(now.millis())
             .execute(&mut *tx)
             .await?;
@@ -538,6 +551,10 @@ impl Store for BackendStore {
             };
         }
         delete!(settings, "DELETE FROM tenant_settings WHERE tenant_id = $1");
+        delete!(
+            setting_history,
+            "DELETE FROM tenant_setting_history WHERE tenant_id = $1"
+        );
         delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
         delete!(
             usage_counters,
@@ -610,13 +627,173 @@ impl Store for BackendStore {
     async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>> {
         let mut tx = self.read_tenant(ctx.tenant_id()).await?;
         let rows: Vec<SettingRow> = sqlx::query_as(
-            "SELECT key, value, updated_at FROM tenant_settings WHERE tenant_id = $1 ORDER BY key",
+            "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 ORDER BY key",
         )
         .bind(ctx.tenant_id().to_string())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         convert(rows)
+    }
+
+    async fn get_setting(&self, ctx: &TenantCtx, key: &str) -> Result<Option<Setting>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<SettingRow> = sqlx::query_as(
+            "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(Setting::try_from).transpose()
+    }
+
+    async fn put_setting(
+        &self,
+        ctx: &TenantCtx,
+        c: &SettingChange,
+        audit: NewAuditEvent,
+    ) -> Result<SettingWrite> {
+        let mut audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let current: Option<SettingRow> = sqlx::query_as(super::SELECT_SETTING_FOR_UPDATE)
+            .bind(&tenant)
+            .bind(&c.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let current = current.map(Setting::try_from).transpose()?;
+        let current_version = current.as_ref().map_or(0, |s| s.version);
+        if c.expected_version.is_some_and(|v| v != current_version) {
+            return Err(StoreError::Conflict(Conflict::Version));
+        }
+        if let Some(cur) = current.as_ref().filter(|s| s.value == c.value) {
+            tx.commit().await?;
+            return Ok(SettingWrite {
+                setting: cur.clone(),
+                previous: None,
+                changed: false,
+            });
+        }
+        let previous = current.map(|s| s.value);
+        let value = to_json(&c.value)?;
+        let version = current_version + 1;
+        let res = if current_version == 0 {
+            sqlx::query(
+                "INSERT INTO tenant_settings (tenant_id, key, value, updated_at, version) VALUES ($1, $2, $3, $4, 1)",
+            )
+            .bind(&tenant)
+            .bind(&c.key)
+            .bind(&value)
+            .bind(c.ts.millis())
+            .execute(&mut *tx)
+            .await
+        } else {
+            sqlx::query(
+                "UPDATE tenant_settings SET value = $3, updated_at = $4, version = $5 \
+                 WHERE tenant_id = $1 AND key = $2 AND version = $6",
+            )
+            .bind(&tenant)
+            .bind(&c.key)
+            .bind(&value)
+            .bind(c.ts.millis())
+            .bind(version)
+            .bind(current_version)
+            .execute(&mut *tx)
+            .await
+        };
+        match res {
+            // A concurrent first write of the same key won the insert.
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(Conflict::Version))
+            }
+            Ok(r) if r.rows_affected() != 1 => return Err(StoreError::Conflict(Conflict::Version)),
+            r => r?,
+        };
+        sqlx::query(
+            "INSERT INTO tenant_setting_history (tenant_id, key, version, value, previous, actor_kind, actor_id, ts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&tenant)
+        .bind(&c.key)
+        .bind(version)
+        .bind(&value)
+        .bind(previous.as_ref().map(to_json).transpose()?)
+        .bind(c.actor.kind())
+        .bind(c.actor.id())
+        .bind(c.ts.millis())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(data) = audit.data.as_object_mut() {
+            data.insert("version".into(), serde_json::json!(version));
+            data.insert(
+                "previous".into(),
+                previous.clone().unwrap_or(serde_json::Value::Null),
+            );
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        let setting = Setting {
+            key: c.key.clone(),
+            version,
+            value: c.value.clone(),
+            updated_at: c.ts,
+        };
+        Ok(SettingWrite {
+            setting,
+            previous,
+            changed: true,
+        })
+    }
+
+    async fn setting_history(
+        &self,
+        ctx: &TenantCtx,
+        key: &str,
+        page: &PageRequest,
+    ) -> Result<Page<SettingVersion>> {
+        let before: i64 = match &page.after {
+            None => i64::MAX,
+            Some(k) => k.parse().map_err(|_| StoreError::InvalidCursor)?,
+        };
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<SettingVersionRow> = sqlx::query_as(
+            "SELECT key, version, value, previous, actor_kind, actor_id, ts FROM tenant_setting_history \
+             WHERE tenant_id = $1 AND key = $2 AND version < $3 ORDER BY version DESC LIMIT $4",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(key)
+        .bind(before)
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |v: &SettingVersion| v.version.to_string(),
+        ))
+    }
+
+    async fn setting_version(
+        &self,
+        ctx: &TenantCtx,
+        key: &str,
+        version: i64,
+    ) -> Result<Option<SettingVersion>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<SettingVersionRow> = sqlx::query_as(
+            "SELECT key, version, value, previous, actor_kind, actor_id, ts FROM tenant_setting_history \
+             WHERE tenant_id = $1 AND key = $2 AND version = $3",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(key)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(SettingVersion::try_from).transpose()
     }
 
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>> {

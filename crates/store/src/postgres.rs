@@ -21,6 +21,9 @@ mod ops;
 type Db = sqlx::Postgres;
 type BackendStore = PgStore;
 
+const SELECT_SETTING_FOR_UPDATE: &str =
+    "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2 FOR UPDATE";
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone, Debug)]

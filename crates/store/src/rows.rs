@@ -146,6 +146,7 @@ impl TryFrom<MemberRow> for Member {
 pub(crate) struct SettingRow {
     key: String,
     value: String,
+    version: i64,
     updated_at: i64,
 }
 
@@ -155,7 +156,38 @@ impl TryFrom<SettingRow> for Setting {
         Ok(Setting {
             value: json(&r.value, "tenant_settings.value")?,
             key: r.key,
+            version: r.version,
             updated_at: Timestamp::from_millis(r.updated_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SettingVersionRow {
+    key: String,
+    version: i64,
+    value: String,
+    previous: Option<String>,
+    actor_kind: String,
+    actor_id: String,
+    ts: i64,
+}
+
+impl TryFrom<SettingVersionRow> for crate::SettingVersion {
+    type Error = crate::StoreError;
+    fn try_from(r: SettingVersionRow) -> Result<Self> {
+        Ok(crate::SettingVersion {
+            value: json(&r.value, "tenant_setting_history.value")?,
+            previous: r
+                .previous
+                .as_deref()
+                .map(|p| json(p, "tenant_setting_history.previous"))
+                .transpose()?,
+            key: r.key,
+            version: r.version,
+            actor_kind: r.actor_kind,
+            actor_id: r.actor_id,
+            ts: Timestamp::from_millis(r.ts),
         })
     }
 }

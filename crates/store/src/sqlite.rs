@@ -21,6 +21,10 @@ mod ops;
 type Db = sqlx::Sqlite;
 type BackendStore = SqliteStore;
 
+/// The single writer connection serialises writers: no row lock needed.
+const SELECT_SETTING_FOR_UPDATE: &str =
+    "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2";
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 #[derive(Clone, Debug)]

@@ -61,6 +61,8 @@ pub async fn openapi() -> impl IntoResponse {
         super::tenants::list_users, super::tenants::run_next_job,
         super::usage::tenant_usage, super::usage::export,
         super::audit::list,
+        super::settings::list, super::settings::update, super::settings::history, super::settings::rollback,
+        super::settings::features,
     ),
     components(schemas(Problem, super::usage::ExportFormat)),
     modifiers(&BearerAuth, &ProblemResponses)

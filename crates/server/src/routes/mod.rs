@@ -5,6 +5,7 @@
 mod audit;
 mod meta;
 mod plans;
+mod settings;
 mod tenants;
 mod usage;
 
@@ -59,6 +60,11 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.export_usage" => on(f, usage::export),
         "admin.run_next_job" => on(f, tenants::run_next_job),
         "admin.list_audit_events" => on(f, audit::list),
+        "admin.list_tenant_settings" => on(f, settings::list),
+        "admin.update_tenant_settings" => on(f, settings::update),
+        "admin.get_setting_history" => on(f, settings::history),
+        "admin.rollback_tenant_setting" => on(f, settings::rollback),
+        "admin.get_tenant_features" => on(f, settings::features),
         _ => return None,
     })
 }
