@@ -152,8 +152,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker => {
             cfg.validate()?;
             let store = agentplane_server::app::open_store(&cfg).await?;
+            let objects = agentplane_server::app::open_objects(&cfg)?;
             let control = agentplane_control::ControlPlane::new(
                 store,
+                objects,
                 agentplane_server::app::worker_config(&cfg),
             );
             let shutdown = CancellationToken::new();

@@ -49,6 +49,7 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
         "admin.change_tenant_plan" => Some(json!({"plan_id": "pro"})),
         "admin.suspend_tenant" => Some(json!({"reason": "authz test"})),
         "admin.update_tenant_settings" => Some(json!({"setting_value": format!("l{n}")})),
+        "admin.update_branding" => Some(json!({"product_name": format!("Brand {n}")})),
         "admin.rollback_tenant_setting" => Some(json!({"version": 1})),
         "admin.create_plan" => Some(json!({
             "id": format!("authz-{n}"), "name": "Authz plan",
@@ -213,9 +214,53 @@ async fn cross_tenant_probes_on_every_tenant_route_look_like_a_missing_tenant(b:
 
 // --- 2. the permission matrix ----------------------------------------------------------
 
+/// A small valid PNG (header only: the server checks the signature, not the pixels).
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+
+/// Sends the action as a caller who may call it would: JSON bodies, or the raw image for a
+/// logo upload.
+async fn send(
+    app: &TestApp,
+    action: &ActionSpec,
+    tenant: &str,
+    token: &str,
+    n: usize,
+) -> reqwest::Response {
+    if action.intent == "admin.upload_logo" {
+        return app
+            .client
+            .put(format!("{}{}", app.base, path_for(action, tenant)))
+            .bearer_auth(token)
+            .header("content-type", "image/png")
+            .body(PNG.to_vec())
+            .send()
+            .await
+            .unwrap();
+    }
+    app.call(
+        method(action.method),
+        &path_for(action, tenant),
+        Some(token),
+        body_for(action, n),
+    )
+    .await
+}
+
 /// Puts the tenant into the state in which the action can succeed for an operator.
 async fn prepare(app: &TestApp, action: &ActionSpec, tenant: &str) {
     let operator = app.platform_admin();
+    if action.intent == "admin.get_logo" {
+        let upload = REGISTRY
+            .iter()
+            .find(|a| a.intent == "admin.upload_logo")
+            .unwrap();
+        assert_eq!(
+            send(app, upload, tenant, &operator, 0).await.status(),
+            200,
+            "preparing a logo"
+        );
+        return;
+    }
     let path = match action.intent {
         "admin.reactivate_tenant" => format!("/v1/admin/tenants/{tenant}/suspend?confirm=true"),
         "admin.purge_tenant" => format!("/v1/admin/tenants/{tenant}?confirm=true"),
@@ -279,16 +324,7 @@ async fn every_role_below_an_actions_permission_is_forbidden_and_every_role_with
         }
         for role in Role::ALL.into_iter().filter(|r| role_grants(*r, perm)) {
             let token = app.tenant_user(role.as_str(), &a);
-            let (s, p) = status_json(
-                app.call(
-                    method(action.method),
-                    &path_for(action, &a),
-                    Some(&token),
-                    body_for(action, n),
-                )
-                .await,
-            )
-            .await;
+            let (s, p) = status_json(send(&app, action, &a, &token, n).await).await;
             assert!(
                 (200..300).contains(&s),
                 "{} as {}: {s} {p}",
@@ -552,6 +588,17 @@ async fn wildcard_tenant_access_and_platform_admin_reach(b: Backend) {
 
     // The platform admin reaches every read action, of every tenant and of the platform.
     let operator = app.token(json!({"sub": "op", "roles": ["platform_admin"]}));
+    let upload = REGISTRY
+        .iter()
+        .find(|x| x.intent == "admin.upload_logo")
+        .unwrap();
+    for t in [&a, &tb] {
+        assert_eq!(
+            send(&app, upload, t, &operator, 0).await.status(),
+            200,
+            "a logo to read"
+        );
+    }
     for action in REGISTRY
         .iter()
         .filter(|x| x.method == agentplane_core::action::Method::Get)

@@ -11,6 +11,7 @@ mod helpers;
 
 mod audit;
 mod authz;
+mod branding;
 mod conformance;
 mod crash;
 mod input;

@@ -23,6 +23,7 @@ pub enum ConflictKind {
     PlanExists,
     SlugTaken,
     ConcurrentUpdate,
+    DomainTaken,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -31,6 +32,7 @@ impl std::fmt::Display for ConflictKind {
             Self::PlanExists => "a plan with this id already exists",
             Self::SlugTaken => "this slug is taken",
             Self::ConcurrentUpdate => "the resource changed concurrently; retry",
+            Self::DomainTaken => "this custom domain is already in use",
         })
     }
 }

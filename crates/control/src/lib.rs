@@ -4,12 +4,14 @@
 //! generation, idempotency, what provisioning creates); persistence is the store's, HTTP is
 //! the server's. Every change is handed to the store together with its audit event.
 
+mod branding;
 mod idempotency;
 mod provisioning;
 mod settings;
 mod tenants;
 
 pub mod error;
+pub use branding::BrandingPatch;
 pub use error::ControlError;
 pub use idempotency::{IdempotencyKey, Replayable};
 pub use provisioning::{JobOutcome, WorkerConfig};
@@ -23,7 +25,7 @@ use agentplane_core::plan::{validate_features, validate_plan_name, Plan, PlanLim
 use agentplane_core::time::Timestamp;
 use agentplane_core::usage::{QuotaState, UsageRecord, UsageSummary};
 use agentplane_core::{DomainError, PlanId};
-use agentplane_store::{Member, MemberFilter, Store, TimeRange};
+use agentplane_store::{Member, MemberFilter, Objects, Store, TimeRange};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ pub type Result<T, E = ControlError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct ControlPlane {
     store: Arc<dyn Store>,
+    objects: Objects,
     cfg: WorkerConfig,
 }
 
@@ -51,8 +54,16 @@ pub struct CreatePlan {
 }
 
 impl ControlPlane {
-    pub fn new(store: Arc<dyn Store>, cfg: WorkerConfig) -> Self {
-        Self { store, cfg }
+    pub fn new(store: Arc<dyn Store>, objects: Objects, cfg: WorkerConfig) -> Self {
+        Self {
+            store,
+            objects,
+            cfg,
+        }
+    }
+
+    pub fn objects(&self) -> &Objects {
+        &self.objects
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -168,13 +168,16 @@ impl ControlPlane {
             // Reactivated (or already purged) since the job was scheduled.
             _ => return self.store.complete_job(job, now).await,
         }
+        // Objects first: if the worker dies after this, the retry finds them gone and goes on.
+        let objects = self.objects.purge_tenant(&ctx).await?;
         let audit = NewAuditEvent::new(
             Chain::Tenant(job.tenant_id),
             "tenant.purge",
             ctx.actor(),
             now,
         )
-        .target("tenant", job.tenant_id);
+        .target("tenant", job.tenant_id)
+        .data(json!({"objects": objects}));
         self.store
             .purge_tenant(&ctx, job, audit, now)
             .await

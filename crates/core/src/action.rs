@@ -737,6 +737,117 @@ pub static GET_TENANT_FEATURES: ActionSpec = ActionSpec {
     )
 };
 
+pub static GET_BRANDING: ActionSpec = ActionSpec {
+    entity: "branding",
+    permission: Some(Permission::TenantRead),
+    description: "The tenant's branding: product name, colours, custom domain, logo",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.get_branding",
+        "branding",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/branding",
+    )
+};
+
+pub static UPDATE_BRANDING: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::BrandingWrite),
+    parameters: &[
+        Param::new(
+            "product_name",
+            ParamType::String,
+            false,
+            "1-64 characters; null clears",
+        ),
+        Param::new(
+            "primary_color",
+            ParamType::String,
+            false,
+            "#RRGGBB; null clears",
+        ),
+        Param::new(
+            "accent_color",
+            ParamType::String,
+            false,
+            "#RRGGBB; null clears",
+        ),
+        Param::new(
+            "custom_domain",
+            ParamType::String,
+            false,
+            "host name, unique across tenants; null clears",
+        ),
+    ],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "custom domain not used by another tenant",
+    ],
+    postconditions: &[
+        "branding updated for every user of the tenant",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Low,
+    side_effects: &["audit_log"],
+    description: "Change the tenant's product name, colours or custom domain",
+    ..spec(
+        "admin.update_branding",
+        "branding",
+        Method::Put,
+        "/v1/tenants/{tenant_id}/branding",
+    )
+};
+
+pub static UPLOAD_LOGO: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::BrandingWrite),
+    parameters: &[Param::new(
+        "body",
+        ParamType::String,
+        true,
+        "the image bytes: PNG, JPEG or WebP, at most 256 KiB, sent with its Content-Type",
+    )],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["logo replaced", "audit log entry created"],
+    risk_level: Risk::Low,
+    side_effects: &["audit_log", "object_store"],
+    description: "Upload the tenant's logo",
+    ..spec(
+        "admin.upload_logo",
+        "branding",
+        Method::Put,
+        "/v1/tenants/{tenant_id}/branding/logo",
+    )
+};
+
+pub static GET_LOGO: ActionSpec = ActionSpec {
+    permission: Some(Permission::TenantRead),
+    description: "The tenant's logo image",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.get_logo",
+        "branding",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/branding/logo",
+    )
+};
+
+pub static DELETE_LOGO: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::BrandingWrite),
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["logo removed", "audit log entry created"],
+    risk_level: Risk::Low,
+    side_effects: &["audit_log", "object_store"],
+    description: "Remove the tenant's logo",
+    ..spec(
+        "admin.delete_logo",
+        "branding",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/branding/logo",
+    )
+};
+
 /// Every admin action. The server routes exactly these; a test checks none is missing.
 pub static REGISTRY: &[&ActionSpec] = &[
     &DEBUG_IDENTITY,
@@ -761,6 +872,11 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &GET_SETTING_HISTORY,
     &ROLLBACK_TENANT_SETTING,
     &GET_TENANT_FEATURES,
+    &GET_BRANDING,
+    &UPDATE_BRANDING,
+    &UPLOAD_LOGO,
+    &GET_LOGO,
+    &DELETE_LOGO,
 ];
 
 impl ActionSpec {

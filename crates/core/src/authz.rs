@@ -61,6 +61,7 @@ pub enum Permission {
     UsersRead,
     SettingsRead,
     SettingsWrite,
+    BrandingWrite,
 }
 
 impl Permission {
@@ -79,6 +80,7 @@ impl Permission {
             Self::UsersRead => "users.read",
             Self::SettingsRead => "settings.read",
             Self::SettingsWrite => "settings.write",
+            Self::BrandingWrite => "branding.write",
         }
     }
 }
@@ -113,6 +115,7 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
     ),
     (P::SettingsWrite, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::BrandingWrite, &[R::PlatformAdmin, R::TenantAdmin]),
 ];
 
 pub fn role_grants(role: Role, perm: Permission) -> bool {

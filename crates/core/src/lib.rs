@@ -9,6 +9,7 @@
 pub mod action;
 pub mod audit;
 pub mod authz;
+pub mod branding;
 pub mod error;
 pub mod ids;
 pub mod job;

@@ -5,7 +5,7 @@ use crate::auth::{AuthSetupError, JwtVerifier};
 use crate::config::{Config, ConfigError};
 use crate::state::AppState;
 use agentplane_control::{ControlPlane, WorkerConfig};
-use agentplane_store::{PgStore, SqliteStore, Store, StoreError};
+use agentplane_store::{Objects, PgStore, SqliteStore, Store, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,11 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
     }
 }
 
+/// The object store: `data_dir/objects` on the local filesystem.
+pub fn open_objects(cfg: &Config) -> Result<Objects, StartError> {
+    Ok(Objects::local(&cfg.data_dir.join("objects"))?)
+}
+
 /// Runs the schema migrations as the owner (`AGENTPLANE_MIGRATE_DSN`, else the catalog DSN).
 pub async fn migrate(cfg: &Config) -> Result<&'static str, StartError> {
     match cfg.migrate_dsn.as_ref().or(cfg.tenant_catalog_dsn.as_ref()) {
@@ -89,7 +94,7 @@ impl Server {
     pub async fn with_store(cfg: &Config, store: Arc<dyn Store>) -> Result<Self, StartError> {
         let dev_secret = cfg.dev_secret()?;
         let verifier = JwtVerifier::from_config(&cfg.jwt, dev_secret).await?;
-        let control = ControlPlane::new(store, worker_config(cfg));
+        let control = ControlPlane::new(store, open_objects(cfg)?, worker_config(cfg));
         Ok(Self {
             state: AppState::new(control, verifier),
             max_body_bytes: cfg.max_body_bytes,

@@ -163,6 +163,7 @@ impl From<ControlError> for ApiError {
                     ConflictKind::PlanExists => "plan_exists",
                     ConflictKind::SlugTaken => "slug_taken",
                     ConflictKind::ConcurrentUpdate => "concurrent_update",
+                    ConflictKind::DomainTaken => "domain_taken",
                 };
                 Self::new(StatusCode::CONFLICT, code, "Conflict", kind.to_string())
             }

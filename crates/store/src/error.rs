@@ -19,6 +19,8 @@ pub enum StoreError {
     InvalidCursor,
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -32,6 +34,8 @@ pub enum Conflict {
     Version,
     /// The job's lease expired and another worker claimed it.
     LeaseLost,
+    /// The custom domain belongs to another tenant.
+    Domain,
 }
 
 impl std::fmt::Display for Conflict {
@@ -42,6 +46,7 @@ impl std::fmt::Display for Conflict {
             Self::IdempotencyKey => "idempotency key in use",
             Self::Version => "changed concurrently",
             Self::LeaseLost => "job lease lost",
+            Self::Domain => "custom domain in use",
         })
     }
 }

@@ -15,11 +15,13 @@
 //! `sqlite.rs` and `postgres.rs`.
 
 mod error;
+pub mod objects;
 mod postgres;
 mod rows;
 mod sqlite;
 
 pub use error::{Conflict, StoreError};
+pub use objects::Objects;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use sqlx::Error as SqlxError;
@@ -159,6 +161,7 @@ pub struct AuditPii {
 pub struct PurgeReport {
     pub settings: u64,
     pub setting_history: u64,
+    pub branding: u64,
     pub memberships: u64,
     pub usage_counters: u64,
     pub usage_records: u64,
@@ -266,6 +269,17 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         version: i64,
     ) -> Result<Option<SettingVersion>>;
+    async fn get_branding(&self, ctx: &TenantCtx) -> Result<agentplane_core::branding::Branding>;
+    /// Writes the branding if its stored version is still `expected_version` (0: never set),
+    /// with its audit event. `Conflict::Version` if it moved on, `Conflict::Domain` if the
+    /// custom domain belongs to another tenant.
+    async fn put_branding(
+        &self,
+        ctx: &TenantCtx,
+        branding: &agentplane_core::branding::Branding,
+        expected_version: i64,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>>;
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()>;
     async fn tenant_usage_records(

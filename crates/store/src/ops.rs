@@ -555,6 +555,7 @@ impl Store for BackendStore {
             setting_history,
             "DELETE FROM tenant_setting_history WHERE tenant_id = $1"
         );
+        delete!(branding, "DELETE FROM tenant_branding WHERE tenant_id = $1");
         delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
         delete!(
             usage_counters,
@@ -576,10 +577,14 @@ impl Store for BackendStore {
             .execute(&mut *tx)
             .await?;
         complete_job_tx(&mut tx, job, now).await?;
-        let audit = NewAuditEvent {
-            data: serde_json::to_value(&report).map_err(corrupt)?,
-            ..audit
-        };
+        // The event records what was removed, beside what the caller put in its data.
+        let mut audit = audit;
+        if let (Some(data), serde_json::Value::Object(counts)) = (
+            audit.data.as_object_mut(),
+            serde_json::to_value(&report).map_err(corrupt)?,
+        ) {
+            data.extend(counts);
+        }
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(report)
@@ -794,6 +799,75 @@ impl Store for BackendStore {
         .await?;
         tx.commit().await?;
         row.map(SettingVersion::try_from).transpose()
+    }
+
+    async fn get_branding(&self, ctx: &TenantCtx) -> Result<agentplane_core::branding::Branding> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<BrandingRow> =
+            sqlx::query_as("SELECT * FROM tenant_branding WHERE tenant_id = $1")
+                .bind(ctx.tenant_id().to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(row.map(Into::into).unwrap_or_default())
+    }
+
+    async fn put_branding(
+        &self,
+        ctx: &TenantCtx,
+        b: &agentplane_core::branding::Branding,
+        expected_version: i64,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let audit = scoped(ctx, audit)?;
+        let updated_at = b.updated_at.unwrap_or_else(Timestamp::now).millis();
+        let logo = b.logo.as_ref();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let sql = if expected_version == 0 {
+            "INSERT INTO tenant_branding (tenant_id, product_name, primary_color, accent_color, custom_domain, \
+             logo_content_type, logo_sha256, logo_size, version, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        } else {
+            "UPDATE tenant_branding SET product_name = $2, primary_color = $3, accent_color = $4, \
+             custom_domain = $5, logo_content_type = $6, logo_sha256 = $7, logo_size = $8, version = $9, \
+             updated_at = $10 WHERE tenant_id = $1 AND version = $11"
+        };
+        let res = sqlx::query(sql)
+            .bind(ctx.tenant_id().to_string())
+            .bind(&b.product_name)
+            .bind(&b.primary_color)
+            .bind(&b.accent_color)
+            .bind(&b.custom_domain)
+            .bind(logo.map(|l| l.content_type.as_str()))
+            .bind(logo.map(|l| l.sha256.as_str()))
+            .bind(logo.map(|l| l.size))
+            .bind(expected_version + 1)
+            .bind(updated_at)
+            .bind(expected_version)
+            .execute(&mut *tx)
+            .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => {
+                // The primary key (a concurrent first write) or the custom domain.
+                let domain_taken = match &e {
+                    sqlx::Error::Database(d) => {
+                        d.message().contains("custom_domain")
+                            || d.constraint().is_some_and(|c| c.contains("custom_domain"))
+                    }
+                    _ => false,
+                };
+                return Err(StoreError::Conflict(if domain_taken {
+                    Conflict::Domain
+                } else {
+                    Conflict::Version
+                }));
+            }
+            Ok(r) if r.rows_affected() != 1 => return Err(StoreError::Conflict(Conflict::Version)),
+            r => r?,
+        };
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>> {

@@ -325,3 +325,40 @@ impl TryFrom<IdempotencyRow> for IdempotencyRecord {
         })
     }
 }
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct BrandingRow {
+    product_name: Option<String>,
+    primary_color: Option<String>,
+    accent_color: Option<String>,
+    custom_domain: Option<String>,
+    logo_content_type: Option<String>,
+    logo_sha256: Option<String>,
+    logo_size: Option<i64>,
+    version: i64,
+    updated_at: i64,
+}
+
+impl From<BrandingRow> for agentplane_core::branding::Branding {
+    fn from(r: BrandingRow) -> Self {
+        let logo = match (r.logo_content_type, r.logo_sha256, r.logo_size) {
+            (Some(content_type), Some(sha256), Some(size)) => {
+                Some(agentplane_core::branding::Logo {
+                    content_type,
+                    sha256,
+                    size,
+                })
+            }
+            _ => None,
+        };
+        Self {
+            product_name: r.product_name,
+            primary_color: r.primary_color,
+            accent_color: r.accent_color,
+            custom_domain: r.custom_domain,
+            logo,
+            version: r.version,
+            updated_at: Some(Timestamp::from_millis(r.updated_at)),
+        }
+    }
+}

@@ -63,6 +63,8 @@ pub async fn openapi() -> impl IntoResponse {
         super::audit::list,
         super::settings::list, super::settings::update, super::settings::history, super::settings::rollback,
         super::settings::features,
+        super::branding::get, super::branding::update, super::branding::upload_logo, super::branding::logo,
+        super::branding::delete_logo,
     ),
     components(schemas(Problem, super::usage::ExportFormat)),
     modifiers(&BearerAuth, &ProblemResponses)

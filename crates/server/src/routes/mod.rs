@@ -3,6 +3,7 @@
 //! registry declares for it. A test checks that every declared action is routed.
 
 mod audit;
+mod branding;
 mod meta;
 mod plans;
 mod settings;
@@ -65,6 +66,11 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.get_setting_history" => on(f, settings::history),
         "admin.rollback_tenant_setting" => on(f, settings::rollback),
         "admin.get_tenant_features" => on(f, settings::features),
+        "admin.get_branding" => on(f, branding::get),
+        "admin.update_branding" => on(f, branding::update),
+        "admin.upload_logo" => on(f, branding::upload_logo),
+        "admin.get_logo" => on(f, branding::logo),
+        "admin.delete_logo" => on(f, branding::delete_logo),
         _ => return None,
     })
 }

@@ -1,0 +1,91 @@
+//! Blobs (logos now; exports and backups later) through one object-store interface: a local
+//! directory by default, any store the `object_store` crate speaks by configuration. Every
+//! path starts with `tenants/<tenant id>/`, and only a `TenantCtx` opens one.
+
+use crate::{Result, StoreError};
+use agentplane_core::authz::TenantCtx;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct Objects {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl Objects {
+    /// Objects under a local directory (created if missing).
+    pub fn local(root: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| StoreError::Config(format!("object directory {}: {e}", root.display())))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(root)?;
+        Ok(Self {
+            inner: Arc::new(fs),
+        })
+    }
+
+    /// Any `object_store` implementation (S3-compatible, in memory for tests, ...).
+    pub fn from_store(inner: Arc<dyn ObjectStore>) -> Self {
+        Self { inner }
+    }
+
+    fn path(ctx: &TenantCtx, key: &str) -> Result<ObjectPath> {
+        let ok = !key.is_empty()
+            && key.len() <= 200
+            && key
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/._-".contains(&b));
+        if !ok {
+            return Err(StoreError::Config(format!("invalid object key {key:?}")));
+        }
+        Ok(ObjectPath::from(format!(
+            "tenants/{}/{key}",
+            ctx.tenant_id()
+        )))
+    }
+
+    pub async fn put(&self, ctx: &TenantCtx, key: &str, bytes: Bytes) -> Result<()> {
+        self.inner
+            .put(&Self::path(ctx, key)?, PutPayload::from_bytes(bytes))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, ctx: &TenantCtx, key: &str) -> Result<Option<Bytes>> {
+        match self.inner.get(&Self::path(ctx, key)?).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn delete(&self, ctx: &TenantCtx, key: &str) -> Result<()> {
+        match self.inner.delete(&Self::path(ctx, key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes every object of the tenant; answers how many.
+    pub async fn purge_tenant(&self, ctx: &TenantCtx) -> Result<u64> {
+        let prefix = ObjectPath::from(format!("tenants/{}", ctx.tenant_id()));
+        let paths: Vec<ObjectPath> = self
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        for p in &paths {
+            match self.inner.delete(p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(paths.len() as u64)
+    }
+}
