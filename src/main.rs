@@ -152,12 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker => {
             cfg.validate()?;
             let store = agentplane_server::app::open_store(&cfg).await?;
-            let objects = agentplane_server::app::open_objects(&cfg)?;
-            let control = agentplane_control::ControlPlane::new(
-                store,
-                objects,
-                agentplane_server::app::worker_config(&cfg),
-            );
+            let control = agentplane_server::app::control_plane(&cfg, store).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             tracing::info!("agentplane worker running");

@@ -36,7 +36,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .path
         .replace("{tenant_id}", tenant)
         .replace("{plan_id}", "free")
-        .replace("{setting_key}", "locale");
+        .replace("{setting_key}", "locale")
+        .replace("{provider_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -50,6 +51,11 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
         "admin.suspend_tenant" => Some(json!({"reason": "authz test"})),
         "admin.update_tenant_settings" => Some(json!({"setting_value": format!("l{n}")})),
         "admin.update_branding" => Some(json!({"product_name": format!("Brand {n}")})),
+        "admin.create_provider" => Some(json!({
+            "name": format!("p{n}-{}", uuid::Uuid::new_v4().simple()), "kind": "openai",
+            "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-authz"
+        })),
+        "admin.update_provider" => Some(json!({"models": ["m1"]})),
         "admin.rollback_tenant_setting" => Some(json!({"version": 1})),
         "admin.create_plan" => Some(json!({
             "id": format!("authz-{n}"), "name": "Authz plan",
@@ -226,6 +232,42 @@ async fn send(
     token: &str,
     n: usize,
 ) -> reqwest::Response {
+    if action.path.contains("{provider_id}") {
+        // A fresh provider per call: a delete by one allowed role must not 404 the next.
+        let create = REGISTRY
+            .iter()
+            .find(|a| a.intent == "admin.create_provider")
+            .unwrap();
+        let (s, p) = status_json(
+            app.call(
+                Method::POST,
+                &path_for(create, tenant),
+                Some(&app.platform_admin()),
+                body_for(create, n),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 201, "preparing a provider: {p}");
+        let path = path_for(action, tenant);
+        let placeholder = path
+            .split('/')
+            .nth(5)
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        let path = path.replace(&placeholder, p["id"].as_str().unwrap());
+        return app
+            .call(
+                method(action.method),
+                &path,
+                Some(token),
+                body_for(action, n),
+            )
+            .await;
+    }
     if action.intent == "admin.upload_logo" {
         return app
             .client
@@ -604,11 +646,7 @@ async fn wildcard_tenant_access_and_platform_admin_reach(b: Backend) {
         .filter(|x| x.method == agentplane_core::action::Method::Get)
     {
         for t in [&a, &tb] {
-            let (s, p) = status_json(
-                app.call(Method::GET, &path_for(action, t), Some(&operator), None)
-                    .await,
-            )
-            .await;
+            let (s, p) = status_json(send(&app, action, t, &operator, 0).await).await;
             assert_eq!(s, 200, "{} {p}", action.intent);
         }
     }

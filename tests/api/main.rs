@@ -17,6 +17,7 @@ mod crash;
 mod input;
 mod meta;
 mod plans;
+mod providers;
 mod rls;
 mod settings;
 mod tenants;

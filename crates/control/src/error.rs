@@ -16,6 +16,8 @@ pub enum ControlError {
     IdempotencyKeyReused,
     #[error(transparent)]
     Store(StoreError),
+    #[error(transparent)]
+    Crypto(#[from] agentplane_crypto::CryptoError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,7 @@ pub enum ConflictKind {
     SlugTaken,
     ConcurrentUpdate,
     DomainTaken,
+    NameTaken,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -33,6 +36,7 @@ impl std::fmt::Display for ConflictKind {
             Self::SlugTaken => "this slug is taken",
             Self::ConcurrentUpdate => "the resource changed concurrently; retry",
             Self::DomainTaken => "this custom domain is already in use",
+            Self::NameTaken => "the tenant already has one of this name",
         })
     }
 }

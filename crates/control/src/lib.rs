@@ -6,6 +6,8 @@
 
 mod branding;
 mod idempotency;
+mod keys;
+mod providers;
 mod provisioning;
 mod settings;
 mod tenants;
@@ -14,6 +16,8 @@ pub mod error;
 pub use branding::BrandingPatch;
 pub use error::ControlError;
 pub use idempotency::{IdempotencyKey, Replayable};
+pub use keys::{Keys, MasterRotation};
+pub use providers::{CreateProvider, ProbeResult, UpdateProvider};
 pub use provisioning::{JobOutcome, WorkerConfig};
 pub use settings::{EffectiveSetting, Feature};
 pub use tenants::{CreateTenant, TenantCreated};
@@ -35,6 +39,7 @@ pub type Result<T, E = ControlError> = std::result::Result<T, E>;
 pub struct ControlPlane {
     store: Arc<dyn Store>,
     objects: Objects,
+    keys: Keys,
     cfg: WorkerConfig,
 }
 
@@ -54,10 +59,11 @@ pub struct CreatePlan {
 }
 
 impl ControlPlane {
-    pub fn new(store: Arc<dyn Store>, objects: Objects, cfg: WorkerConfig) -> Self {
+    pub fn new(store: Arc<dyn Store>, objects: Objects, keys: Keys, cfg: WorkerConfig) -> Self {
         Self {
             store,
             objects,
+            keys,
             cfg,
         }
     }

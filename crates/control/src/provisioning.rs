@@ -20,6 +20,8 @@ pub struct WorkerConfig {
     pub lease_ms: i64,
     pub poll_interval: Duration,
     pub purge_grace_ms: i64,
+    /// Whether provider base URLs may point at private networks (self-hosted models).
+    pub allow_private_provider_urls: bool,
 }
 
 impl Default for WorkerConfig {
@@ -28,6 +30,7 @@ impl Default for WorkerConfig {
             lease_ms: 60_000,
             poll_interval: Duration::from_millis(500),
             purge_grace_ms: 30 * 24 * 3_600_000,
+            allow_private_provider_urls: false,
         }
     }
 }
@@ -66,6 +69,7 @@ impl ControlPlane {
         let res = match job.kind {
             JobKind::ProvisionTenant => self.provision(&job).await,
             JobKind::PurgeTenant => self.purge(&job).await,
+            JobKind::ResealTenant => self.reseal(&job).await,
         };
         let now = Timestamp::now();
         let (result, error) = match res {
@@ -160,6 +164,26 @@ impl ControlPlane {
             .await
     }
 
+    async fn reseal(&self, job: &Job) -> Result<(), StoreError> {
+        let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
+        let resealed = match self.reseal_tenant(&ctx).await {
+            Ok(n) => n,
+            Err(crate::ControlError::Store(e)) => return Err(e),
+            Err(e) => return Err(StoreError::Corrupt(format!("reseal: {e}"))),
+        };
+        let now = Timestamp::now();
+        let audit = NewAuditEvent::new(
+            Chain::Tenant(job.tenant_id),
+            "keys.resealed",
+            ctx.actor(),
+            now,
+        )
+        .target("tenant", job.tenant_id)
+        .data(json!({"job_id": job.id, "resealed": resealed}));
+        self.store.append_audit(audit).await?;
+        self.store.complete_job(job, now).await
+    }
+
     async fn purge(&self, job: &Job) -> Result<(), StoreError> {
         let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
         let now = Timestamp::now();
@@ -178,9 +202,8 @@ impl ControlPlane {
         )
         .target("tenant", job.tenant_id)
         .data(json!({"objects": objects}));
-        self.store
-            .purge_tenant(&ctx, job, audit, now)
-            .await
-            .map(|_| ())
+        self.store.purge_tenant(&ctx, job, audit, now).await?;
+        self.forget_tenant_keys(&ctx);
+        Ok(())
     }
 }

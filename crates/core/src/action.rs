@@ -848,6 +848,220 @@ pub static DELETE_LOGO: ActionSpec = ActionSpec {
     )
 };
 
+const PROVIDER_ID: Param = Param::new(
+    "provider_id",
+    ParamType::String,
+    true,
+    "the provider credential",
+)
+.format("uuid");
+
+pub static LIST_PROVIDERS: ActionSpec = ActionSpec {
+    entity: "provider",
+    permission: Some(Permission::ProvidersRead),
+    parameters: &[CURSOR, LIMIT],
+    preconditions: &["caller must have tenant_admin or auditor role"],
+    description: "List the tenant's provider credentials (fingerprints, never secrets)",
+    ..spec(
+        "admin.list_providers",
+        "provider",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/providers",
+    )
+};
+
+pub static CREATE_PROVIDER: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::ProvidersWrite),
+    parameters: &[
+        Param::new("name", ParamType::String, true, "unique in the tenant"),
+        Param::new("kind", ParamType::String, true, "provider kind")
+            .one_of(&["openai", "azure_openai"]),
+        Param::new(
+            "base_url",
+            ParamType::String,
+            true,
+            "the endpoint's base URL",
+        ),
+        Param::new(
+            "api_key",
+            ParamType::String,
+            true,
+            "write-only secret, sealed at once",
+        ),
+        Param::new("api_version", ParamType::String, false, "Azure api-version"),
+        Param::new(
+            "models",
+            ParamType::Array,
+            false,
+            "models offered through it",
+        ),
+    ],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "base URL allowed by the deployment",
+    ],
+    postconditions: &[
+        "secret sealed with the tenant's data key",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    idempotent: false,
+    side_effects: &["audit_log", "secret_stored"],
+    description: "Add an LLM provider credential",
+    ..spec(
+        "admin.create_provider",
+        "provider",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/providers",
+    )
+};
+
+pub static GET_PROVIDER: ActionSpec = ActionSpec {
+    permission: Some(Permission::ProvidersRead),
+    parameters: &[PROVIDER_ID],
+    description: "Show one provider credential (fingerprint, never the secret)",
+    ..spec(
+        "admin.get_provider",
+        "provider",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/providers/{provider_id}",
+    )
+};
+
+pub static UPDATE_PROVIDER: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::ProvidersWrite),
+    parameters: &[
+        PROVIDER_ID,
+        Param::new("name", ParamType::String, false, "new name"),
+        Param::new("base_url", ParamType::String, false, "new base URL"),
+        Param::new(
+            "api_key",
+            ParamType::String,
+            false,
+            "new secret (rotation), write-only",
+        ),
+        Param::new("models", ParamType::Array, false, "new model list"),
+        Param::new(
+            "expected_version",
+            ParamType::Integer,
+            false,
+            "refuse if changed since",
+        ),
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["provider updated", "audit log entry created"],
+    risk_level: Risk::High,
+    side_effects: &["audit_log"],
+    description: "Change a provider credential or rotate its secret",
+    ..spec(
+        "admin.update_provider",
+        "provider",
+        Method::Patch,
+        "/v1/tenants/{tenant_id}/providers/{provider_id}",
+    )
+};
+
+pub static DELETE_PROVIDER: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::ProvidersWrite),
+    parameters: &[PROVIDER_ID, CONFIRM],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "provider and its sealed secret deleted",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log"],
+    description: "Delete a provider credential",
+    ..spec(
+        "admin.delete_provider",
+        "provider",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/providers/{provider_id}",
+    )
+};
+
+pub static TEST_PROVIDER: ActionSpec = ActionSpec {
+    action_type: ActionType::Read,
+    permission: Some(Permission::ProvidersWrite),
+    parameters: &[PROVIDER_ID],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["audit log entry created"],
+    risk_level: Risk::Low,
+    idempotent: true,
+    side_effects: &["audit_log", "external_call"],
+    description: "Test a provider credential: list the endpoint's models with it",
+    ..spec(
+        "admin.test_provider",
+        "provider",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/providers/{provider_id}/test",
+    )
+};
+
+pub static LIST_TENANT_KEYS: ActionSpec = ActionSpec {
+    entity: "tenant_key",
+    permission: Some(Permission::KeysManage),
+    preconditions: &["caller must have tenant_admin role"],
+    description: "The tenant's data-key versions (metadata only)",
+    ..spec(
+        "admin.list_tenant_keys",
+        "tenant_key",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/keys",
+    )
+};
+
+pub static ROTATE_TENANT_KEY: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::KeysManage),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "a new data key seals new secrets",
+        "a job re-seals existing secrets",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["audit_log", "reseal_job"],
+    description: "Rotate the tenant's data key",
+    ..spec(
+        "admin.rotate_tenant_key",
+        "tenant_key",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/keys/rotate",
+    )
+};
+
+pub static ROTATE_MASTER_KEY: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::MasterKeyRotate),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have platform_admin role"],
+    postconditions: &[
+        "every tenant's data keys re-wrapped with the new key-encryption key",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Critical,
+    confirmation_required: true,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Rotate the master key (KEK) and re-wrap every tenant's data keys",
+    ..spec(
+        "admin.rotate_master_key",
+        "kms",
+        Method::Post,
+        "/v1/admin/keys/rotate",
+    )
+};
+
 /// Every admin action. The server routes exactly these; a test checks none is missing.
 pub static REGISTRY: &[&ActionSpec] = &[
     &DEBUG_IDENTITY,
@@ -877,6 +1091,15 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &UPLOAD_LOGO,
     &GET_LOGO,
     &DELETE_LOGO,
+    &LIST_PROVIDERS,
+    &CREATE_PROVIDER,
+    &GET_PROVIDER,
+    &UPDATE_PROVIDER,
+    &DELETE_PROVIDER,
+    &TEST_PROVIDER,
+    &LIST_TENANT_KEYS,
+    &ROTATE_TENANT_KEY,
+    &ROTATE_MASTER_KEY,
 ];
 
 impl ActionSpec {

@@ -62,6 +62,10 @@ pub enum Permission {
     SettingsRead,
     SettingsWrite,
     BrandingWrite,
+    ProvidersRead,
+    ProvidersWrite,
+    KeysManage,
+    MasterKeyRotate,
 }
 
 impl Permission {
@@ -81,6 +85,10 @@ impl Permission {
             Self::SettingsRead => "settings.read",
             Self::SettingsWrite => "settings.write",
             Self::BrandingWrite => "branding.write",
+            Self::ProvidersRead => "providers.read",
+            Self::ProvidersWrite => "providers.write",
+            Self::KeysManage => "keys.manage",
+            Self::MasterKeyRotate => "keys.rotate_master",
         }
     }
 }
@@ -116,6 +124,13 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
     ),
     (P::SettingsWrite, &[R::PlatformAdmin, R::TenantAdmin]),
     (P::BrandingWrite, &[R::PlatformAdmin, R::TenantAdmin]),
+    (
+        P::ProvidersRead,
+        &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
+    ),
+    (P::ProvidersWrite, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::KeysManage, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::MasterKeyRotate, &[R::PlatformAdmin]),
 ];
 
 pub fn role_grants(role: Role, perm: Permission) -> bool {

@@ -43,6 +43,9 @@ pub enum JobKind {
     /// Removes a soft-deleted tenant's data for good.
     #[serde(rename = "tenant.purge")]
     PurgeTenant,
+    /// Re-seals a tenant's secrets with its newest data key after a tenant-key rotation.
+    #[serde(rename = "tenant.reseal")]
+    ResealTenant,
 }
 
 impl JobKind {
@@ -50,12 +53,14 @@ impl JobKind {
         match self {
             Self::ProvisionTenant => "tenant.provision",
             Self::PurgeTenant => "tenant.purge",
+            Self::ResealTenant => "tenant.reseal",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "tenant.provision" => Self::ProvisionTenant,
             "tenant.purge" => Self::PurgeTenant,
+            "tenant.reseal" => Self::ResealTenant,
             _ => return None,
         })
     }

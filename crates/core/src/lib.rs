@@ -15,6 +15,7 @@ pub mod ids;
 pub mod job;
 pub mod page;
 pub mod plan;
+pub mod provider;
 pub mod settings;
 pub mod tenant;
 pub mod time;
@@ -37,4 +38,4 @@ where
 }
 
 pub use error::DomainError;
-pub use ids::{AuditEventId, JobId, PlanId, TenantId, UsageRecordId, UserId};
+pub use ids::{AuditEventId, JobId, PlanId, ProviderId, TenantId, UsageRecordId, UserId};

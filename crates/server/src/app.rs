@@ -2,9 +2,11 @@
 //! embedded job worker and graceful shutdown.
 
 use crate::auth::{AuthSetupError, JwtVerifier};
+use crate::config::KmsProvider;
 use crate::config::{Config, ConfigError};
 use crate::state::AppState;
-use agentplane_control::{ControlPlane, WorkerConfig};
+use agentplane_control::{ControlPlane, Keys, WorkerConfig};
+use agentplane_crypto::{Kms, LocalKms, TransitKms};
 use agentplane_store::{Objects, PgStore, SqliteStore, Store, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("JWT verification: {0}")]
     Auth(#[from] AuthSetupError),
+    #[error("key management: {0}")]
+    Kms(#[from] agentplane_crypto::CryptoError),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -50,6 +54,55 @@ pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
     }
 }
 
+/// The KMS that wraps tenant data keys: the local keyring (a keyring given in the
+/// configuration, or the keyring file, created in the dev profile only) or Vault/OpenBao
+/// Transit, whose key is created if missing. Fails fast with a clear error.
+pub async fn open_kms(cfg: &Config) -> Result<Arc<dyn Kms>, StartError> {
+    let k = &cfg.kms;
+    match k.provider {
+        KmsProvider::Local => match &k.master_keys {
+            Some(ring) => Ok(Arc::new(LocalKms::from_keyring(ring.expose_secret())?)),
+            None => {
+                let path = cfg.master_key_path();
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+                Ok(Arc::new(LocalKms::from_file(
+                    &path,
+                    cfg.may_create_master_keys(),
+                )?))
+            }
+        },
+        KmsProvider::Transit => {
+            let (Some(addr), Some(token)) = (&k.transit_addr, &k.transit_token) else {
+                return Err(StartError::Kms(agentplane_crypto::CryptoError::Config(
+                    "set AGENTPLANE_TRANSIT_ADDR and AGENTPLANE_TRANSIT_TOKEN".into(),
+                )));
+            };
+            let transit = TransitKms::new(addr, token.clone(), &k.transit_mount, &k.transit_key)?;
+            transit.ensure_key().await?;
+            Ok(Arc::new(transit))
+        }
+    }
+}
+
+/// The control plane, wired from the configuration: used by `serve` and `worker` alike.
+pub async fn control_plane(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+) -> Result<ControlPlane, StartError> {
+    let keys = Keys::new(open_kms(cfg).await?);
+    Ok(ControlPlane::new(
+        store,
+        open_objects(cfg)?,
+        keys,
+        worker_config(cfg),
+    ))
+}
+
 /// The object store: `data_dir/objects` on the local filesystem.
 pub fn open_objects(cfg: &Config) -> Result<Objects, StartError> {
     Ok(Objects::local(&cfg.data_dir.join("objects"))?)
@@ -75,6 +128,7 @@ pub fn worker_config(cfg: &Config) -> WorkerConfig {
         poll_interval: Duration::from_millis(cfg.worker.poll_interval_ms),
         purge_grace_ms: i64::try_from(cfg.worker.purge_grace_hours.saturating_mul(3_600_000))
             .unwrap_or(i64::MAX),
+        allow_private_provider_urls: cfg.allow_private_provider_urls(),
     }
 }
 
@@ -94,7 +148,7 @@ impl Server {
     pub async fn with_store(cfg: &Config, store: Arc<dyn Store>) -> Result<Self, StartError> {
         let dev_secret = cfg.dev_secret()?;
         let verifier = JwtVerifier::from_config(&cfg.jwt, dev_secret).await?;
-        let control = ControlPlane::new(store, open_objects(cfg)?, worker_config(cfg));
+        let control = control_plane(cfg, store).await?;
         Ok(Self {
             state: AppState::new(control, verifier),
             max_body_bytes: cfg.max_body_bytes,

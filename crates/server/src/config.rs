@@ -2,12 +2,13 @@
 //! precedence) built-in defaults, an optional TOML file, then environment variables.
 //!
 //! - TOML keys are the field names (`listen`, `data_dir`, ...), with the nested tables
-//!   `[jwt]` and `[worker]`; an unknown key is an error.
+//!   `[jwt]`, `[worker]`, `[kms]` and `[providers]`; an unknown key is an error.
 //! - Every field has an `AGENTPLANE_*` variable (see [`ENV_VARS`]); the seed's names
 //!   `TENANT_CATALOG_DSN`, `JWT_SHARED_SECRET`, `JWT_ALGORITHM` and `ALLOW_API_KEY_FALLBACK`
 //!   are the primary names of their fields. Setting two names of one field to different
 //!   values is an error.
-//! - Secrets (`tenant_catalog_dsn`, `migrate_dsn`, `jwt.shared_secret`) also accept
+//! - Secrets (`tenant_catalog_dsn`, `migrate_dsn`, `jwt.shared_secret`, `kms.master_keys`,
+//!   `kms.transit_token`) also accept
 //!   `<NAME>_FILE` (and `<key>_file` in TOML): the file is read and its trailing newlines
 //!   dropped. Secrets are `secrecy` types, so `Debug` never prints them.
 //! - [`Config::validate`] refuses insecure settings before anything starts.
@@ -35,6 +36,14 @@ pub const MAX_LEEWAY_SECS: u64 = 300;
 pub const SQLITE_FILE: &str = "agentplane.db";
 /// File name of the generated development JWT secret inside `data_dir`.
 pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
+/// File name of the local master keyring inside `data_dir` (when `kms.master_key_file` is unset).
+pub const MASTER_KEYRING_FILE: &str = "master.keys";
+/// Default mount path of the Vault/OpenBao transit engine.
+pub const DEFAULT_TRANSIT_MOUNT: &str = "transit";
+/// Default name of the transit key that wraps tenant data keys.
+pub const DEFAULT_TRANSIT_KEY: &str = "agentplane";
+/// Longest accepted transit mount or key name.
+pub const MAX_TRANSIT_NAME_LEN: usize = 64;
 /// The variable naming the TOML file when `--config` is not given.
 pub const CONFIG_FILE_VAR: &str = "AGENTPLANE_CONFIG";
 
@@ -76,6 +85,14 @@ const POLL_INTERVAL_MS: &[&str] = &["AGENTPLANE_WORKER_POLL_INTERVAL_MS"];
 const JOB_LEASE_SECS: &[&str] = &["AGENTPLANE_JOB_LEASE_SECS"];
 const PURGE_GRACE_HOURS: &[&str] = &["AGENTPLANE_PURGE_GRACE_HOURS"];
 const MAX_BODY: &[&str] = &["AGENTPLANE_MAX_BODY_BYTES"];
+const KMS_PROVIDER: &[&str] = &["AGENTPLANE_KMS"];
+const MASTER_KEYS: &[&str] = &["AGENTPLANE_MASTER_KEYS"];
+const MASTER_KEY_FILE: &[&str] = &["AGENTPLANE_MASTER_KEY_FILE"];
+const TRANSIT_ADDR: &[&str] = &["AGENTPLANE_TRANSIT_ADDR"];
+const TRANSIT_TOKEN: &[&str] = &["AGENTPLANE_TRANSIT_TOKEN"];
+const TRANSIT_MOUNT: &[&str] = &["AGENTPLANE_TRANSIT_MOUNT"];
+const TRANSIT_KEY: &[&str] = &["AGENTPLANE_TRANSIT_KEY"];
+const ALLOW_PRIVATE_PROVIDER_URLS: &[&str] = &["AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS"];
 
 /// Every configuration field and the environment variables that set it (primary first).
 /// Secrets additionally accept each name with a `_FILE` suffix.
@@ -99,6 +116,14 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
     ("worker.lease_secs", JOB_LEASE_SECS),
     ("worker.purge_grace_hours", PURGE_GRACE_HOURS),
     ("max_body_bytes", MAX_BODY),
+    ("kms.provider", KMS_PROVIDER),
+    ("kms.master_keys", MASTER_KEYS),
+    ("kms.master_key_file", MASTER_KEY_FILE),
+    ("kms.transit_addr", TRANSIT_ADDR),
+    ("kms.transit_token", TRANSIT_TOKEN),
+    ("kms.transit_mount", TRANSIT_MOUNT),
+    ("kms.transit_key", TRANSIT_KEY),
+    ("providers.allow_private_urls", ALLOW_PRIVATE_PROVIDER_URLS),
 ];
 
 /// Deployment profile. `dev` allows conveniences (a generated JWT secret on loopback);
@@ -126,6 +151,32 @@ impl fmt::Display for Profile {
     }
 }
 
+/// Where tenant data keys are wrapped (`AGENTPLANE_KMS`: `local` or `transit`,
+/// case-insensitive).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KmsProvider {
+    /// A local keyring of master keys (`AGENTPLANE_MASTER_KEYS` or a keyring file).
+    #[default]
+    Local,
+    /// A Vault/OpenBao transit engine (`AGENTPLANE_TRANSIT_*`).
+    Transit,
+}
+
+impl KmsProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Transit => "transit",
+        }
+    }
+}
+
+impl fmt::Display for KmsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The whole server configuration. `Debug` redacts every secret.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -147,6 +198,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Largest accepted request body. Default 1 MiB.
     pub max_body_bytes: usize,
+    pub kms: KmsConfig,
+    pub providers: ProvidersConfig,
 }
 
 /// How admin JWTs are verified.
@@ -181,6 +234,51 @@ pub struct WorkerConfig {
     pub purge_grace_hours: u64,
 }
 
+/// Where tenant data keys are wrapped (envelope encryption).
+#[derive(Clone, Debug)]
+pub struct KmsConfig {
+    /// Default [`KmsProvider::Local`].
+    pub provider: KmsProvider,
+    /// The local master keyring, `"1:<base64 32 bytes>,2:<base64 32 bytes>"` (secret; also
+    /// `AGENTPLANE_MASTER_KEYS_FILE`). Exclusive with `master_key_file`.
+    pub master_keys: Option<SecretString>,
+    /// A local keyring file in the same format. Unset = `data_dir/master.keys`, which the dev
+    /// profile creates with one fresh key when missing (see [`Config::may_create_master_keys`]);
+    /// a file named here is never created. Exclusive with `master_keys`.
+    pub master_key_file: Option<PathBuf>,
+    /// The transit server, e.g. `https://vault:8200`.
+    pub transit_addr: Option<String>,
+    /// The token sent to the transit server (secret; also `AGENTPLANE_TRANSIT_TOKEN_FILE`).
+    pub transit_token: Option<SecretString>,
+    /// Mount path of the transit engine. Default `transit`.
+    pub transit_mount: String,
+    /// Name of the transit key. Default `agentplane`.
+    pub transit_key: String,
+}
+
+/// Provider (LLM endpoint) policy.
+#[derive(Clone, Debug, Default)]
+pub struct ProvidersConfig {
+    /// Whether tenants may point provider base URLs at loopback/private/link-local addresses
+    /// (self-hosted vLLM/Ollama). `None` = the profile's default: allowed in dev, refused in
+    /// production (see [`Config::allow_private_provider_urls`]).
+    pub allow_private_urls: Option<bool>,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        Self {
+            provider: KmsProvider::Local,
+            master_keys: None,
+            master_key_file: None,
+            transit_addr: None,
+            transit_token: None,
+            transit_mount: DEFAULT_TRANSIT_MOUNT.to_owned(),
+            transit_key: DEFAULT_TRANSIT_KEY.to_owned(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -194,6 +292,8 @@ impl Default for Config {
             allow_api_key_fallback: false,
             worker: WorkerConfig::default(),
             max_body_bytes: 1_048_576,
+            kms: KmsConfig::default(),
+            providers: ProvidersConfig::default(),
         }
     }
 }
@@ -357,6 +457,40 @@ pub enum ConfigError {
          digits and underscores, starting with a letter or an underscore"
     )]
     InvalidDbRole { value: String },
+    #[error(
+        "AGENTPLANE_KMS=transit needs the transit server's address: set AGENTPLANE_TRANSIT_ADDR, \
+         e.g. https://vault:8200"
+    )]
+    MissingTransitAddr,
+    #[error(
+        "AGENTPLANE_KMS=transit needs a token for the transit server: set AGENTPLANE_TRANSIT_TOKEN \
+         (or AGENTPLANE_TRANSIT_TOKEN_FILE)"
+    )]
+    MissingTransitToken,
+    #[error(
+        "AGENTPLANE_TRANSIT_ADDR must use https:// in the production profile unless its host is a \
+         loopback address (got {url})"
+    )]
+    InsecureTransitAddr { url: String },
+    #[error(
+        "the production profile never generates a master keyring: set AGENTPLANE_MASTER_KEYS \
+         (or AGENTPLANE_MASTER_KEYS_FILE), e.g. to \"1:$(openssl rand -base64 32)\", or \
+         AGENTPLANE_MASTER_KEY_FILE to an existing keyring file; or use AGENTPLANE_KMS=transit"
+    )]
+    MissingMasterKeys,
+    #[error(
+        "both AGENTPLANE_MASTER_KEYS (or AGENTPLANE_MASTER_KEYS_FILE) and AGENTPLANE_MASTER_KEY_FILE \
+         are set; set only one"
+    )]
+    AmbiguousMasterKeys,
+    #[error(
+        "AGENTPLANE_KMS={provider} does not use {name}, which is set and would be silently ignored: \
+         unset {name}, or set AGENTPLANE_KMS to the provider that uses it"
+    )]
+    IgnoredKmsSetting {
+        provider: KmsProvider,
+        name: &'static str,
+    },
     #[error("cannot prepare the dev JWT secret {}: {source}", path.display())]
     DevSecret {
         path: PathBuf,
@@ -396,6 +530,8 @@ struct FileConfig {
     allow_api_key_fallback: Option<bool>,
     worker: Option<FileWorker>,
     max_body_bytes: Option<usize>,
+    kms: Option<FileKms>,
+    providers: Option<FileProviders>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -418,6 +554,26 @@ struct FileWorker {
     poll_interval_ms: Option<u64>,
     lease_secs: Option<u64>,
     purge_grace_hours: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKms {
+    provider: Option<String>,
+    master_keys: Option<String>,
+    master_keys_file: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
+    transit_addr: Option<String>,
+    transit_token: Option<String>,
+    transit_token_file: Option<PathBuf>,
+    transit_mount: Option<String>,
+    transit_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProviders {
+    allow_private_urls: Option<bool>,
 }
 
 /// A secret given in TOML either inline or as `<key>_file`.
@@ -506,6 +662,39 @@ impl FileConfig {
             }
             if let Some(v) = worker.purge_grace_hours {
                 cfg.worker.purge_grace_hours = v;
+            }
+        }
+        if let Some(kms) = self.kms {
+            if let Some(v) = kms.provider {
+                cfg.kms.provider = parse_kms_provider("kms.provider", &v)?;
+            }
+            if let Some(v) = file_secret("kms.master_keys", kms.master_keys, kms.master_keys_file)?
+            {
+                cfg.kms.master_keys = v;
+            }
+            if let Some(v) = kms.master_key_file {
+                cfg.kms.master_key_file = (!v.as_os_str().is_empty()).then_some(v);
+            }
+            if let Some(v) = kms.transit_addr {
+                cfg.kms.transit_addr = non_empty(v);
+            }
+            if let Some(v) = file_secret(
+                "kms.transit_token",
+                kms.transit_token,
+                kms.transit_token_file,
+            )? {
+                cfg.kms.transit_token = v;
+            }
+            if let Some(v) = kms.transit_mount {
+                cfg.kms.transit_mount = v;
+            }
+            if let Some(v) = kms.transit_key {
+                cfg.kms.transit_key = v;
+            }
+        }
+        if let Some(providers) = self.providers {
+            if let Some(v) = providers.allow_private_urls {
+                cfg.providers.allow_private_urls = Some(v);
             }
         }
         Ok(())
@@ -650,6 +839,30 @@ impl<'a> Env<'a> {
         if let Some(v) = self.parsed(MAX_BODY, "a whole number of bytes")? {
             cfg.max_body_bytes = v;
         }
+        if let Some((name, value)) = self.get_set(KMS_PROVIDER)? {
+            cfg.kms.provider = parse_kms_provider(&name, value)?;
+        }
+        if let Some(v) = self.secret(MASTER_KEYS)? {
+            cfg.kms.master_keys = v;
+        }
+        if let Some(v) = self.optional(MASTER_KEY_FILE)? {
+            cfg.kms.master_key_file = v.map(PathBuf::from);
+        }
+        if let Some(v) = self.optional(TRANSIT_ADDR)? {
+            cfg.kms.transit_addr = v;
+        }
+        if let Some(v) = self.secret(TRANSIT_TOKEN)? {
+            cfg.kms.transit_token = v;
+        }
+        if let Some((_, v)) = self.get_set(TRANSIT_MOUNT)? {
+            cfg.kms.transit_mount = v.trim().to_owned();
+        }
+        if let Some((_, v)) = self.get_set(TRANSIT_KEY)? {
+            cfg.kms.transit_key = v.trim().to_owned();
+        }
+        if let Some(v) = self.bool(ALLOW_PRIVATE_PROVIDER_URLS)? {
+            cfg.providers.allow_private_urls = Some(v);
+        }
         Ok(())
     }
 }
@@ -696,6 +909,34 @@ fn parse_profile(name: &str, value: &str) -> Result<Profile, ConfigError> {
         "production" => Ok(Profile::Production),
         _ => Err(invalid(name, value, "expected dev or production")),
     }
+}
+
+fn parse_kms_provider(name: &str, value: &str) -> Result<KmsProvider, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "local" => Ok(KmsProvider::Local),
+        "transit" => Ok(KmsProvider::Transit),
+        _ => Err(invalid(name, value, "expected local or transit")),
+    }
+}
+
+/// A transit mount or key name: 1 to [`MAX_TRANSIT_NAME_LEN`] letters, digits, `_` and `-`.
+fn is_transit_name(name: &str) -> bool {
+    (1..=MAX_TRANSIT_NAME_LEN).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Whether a URL's host is a loopback address (`127.0.0.0/8`, `::1` or `localhost`).
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_plain_role_name(role: &str) -> bool {
@@ -850,7 +1091,112 @@ impl Config {
         if self.allow_api_key_fallback && !dev {
             return Err(ConfigError::ApiKeyFallbackInProduction);
         }
+        self.validate_kms()
+    }
+
+    /// The `[kms]` part of [`Config::validate`]: the chosen provider is fully configured and
+    /// nothing is set that only the other provider would read.
+    fn validate_kms(&self) -> Result<(), ConfigError> {
+        let kms = &self.kms;
+        let ignored = |name| {
+            Err(ConfigError::IgnoredKmsSetting {
+                provider: kms.provider,
+                name,
+            })
+        };
+        match kms.provider {
+            KmsProvider::Local => {
+                if kms.transit_addr.is_some() {
+                    return ignored("AGENTPLANE_TRANSIT_ADDR");
+                }
+                if kms.transit_token.is_some() {
+                    return ignored("AGENTPLANE_TRANSIT_TOKEN");
+                }
+                if kms.transit_mount != DEFAULT_TRANSIT_MOUNT {
+                    return ignored("AGENTPLANE_TRANSIT_MOUNT");
+                }
+                if kms.transit_key != DEFAULT_TRANSIT_KEY {
+                    return ignored("AGENTPLANE_TRANSIT_KEY");
+                }
+                match (&kms.master_keys, &kms.master_key_file) {
+                    (Some(_), Some(_)) => return Err(ConfigError::AmbiguousMasterKeys),
+                    (None, None) if self.profile == Profile::Production => {
+                        return Err(ConfigError::MissingMasterKeys)
+                    }
+                    _ => {}
+                }
+            }
+            KmsProvider::Transit => {
+                if kms.master_keys.is_some() {
+                    return ignored("AGENTPLANE_MASTER_KEYS");
+                }
+                if kms.master_key_file.is_some() {
+                    return ignored("AGENTPLANE_MASTER_KEY_FILE");
+                }
+                let Some(addr) = &kms.transit_addr else {
+                    return Err(ConfigError::MissingTransitAddr);
+                };
+                if kms.transit_token.is_none() {
+                    return Err(ConfigError::MissingTransitToken);
+                }
+                let url = reqwest::Url::parse(addr).map_err(|e| {
+                    invalid("AGENTPLANE_TRANSIT_ADDR", addr, format!("not a URL: {e}"))
+                })?;
+                match url.scheme() {
+                    "https" => {}
+                    "http" if self.profile == Profile::Dev || is_loopback_host(&url) => {}
+                    "http" => return Err(ConfigError::InsecureTransitAddr { url: addr.clone() }),
+                    _ => {
+                        return Err(invalid(
+                            "AGENTPLANE_TRANSIT_ADDR",
+                            addr,
+                            "expected an https:// URL such as https://vault:8200",
+                        ))
+                    }
+                }
+                for (name, value) in [
+                    ("AGENTPLANE_TRANSIT_MOUNT", &kms.transit_mount),
+                    ("AGENTPLANE_TRANSIT_KEY", &kms.transit_key),
+                ] {
+                    if !is_transit_name(value) {
+                        return Err(invalid(
+                            name,
+                            value,
+                            format!(
+                                "use 1 to {MAX_TRANSIT_NAME_LEN} ASCII letters, digits, '_' and '-'"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The local keyring file: `kms.master_key_file`, else `data_dir/master.keys`.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.kms
+            .master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(MASTER_KEYRING_FILE))
+    }
+
+    /// Whether the local keyring file may be created when missing: only in the dev profile,
+    /// with the local provider, and only when no keyring is configured explicitly (neither
+    /// `kms.master_keys` nor `kms.master_key_file`), i.e. for `data_dir/master.keys`.
+    pub fn may_create_master_keys(&self) -> bool {
+        self.profile == Profile::Dev
+            && self.kms.provider == KmsProvider::Local
+            && self.kms.master_keys.is_none()
+            && self.kms.master_key_file.is_none()
+    }
+
+    /// Whether tenants may point provider base URLs at loopback/private/link-local addresses:
+    /// `providers.allow_private_urls`, else true in the dev profile and false in production.
+    pub fn allow_private_provider_urls(&self) -> bool {
+        self.providers
+            .allow_private_urls
+            .unwrap_or(self.profile == Profile::Dev)
     }
 
     /// The embedded SQLite database file: `data_dir/agentplane.db`.
@@ -943,6 +1289,9 @@ mod tests {
     }
 
     const STRONG: &str = "0123456789abcdef0123456789abcdef";
+    /// A keyring in the `AGENTPLANE_MASTER_KEYS` format (the config does not parse it).
+    const KEYRING: &str = "1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const VAULT_TOKEN: &str = "hvs.test-token";
 
     #[test]
     fn defaults() {
@@ -970,7 +1319,16 @@ mod tests {
         );
         assert_eq!(cfg.max_body_bytes, 1_048_576);
         assert_eq!(cfg.sqlite_path(), PathBuf::from("./data/agentplane.db"));
-        // The defaults run as-is: dev on loopback with a generated secret.
+        assert_eq!(cfg.kms.provider, KmsProvider::Local);
+        assert!(cfg.kms.master_keys.is_none() && cfg.kms.master_key_file.is_none());
+        assert!(cfg.kms.transit_addr.is_none() && cfg.kms.transit_token.is_none());
+        assert_eq!(cfg.kms.transit_mount, "transit");
+        assert_eq!(cfg.kms.transit_key, "agentplane");
+        assert_eq!(cfg.master_key_path(), PathBuf::from("./data/master.keys"));
+        assert!(cfg.may_create_master_keys());
+        assert_eq!(cfg.providers.allow_private_urls, None);
+        assert!(cfg.allow_private_provider_urls());
+        // The defaults run as-is: dev on loopback with a generated secret and keyring.
         cfg.validate().unwrap();
     }
 
@@ -997,8 +1355,16 @@ mod tests {
             poll_interval_ms = 250
             lease_secs = 120
             purge_grace_hours = 48
+
+            [kms]
+            provider = "local"
+            master_key_file = "/etc/agentplane/master.keys"
+
+            [providers]
+            allow_private_urls = true
         "#;
         let vars = env(&[
+            ("AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS", "false"),
             ("AGENTPLANE_LISTEN", "0.0.0.0:9100"),
             ("TENANT_CATALOG_DSN", "postgres://env@db/agentplane"),
             ("AGENTPLANE_JOB_LEASE_SECS", "90"),
@@ -1030,6 +1396,14 @@ mod tests {
         assert!(cfg.worker.embedded);
         assert_eq!(cfg.jwt.audience.as_deref(), Some("other-aud"));
         assert_eq!(cfg.max_body_bytes, 4096);
+        assert_eq!(cfg.providers.allow_private_urls, Some(false));
+        assert!(!cfg.allow_private_provider_urls());
+        assert_eq!(cfg.kms.provider, KmsProvider::Local);
+        assert_eq!(
+            cfg.master_key_path(),
+            PathBuf::from("/etc/agentplane/master.keys")
+        );
+        assert!(!cfg.may_create_master_keys());
         cfg.validate().unwrap();
 
         // The file alone.
@@ -1041,11 +1415,14 @@ mod tests {
         );
         assert_eq!(cfg.worker.lease_secs, 120);
         assert!(!cfg.worker.embedded);
+        // An explicit opt-in beats the production default.
+        assert_eq!(cfg.providers.allow_private_urls, Some(true));
+        assert!(cfg.allow_private_provider_urls());
     }
 
     #[test]
     fn every_field_has_an_env_name() {
-        let cfg = from_env(&[
+        let vars = [
             ("AGENTPLANE_PROFILE", "Production"),
             ("AGENTPLANE_LISTEN", "[::1]:7000"),
             ("AGENTPLANE_DATA_DIR", "/tmp/x"),
@@ -1065,8 +1442,23 @@ mod tests {
             ("AGENTPLANE_JOB_LEASE_SECS", "30"),
             ("AGENTPLANE_PURGE_GRACE_HOURS", "1"),
             ("AGENTPLANE_MAX_BODY_BYTES", "2048"),
-        ])
-        .unwrap();
+            ("AGENTPLANE_KMS", "Transit"),
+            ("AGENTPLANE_MASTER_KEYS", KEYRING),
+            ("AGENTPLANE_MASTER_KEY_FILE", "/etc/master.keys"),
+            ("AGENTPLANE_TRANSIT_ADDR", "https://vault:8200"),
+            ("AGENTPLANE_TRANSIT_TOKEN", VAULT_TOKEN),
+            ("AGENTPLANE_TRANSIT_MOUNT", " kms "),
+            ("AGENTPLANE_TRANSIT_KEY", "tenant-keys"),
+            ("AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS", "1"),
+        ];
+        // This list covers every field of ENV_VARS.
+        for (field, names) in ENV_VARS {
+            assert!(
+                vars.iter().any(|(var, _)| names.contains(var)),
+                "{field} is not covered"
+            );
+        }
+        let cfg = from_env(&vars).unwrap();
         assert_eq!(cfg.profile, Profile::Production);
         assert_eq!(cfg.listen, "[::1]:7000".parse().unwrap());
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
@@ -1091,6 +1483,17 @@ mod tests {
             }
         );
         assert_eq!(cfg.max_body_bytes, 2048);
+        assert_eq!(cfg.kms.provider, KmsProvider::Transit);
+        assert_eq!(secret_of(&cfg.kms.master_keys), Some(KEYRING));
+        assert_eq!(
+            cfg.kms.master_key_file,
+            Some(PathBuf::from("/etc/master.keys"))
+        );
+        assert_eq!(cfg.kms.transit_addr.as_deref(), Some("https://vault:8200"));
+        assert_eq!(secret_of(&cfg.kms.transit_token), Some(VAULT_TOKEN));
+        assert_eq!(cfg.kms.transit_mount, "kms");
+        assert_eq!(cfg.kms.transit_key, "tenant-keys");
+        assert_eq!(cfg.providers.allow_private_urls, Some(true));
     }
 
     #[test]
@@ -1138,6 +1541,9 @@ mod tests {
             ("JWT_ALGORITHM", "PS512"),
             ("JWT_ALGORITHM", "EdDSA"),
             ("JWT_ALGORITHM", "HS1"),
+            ("AGENTPLANE_KMS", "vault"),
+            ("AGENTPLANE_KMS", "aws-kms"),
+            ("AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS", "maybe"),
         ] {
             let err = from_env(&[(var, value)]).unwrap_err();
             assert!(
@@ -1168,6 +1574,20 @@ mod tests {
         let err = Config::from_sources(Some("[jwt]\nalgorithm = \"none\"\n"), &HashMap::new())
             .unwrap_err();
         assert!(err.to_string().contains("jwt.algorithm"), "{err}");
+        let err =
+            Config::from_sources(Some("[kms]\nprovider = \"aws\"\n"), &HashMap::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidValue { .. }), "{err}");
+        assert!(err.to_string().contains("kms.provider"), "{err}");
+        // The provider is case-insensitive everywhere.
+        for value in ["transit", "TRANSIT", " Transit "] {
+            assert_eq!(
+                from_env(&[("AGENTPLANE_KMS", value)]).unwrap().kms.provider,
+                KmsProvider::Transit
+            );
+        }
+        let cfg =
+            Config::from_sources(Some("[kms]\nprovider = \"Local\"\n"), &HashMap::new()).unwrap();
+        assert_eq!(cfg.kms.provider, KmsProvider::Local);
     }
 
     #[test]
@@ -1189,6 +1609,9 @@ mod tests {
             "lisen = \"127.0.0.1:1\"\n",
             "[jwt]\nsecret = \"x\"\n",
             "[worker]\nlease = 3\n",
+            "[kms]\nmaster_key = \"x\"\n",
+            "[kms]\ntransit_url = \"https://vault:8200\"\n",
+            "[providers]\nallow_private = true\n",
             "[db]\n",
         ] {
             let err = Config::from_sources(Some(text), &HashMap::new()).unwrap_err();
@@ -1196,6 +1619,12 @@ mod tests {
             assert!(err.to_string().contains("unknown field"), "{err}");
         }
         let err = Config::from_sources(Some("listen = 8080\n"), &HashMap::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::Toml { .. }), "{err}");
+        let err = Config::from_sources(
+            Some("[providers]\nallow_private_urls = \"yes\"\n"),
+            &HashMap::new(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Toml { .. }), "{err}");
     }
 
@@ -1247,6 +1676,33 @@ mod tests {
         let err = Config::from_sources(Some(&toml), &HashMap::new()).unwrap_err();
         assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
 
+        // The KMS secrets: the master keyring and the transit token.
+        let keys = write("keys", &format!("{KEYRING}\n"));
+        let token = write("token", &format!("{VAULT_TOKEN}\n"));
+        let cfg = from_env(&[
+            ("AGENTPLANE_MASTER_KEYS_FILE", &keys),
+            ("AGENTPLANE_TRANSIT_TOKEN_FILE", &token),
+        ])
+        .unwrap();
+        assert_eq!(secret_of(&cfg.kms.master_keys), Some(KEYRING));
+        assert_eq!(secret_of(&cfg.kms.transit_token), Some(VAULT_TOKEN));
+        // `_FILE` of a secret is not the keyring file `AGENTPLANE_MASTER_KEY_FILE`.
+        assert!(cfg.kms.master_key_file.is_none());
+        let toml = format!("[kms]\nmaster_keys_file = {keys:?}\ntransit_token_file = {token:?}\n");
+        let cfg = Config::from_sources(Some(&toml), &HashMap::new()).unwrap();
+        assert_eq!(secret_of(&cfg.kms.master_keys), Some(KEYRING));
+        assert_eq!(secret_of(&cfg.kms.transit_token), Some(VAULT_TOKEN));
+        let err = from_env(&[
+            ("AGENTPLANE_MASTER_KEYS", KEYRING),
+            ("AGENTPLANE_MASTER_KEYS_FILE", &keys),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+        let toml = format!("[kms]\ntransit_token = \"x\"\ntransit_token_file = {token:?}\n");
+        let err = Config::from_sources(Some(&toml), &HashMap::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("kms.transit_token_file"), "{err}");
+
         // A missing file names the variable and the path.
         let missing = dir.path().join("nope");
         let err = from_env(&[("JWT_SHARED_SECRET_FILE", missing.to_str().unwrap())]).unwrap_err();
@@ -1266,12 +1722,26 @@ mod tests {
                 "postgres://owner:hunter2-owner@db/x",
             ),
             ("JWT_SHARED_SECRET", "hunter2-jwt-secret-hunter2-jwt-secret"),
+            ("AGENTPLANE_MASTER_KEYS", "1:hunter2-master-key"),
+            ("AGENTPLANE_TRANSIT_TOKEN", "hvs.hunter2-transit-token"),
         ])
         .unwrap();
         let debug = format!("{cfg:?} {cfg:#?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("REDACTED"), "{debug}");
         assert!(debug.contains("tenant_catalog_dsn") && debug.contains("shared_secret"));
+        assert!(debug.contains("master_keys") && debug.contains("transit_token"));
+        // The same through the TOML file.
+        let cfg = Config::from_sources(
+            Some(
+                "[kms]\nprovider = \"transit\"\nmaster_keys = \"1:hunter2-file-key\"\n\
+                 transit_token = \"hunter2-file-token\"\n",
+            ),
+            &HashMap::new(),
+        )
+        .unwrap();
+        let debug = format!("{cfg:?} {cfg:#?} {:?}", cfg.kms);
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 
     fn valid_production() -> Config {
@@ -1279,6 +1749,7 @@ mod tests {
             ("AGENTPLANE_PROFILE", "production"),
             ("AGENTPLANE_LISTEN", "0.0.0.0:8080"),
             ("JWT_SHARED_SECRET", STRONG),
+            ("AGENTPLANE_MASTER_KEYS", KEYRING),
         ])
         .unwrap()
     }
@@ -1480,6 +1951,379 @@ mod tests {
         }
         .validate()
         .unwrap();
+    }
+
+    fn valid_transit() -> Config {
+        let mut cfg = valid_production();
+        cfg.kms = KmsConfig {
+            provider: KmsProvider::Transit,
+            transit_addr: Some("https://vault:8200".into()),
+            transit_token: Some(VAULT_TOKEN.into()),
+            ..KmsConfig::default()
+        };
+        cfg
+    }
+
+    #[test]
+    fn kms_toml_then_env_precedence() {
+        let toml = r#"
+            [kms]
+            provider = "transit"
+            transit_addr = "https://file-vault:8200"
+            transit_token = "file-token"
+            transit_mount = "file_mount"
+            transit_key = "file-key"
+        "#;
+        let cfg = Config::from_sources(Some(toml), &HashMap::new()).unwrap();
+        assert_eq!(cfg.kms.provider, KmsProvider::Transit);
+        assert_eq!(
+            cfg.kms.transit_addr.as_deref(),
+            Some("https://file-vault:8200")
+        );
+        assert_eq!(secret_of(&cfg.kms.transit_token), Some("file-token"));
+        assert_eq!(cfg.kms.transit_mount, "file_mount");
+        assert_eq!(cfg.kms.transit_key, "file-key");
+        assert!(!cfg.may_create_master_keys());
+        cfg.validate().unwrap();
+
+        let vars = env(&[
+            ("AGENTPLANE_TRANSIT_ADDR", "https://env-vault:8200"),
+            ("AGENTPLANE_TRANSIT_TOKEN", VAULT_TOKEN),
+            ("AGENTPLANE_TRANSIT_KEY", "env-key"),
+        ]);
+        let cfg = Config::from_sources(Some(toml), &vars).unwrap();
+        assert_eq!(cfg.kms.provider, KmsProvider::Transit);
+        assert_eq!(
+            cfg.kms.transit_addr.as_deref(),
+            Some("https://env-vault:8200")
+        );
+        assert_eq!(secret_of(&cfg.kms.transit_token), Some(VAULT_TOKEN));
+        assert_eq!(cfg.kms.transit_mount, "file_mount");
+        assert_eq!(cfg.kms.transit_key, "env-key");
+
+        // The environment switches back to the local provider; empty values unset the file's
+        // transit address and token (an empty mount or key counts as unset).
+        let vars = env(&[
+            ("AGENTPLANE_KMS", "local"),
+            ("AGENTPLANE_TRANSIT_ADDR", ""),
+            ("AGENTPLANE_TRANSIT_TOKEN", ""),
+            ("AGENTPLANE_TRANSIT_MOUNT", ""),
+            ("AGENTPLANE_MASTER_KEY_FILE", "/run/keys/master.keys"),
+        ]);
+        let cfg = Config::from_sources(Some(toml), &vars).unwrap();
+        assert_eq!(cfg.kms.provider, KmsProvider::Local);
+        assert!(cfg.kms.transit_addr.is_none() && cfg.kms.transit_token.is_none());
+        assert_eq!(cfg.kms.transit_mount, "file_mount");
+        assert_eq!(
+            cfg.master_key_path(),
+            PathBuf::from("/run/keys/master.keys")
+        );
+
+        // Master keys: the file sets them, the environment replaces or clears them.
+        let toml = format!("[kms]\nmaster_keys = {KEYRING:?}\n");
+        let cfg = Config::from_sources(Some(&toml), &HashMap::new()).unwrap();
+        assert_eq!(secret_of(&cfg.kms.master_keys), Some(KEYRING));
+        let cfg = Config::from_sources(Some(&toml), &env(&[("AGENTPLANE_MASTER_KEYS", "2:other")]))
+            .unwrap();
+        assert_eq!(secret_of(&cfg.kms.master_keys), Some("2:other"));
+        let cfg =
+            Config::from_sources(Some(&toml), &env(&[("AGENTPLANE_MASTER_KEYS", "")])).unwrap();
+        assert!(cfg.kms.master_keys.is_none());
+        let cfg = Config::from_sources(
+            Some("[kms]\nmaster_key_file = \"/file/master.keys\"\n"),
+            &env(&[("AGENTPLANE_MASTER_KEY_FILE", "")]),
+        )
+        .unwrap();
+        assert!(cfg.kms.master_key_file.is_none());
+        assert!(cfg.may_create_master_keys());
+    }
+
+    #[test]
+    fn master_keyring_location_and_creation() {
+        let dev = Config {
+            data_dir: PathBuf::from("/srv/ap"),
+            ..Config::default()
+        };
+        assert_eq!(dev.master_key_path(), PathBuf::from("/srv/ap/master.keys"));
+        assert!(dev.may_create_master_keys());
+
+        // An explicitly named file is used as-is, never created.
+        let mut named = dev.clone();
+        named.kms.master_key_file = Some("/etc/ap/keys".into());
+        assert_eq!(named.master_key_path(), PathBuf::from("/etc/ap/keys"));
+        assert!(!named.may_create_master_keys());
+        // Inline keys need no file.
+        let mut inline = dev.clone();
+        inline.kms.master_keys = Some(KEYRING.into());
+        assert!(!inline.may_create_master_keys());
+        // Never in production, never with transit.
+        let production = Config {
+            profile: Profile::Production,
+            ..dev.clone()
+        };
+        assert!(!production.may_create_master_keys());
+        assert_eq!(
+            production.master_key_path(),
+            PathBuf::from("/srv/ap/master.keys")
+        );
+        let mut transit = dev.clone();
+        transit.kms.provider = KmsProvider::Transit;
+        assert!(!transit.may_create_master_keys());
+    }
+
+    #[test]
+    fn private_provider_urls_follow_the_profile_unless_set() {
+        assert!(from_env(&[]).unwrap().allow_private_provider_urls());
+        assert!(!valid_production().allow_private_provider_urls());
+        let cfg = from_env(&[
+            ("AGENTPLANE_PROFILE", "production"),
+            ("AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS", "true"),
+        ])
+        .unwrap();
+        assert!(cfg.allow_private_provider_urls());
+        let cfg = from_env(&[("AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS", "0")]).unwrap();
+        assert_eq!(cfg.providers.allow_private_urls, Some(false));
+        assert!(!cfg.allow_private_provider_urls());
+        // Empty = unset: the profile's default.
+        let cfg = from_env(&[("AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS", "")]).unwrap();
+        assert_eq!(cfg.providers.allow_private_urls, None);
+        // An opt-in is valid in production.
+        let mut cfg = valid_production();
+        cfg.providers.allow_private_urls = Some(true);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn validate_accepts_sound_kms_settings() {
+        // Production, local: inline keys or a named keyring file.
+        valid_production().validate().unwrap();
+        let mut cfg = valid_production();
+        cfg.kms.master_keys = None;
+        cfg.kms.master_key_file = Some("/etc/agentplane/master.keys".into());
+        cfg.validate().unwrap();
+        // Dev, local: nothing needed (the keyring is generated).
+        Config::default().validate().unwrap();
+
+        // Transit over https, or plain http to a loopback host even in production.
+        valid_transit().validate().unwrap();
+        for addr in [
+            "http://127.0.0.1:8200",
+            "http://127.1.2.3:8200/",
+            "http://localhost:8200",
+            "http://LOCALHOST:8200",
+            "http://[::1]:8200",
+            "https://10.0.0.5:8200",
+        ] {
+            let mut cfg = valid_transit();
+            cfg.kms.transit_addr = Some(addr.into());
+            cfg.validate().unwrap_or_else(|e| panic!("{addr}: {e}"));
+        }
+        // Dev allows plain http anywhere.
+        let mut cfg = valid_transit();
+        cfg.profile = Profile::Dev;
+        cfg.kms.transit_addr = Some("http://vault:8200".into());
+        cfg.validate().unwrap();
+        // Mount and key names at their limits.
+        let mut cfg = valid_transit();
+        cfg.kms.transit_mount = "a".repeat(MAX_TRANSIT_NAME_LEN);
+        cfg.kms.transit_key = "Tenant_Keys-2".into();
+        cfg.validate().unwrap();
+        cfg.kms.transit_mount = "m".into();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn validate_refuses_incomplete_transit_settings() {
+        let mut cfg = valid_transit();
+        cfg.kms.transit_addr = None;
+        let err = refused(&cfg);
+        assert!(matches!(err, ConfigError::MissingTransitAddr), "{err}");
+        assert!(err.to_string().contains("AGENTPLANE_TRANSIT_ADDR"), "{err}");
+        // Dev needs them too.
+        cfg.profile = Profile::Dev;
+        assert!(matches!(refused(&cfg), ConfigError::MissingTransitAddr));
+
+        let mut cfg = valid_transit();
+        cfg.kms.transit_token = None;
+        let err = refused(&cfg);
+        assert!(matches!(err, ConfigError::MissingTransitToken), "{err}");
+        assert!(
+            err.to_string().contains("AGENTPLANE_TRANSIT_TOKEN")
+                && err.to_string().contains("AGENTPLANE_TRANSIT_TOKEN_FILE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validate_refuses_bad_transit_addresses() {
+        for addr in [
+            "vault:8200/x y",
+            "not a url",
+            "/v1/transit",
+            "ftp://vault:8200",
+            "unix:/run/vault.sock",
+        ] {
+            let mut cfg = valid_transit();
+            cfg.kms.transit_addr = Some(addr.into());
+            let err = refused(&cfg);
+            assert!(
+                matches!(err, ConfigError::InvalidValue { .. }),
+                "{addr}: {err}"
+            );
+            assert!(err.to_string().contains("AGENTPLANE_TRANSIT_ADDR"), "{err}");
+        }
+        for addr in [
+            "http://vault:8200",
+            "http://10.0.0.5:8200",
+            "http://127.0.0.1.nip.io:8200",
+            "http://localhost.example:8200",
+        ] {
+            let mut cfg = valid_transit();
+            cfg.kms.transit_addr = Some(addr.into());
+            let err = refused(&cfg);
+            assert!(
+                matches!(err, ConfigError::InsecureTransitAddr { .. }),
+                "{addr}: {err}"
+            );
+            assert!(
+                err.to_string().contains("AGENTPLANE_TRANSIT_ADDR")
+                    && err.to_string().contains("https://"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_refuses_bad_transit_names() {
+        let too_long = "k".repeat(MAX_TRANSIT_NAME_LEN + 1);
+        for bad in [
+            "",
+            "a/b",
+            "a.b",
+            "key name",
+            "clé",
+            "../sys",
+            too_long.as_str(),
+        ] {
+            let mut cfg = valid_transit();
+            cfg.kms.transit_mount = bad.to_owned();
+            let err = refused(&cfg);
+            assert!(
+                matches!(err, ConfigError::InvalidValue { .. }),
+                "{bad}: {err}"
+            );
+            assert!(
+                err.to_string().contains("AGENTPLANE_TRANSIT_MOUNT"),
+                "{err}"
+            );
+
+            let mut cfg = valid_transit();
+            cfg.kms.transit_key = bad.to_owned();
+            let err = refused(&cfg);
+            assert!(
+                matches!(err, ConfigError::InvalidValue { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("AGENTPLANE_TRANSIT_KEY"), "{err}");
+        }
+    }
+
+    #[test]
+    fn validate_refuses_a_generated_or_ambiguous_keyring() {
+        // Production never generates a keyring.
+        let mut cfg = valid_production();
+        cfg.kms.master_keys = None;
+        let err = refused(&cfg);
+        assert!(matches!(err, ConfigError::MissingMasterKeys), "{err}");
+        assert!(
+            err.to_string().contains("AGENTPLANE_MASTER_KEYS")
+                && err.to_string().contains("AGENTPLANE_MASTER_KEY_FILE"),
+            "{err}"
+        );
+        // Both kinds of keyring at once, in either profile.
+        let mut cfg = valid_production();
+        cfg.kms.master_key_file = Some("/etc/agentplane/master.keys".into());
+        let err = refused(&cfg);
+        assert!(matches!(err, ConfigError::AmbiguousMasterKeys), "{err}");
+        assert!(
+            err.to_string().contains("AGENTPLANE_MASTER_KEYS")
+                && err.to_string().contains("AGENTPLANE_MASTER_KEY_FILE"),
+            "{err}"
+        );
+        cfg.profile = Profile::Dev;
+        assert!(matches!(refused(&cfg), ConfigError::AmbiguousMasterKeys));
+    }
+
+    #[test]
+    fn validate_refuses_settings_the_provider_would_ignore() {
+        type Setter = fn(&mut KmsConfig);
+        let local_with: [(&str, Setter); 4] = [
+            ("AGENTPLANE_TRANSIT_ADDR", |k| {
+                k.transit_addr = Some("https://vault:8200".into())
+            }),
+            ("AGENTPLANE_TRANSIT_TOKEN", |k| {
+                k.transit_token = Some(VAULT_TOKEN.into())
+            }),
+            ("AGENTPLANE_TRANSIT_MOUNT", |k| {
+                k.transit_mount = "kms".into()
+            }),
+            ("AGENTPLANE_TRANSIT_KEY", |k| k.transit_key = "other".into()),
+        ];
+        for (var, set) in local_with {
+            for mut cfg in [valid_production(), Config::default()] {
+                set(&mut cfg.kms);
+                let err = refused(&cfg);
+                assert!(
+                    matches!(
+                        err,
+                        ConfigError::IgnoredKmsSetting {
+                            provider: KmsProvider::Local,
+                            name,
+                        } if name == var
+                    ),
+                    "{var}: {err}"
+                );
+                assert!(
+                    err.to_string().contains(var)
+                        && err.to_string().contains("AGENTPLANE_KMS=local"),
+                    "{err}"
+                );
+            }
+        }
+
+        let mut cfg = valid_transit();
+        cfg.kms.master_keys = Some(KEYRING.into());
+        let err = refused(&cfg);
+        assert!(
+            matches!(
+                err,
+                ConfigError::IgnoredKmsSetting {
+                    provider: KmsProvider::Transit,
+                    name: "AGENTPLANE_MASTER_KEYS",
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("AGENTPLANE_KMS=transit"), "{err}");
+        let mut cfg = valid_transit();
+        cfg.kms.master_key_file = Some("/etc/agentplane/master.keys".into());
+        assert!(matches!(
+            refused(&cfg),
+            ConfigError::IgnoredKmsSetting {
+                name: "AGENTPLANE_MASTER_KEY_FILE",
+                ..
+            }
+        ));
+
+        // Through the environment, end to end.
+        let err = from_env(&[("AGENTPLANE_TRANSIT_ADDR", "https://vault:8200")])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::IgnoredKmsSetting { .. }),
+            "{err}"
+        );
     }
 
     #[test]

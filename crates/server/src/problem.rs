@@ -164,6 +164,7 @@ impl From<ControlError> for ApiError {
                     ConflictKind::SlugTaken => "slug_taken",
                     ConflictKind::ConcurrentUpdate => "concurrent_update",
                     ConflictKind::DomainTaken => "domain_taken",
+                    ConflictKind::NameTaken => "name_taken",
                 };
                 Self::new(StatusCode::CONFLICT, code, "Conflict", kind.to_string())
             }
@@ -174,6 +175,7 @@ impl From<ControlError> for ApiError {
                 "this Idempotency-Key was already used with a different request body",
             ),
             ControlError::Store(s) => s.into(),
+            ControlError::Crypto(c) => c.into(),
         }
     }
 }
@@ -201,6 +203,39 @@ impl From<AuthzError> for ApiError {
                 format!("this action needs the permission {p}"),
             )
             .with("required_permission", json!(p)),
+        }
+    }
+}
+
+impl From<agentplane_crypto::CryptoError> for ApiError {
+    fn from(e: agentplane_crypto::CryptoError) -> Self {
+        use agentplane_crypto::CryptoError as C;
+        match &e {
+            // The KMS is a dependency: its errors are clear and carry no secret.
+            C::Kms(msg) => {
+                tracing::error!(error = %msg, "KMS call failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kms_unavailable",
+                    "Key service unavailable",
+                    msg.clone(),
+                )
+                .header(header::RETRY_AFTER, "5")
+            }
+            // A sealed value that does not open was tampered with or moved: never returned.
+            C::Decrypt | C::Malformed | C::UnknownKeyVersion(_) => {
+                tracing::error!(error = %e, "a sealed secret could not be opened");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "secret_unreadable",
+                    "Secret unreadable",
+                    "a stored secret could not be opened; it has been logged for the operator",
+                )
+            }
+            _ => {
+                tracing::error!(error = %e, "crypto error");
+                Self::internal()
+            }
         }
     }
 }

@@ -36,6 +36,8 @@ pub enum Conflict {
     LeaseLost,
     /// The custom domain belongs to another tenant.
     Domain,
+    /// The tenant already has a resource of that name.
+    Name,
 }
 
 impl std::fmt::Display for Conflict {
@@ -47,6 +49,7 @@ impl std::fmt::Display for Conflict {
             Self::Version => "changed concurrently",
             Self::LeaseLost => "job lease lost",
             Self::Domain => "custom domain in use",
+            Self::Name => "name in use",
         })
     }
 }

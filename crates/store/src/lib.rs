@@ -127,6 +127,27 @@ pub struct SettingVersion {
     pub ts: Timestamp,
 }
 
+/// One version of a tenant's data key, as stored: wrapped, never in the clear.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct TenantKey {
+    pub version: i64,
+    /// The KMS that wrapped it (`local`, `transit:<key>`).
+    pub kms: String,
+    pub kek_version: i64,
+    #[serde(skip)]
+    pub wrapped: String,
+    /// `active` (seals new data) or `retired` (opens old data only).
+    pub state: String,
+    pub created_at: Timestamp,
+}
+
+/// A provider credential as stored: its secret sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderRecord {
+    pub provider: agentplane_core::provider::Provider,
+    pub sealed_secret: Vec<u8>,
+}
+
 /// What provisioning creates for a new tenant.
 #[derive(Clone, Debug)]
 pub struct Provisioning {
@@ -162,6 +183,8 @@ pub struct PurgeReport {
     pub settings: u64,
     pub setting_history: u64,
     pub branding: u64,
+    pub providers: u64,
+    pub tenant_keys: u64,
     pub memberships: u64,
     pub usage_counters: u64,
     pub usage_records: u64,
@@ -280,6 +303,73 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         audit: NewAuditEvent,
     ) -> Result<()>;
+    // --- Keys and provider credentials ---
+    async fn tenant_keys(&self, ctx: &TenantCtx) -> Result<Vec<TenantKey>>;
+    /// Adds a data-key version; with `retire_others`, the others become `retired` in the same
+    /// transaction. `Conflict::Version` if that version exists (a concurrent creation).
+    async fn insert_tenant_key(
+        &self,
+        ctx: &TenantCtx,
+        key: &TenantKey,
+        retire_others: bool,
+        job: Option<&Job>,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<()>;
+    /// Replaces a key's wrapping if it is still `old_wrapped` (master-key rotation).
+    async fn rewrap_tenant_key(
+        &self,
+        ctx: &TenantCtx,
+        version: i64,
+        old_wrapped: &str,
+        kms: &str,
+        kek_version: i64,
+        wrapped: &str,
+    ) -> Result<bool>;
+    /// Every tenant's wrapped keys (for master-key rotation), ordered by tenant and version.
+    async fn all_tenant_keys(&self, platform: &PlatformCtx) -> Result<Vec<(TenantId, TenantKey)>>;
+    /// `Conflict::Name` if the tenant has a provider of that name.
+    async fn insert_provider(
+        &self,
+        ctx: &TenantCtx,
+        rec: &ProviderRecord,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    async fn get_provider(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::ProviderId,
+    ) -> Result<Option<ProviderRecord>>;
+    async fn list_providers(
+        &self,
+        ctx: &TenantCtx,
+        page: &PageRequest,
+    ) -> Result<Page<ProviderRecord>>;
+    /// Writes the record if its stored version is `expected_version`, with its audit event
+    /// (`Conflict::Version`, `Conflict::Name`).
+    async fn update_provider(
+        &self,
+        ctx: &TenantCtx,
+        rec: &ProviderRecord,
+        expected_version: i64,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    /// Replaces a sealed secret if it is still sealed with `old_key_version` (tenant-key
+    /// rotation); answers whether it did.
+    async fn reseal_provider(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::ProviderId,
+        old_key_version: i64,
+        sealed: &[u8],
+        key_version: i64,
+    ) -> Result<bool>;
+    async fn delete_provider(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::ProviderId,
+        audit: NewAuditEvent,
+    ) -> Result<bool>;
+
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>>;
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()>;
     async fn tenant_usage_records(

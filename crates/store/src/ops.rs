@@ -556,6 +556,12 @@ impl Store for BackendStore {
             "DELETE FROM tenant_setting_history WHERE tenant_id = $1"
         );
         delete!(branding, "DELETE FROM tenant_branding WHERE tenant_id = $1");
+        delete!(
+            providers,
+            "DELETE FROM provider_credentials WHERE tenant_id = $1"
+        );
+        // Crypto-shredding: without its data keys, nothing ever sealed for the tenant opens.
+        delete!(tenant_keys, "DELETE FROM tenant_keys WHERE tenant_id = $1");
         delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
         delete!(
             usage_counters,
@@ -868,6 +874,268 @@ impl Store for BackendStore {
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn tenant_keys(&self, ctx: &TenantCtx) -> Result<Vec<TenantKey>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<TenantKeyRow> =
+            sqlx::query_as("SELECT * FROM tenant_keys WHERE tenant_id = $1 ORDER BY version")
+                .bind(ctx.tenant_id().to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|r| r.into_key().map(|(_, k)| k))
+            .collect()
+    }
+
+    async fn insert_tenant_key(
+        &self,
+        ctx: &TenantCtx,
+        k: &TenantKey,
+        retire_others: bool,
+        job: Option<&Job>,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<()> {
+        if let Some(j) = job {
+            same_tenant(ctx, j.tenant_id, "job")?;
+        }
+        let audit = audit.map(|a| scoped(ctx, a)).transpose()?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        if retire_others {
+            sqlx::query("UPDATE tenant_keys SET state = 'retired' WHERE tenant_id = $1 AND state = 'active'")
+                .bind(&tenant)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let res = sqlx::query(
+            "INSERT INTO tenant_keys (tenant_id, version, kms, kek_version, wrapped, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&tenant)
+        .bind(k.version)
+        .bind(&k.kms)
+        .bind(k.kek_version)
+        .bind(&k.wrapped)
+        .bind(&k.state)
+        .bind(k.created_at.millis())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(Conflict::Version))
+            }
+            r => r?,
+        };
+        if let Some(job) = job {
+            insert_job(&mut tx, job).await?;
+        }
+        if let Some(audit) = audit {
+            append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rewrap_tenant_key(
+        &self,
+        ctx: &TenantCtx,
+        version: i64,
+        old_wrapped: &str,
+        kms: &str,
+        kek_version: i64,
+        wrapped: &str,
+    ) -> Result<bool> {
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let n = sqlx::query(
+            "UPDATE tenant_keys SET kms = $4, kek_version = $5, wrapped = $6 \
+             WHERE tenant_id = $1 AND version = $2 AND wrapped = $3",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(version)
+        .bind(old_wrapped)
+        .bind(kms)
+        .bind(kek_version)
+        .bind(wrapped)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn all_tenant_keys(&self, _platform: &PlatformCtx) -> Result<Vec<(TenantId, TenantKey)>> {
+        let mut tx = self.read_platform().await?;
+        let rows: Vec<TenantKeyRow> =
+            sqlx::query_as("SELECT * FROM tenant_keys ORDER BY tenant_id, version")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        rows.into_iter().map(TenantKeyRow::into_key).collect()
+    }
+
+    async fn insert_provider(
+        &self,
+        ctx: &TenantCtx,
+        rec: &ProviderRecord,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let p = &rec.provider;
+        same_tenant(ctx, p.tenant_id, "provider")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "INSERT INTO provider_credentials (tenant_id, id, name, kind, base_url, api_version, models, secret, \
+             key_version, fingerprint, created_at, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(p.tenant_id.to_string())
+        .bind(p.id.to_string())
+        .bind(&p.name)
+        .bind(p.kind.as_str())
+        .bind(&p.base_url)
+        .bind(&p.api_version)
+        .bind(to_json(&p.models)?)
+        .bind(&rec.sealed_secret)
+        .bind(p.key_version)
+        .bind(&p.fingerprint)
+        .bind(p.created_at.millis())
+        .bind(p.updated_at.millis())
+        .bind(p.version)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            r => r?,
+        };
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_provider(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::ProviderId,
+    ) -> Result<Option<ProviderRecord>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<ProviderRow> =
+            sqlx::query_as("SELECT * FROM provider_credentials WHERE tenant_id = $1 AND id = $2")
+                .bind(ctx.tenant_id().to_string())
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        row.map(ProviderRecord::try_from).transpose()
+    }
+
+    async fn list_providers(
+        &self,
+        ctx: &TenantCtx,
+        page: &PageRequest,
+    ) -> Result<Page<ProviderRecord>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<ProviderRow> = sqlx::query_as(
+            "SELECT * FROM provider_credentials WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(after_key(page))
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |r: &ProviderRecord| r.provider.id.to_string(),
+        ))
+    }
+
+    async fn update_provider(
+        &self,
+        ctx: &TenantCtx,
+        rec: &ProviderRecord,
+        expected_version: i64,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let p = &rec.provider;
+        same_tenant(ctx, p.tenant_id, "provider")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "UPDATE provider_credentials SET name = $3, base_url = $4, api_version = $5, models = $6, secret = $7, \
+             key_version = $8, fingerprint = $9, updated_at = $10, version = $11 \
+             WHERE tenant_id = $1 AND id = $2 AND version = $12",
+        )
+        .bind(p.tenant_id.to_string())
+        .bind(p.id.to_string())
+        .bind(&p.name)
+        .bind(&p.base_url)
+        .bind(&p.api_version)
+        .bind(to_json(&p.models)?)
+        .bind(&rec.sealed_secret)
+        .bind(p.key_version)
+        .bind(&p.fingerprint)
+        .bind(p.updated_at.millis())
+        .bind(p.version)
+        .bind(expected_version)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            Ok(r) if r.rows_affected() != 1 => return Err(StoreError::Conflict(Conflict::Version)),
+            r => r?,
+        };
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reseal_provider(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::ProviderId,
+        old_key_version: i64,
+        sealed: &[u8],
+        key_version: i64,
+    ) -> Result<bool> {
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let n = sqlx::query(
+            "UPDATE provider_credentials SET secret = $4, key_version = $5 \
+             WHERE tenant_id = $1 AND id = $2 AND key_version = $3",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(id.to_string())
+        .bind(old_key_version)
+        .bind(sealed)
+        .bind(key_version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn delete_provider(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::ProviderId,
+        audit: NewAuditEvent,
+    ) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let n = sqlx::query("DELETE FROM provider_credentials WHERE tenant_id = $1 AND id = $2")
+            .bind(ctx.tenant_id().to_string())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 1 {
+            append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
     }
 
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>> {

@@ -362,3 +362,73 @@ impl From<BrandingRow> for agentplane_core::branding::Branding {
         }
     }
 }
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TenantKeyRow {
+    pub(crate) tenant_id: String,
+    version: i64,
+    kms: String,
+    kek_version: i64,
+    wrapped: String,
+    state: String,
+    created_at: i64,
+}
+
+impl TenantKeyRow {
+    pub(crate) fn into_key(self) -> Result<(agentplane_core::TenantId, crate::TenantKey)> {
+        let tenant = parse(&self.tenant_id, "tenant_keys.tenant_id")?;
+        Ok((
+            tenant,
+            crate::TenantKey {
+                version: self.version,
+                kms: self.kms,
+                kek_version: self.kek_version,
+                wrapped: self.wrapped,
+                state: self.state,
+                created_at: Timestamp::from_millis(self.created_at),
+            },
+        ))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ProviderRow {
+    tenant_id: String,
+    id: String,
+    name: String,
+    kind: String,
+    base_url: String,
+    api_version: Option<String>,
+    models: String,
+    secret: Vec<u8>,
+    key_version: i64,
+    fingerprint: String,
+    created_at: i64,
+    updated_at: i64,
+    version: i64,
+}
+
+impl TryFrom<ProviderRow> for crate::ProviderRecord {
+    type Error = crate::StoreError;
+    fn try_from(r: ProviderRow) -> Result<Self> {
+        use agentplane_core::provider::{Provider, ProviderKind};
+        Ok(crate::ProviderRecord {
+            provider: Provider {
+                id: parse(&r.id, "provider_credentials.id")?,
+                tenant_id: parse(&r.tenant_id, "provider_credentials.tenant_id")?,
+                name: r.name,
+                kind: ProviderKind::parse(&r.kind)
+                    .ok_or_else(|| corrupt("provider_credentials.kind"))?,
+                base_url: r.base_url,
+                api_version: r.api_version,
+                models: json(&r.models, "provider_credentials.models")?,
+                fingerprint: r.fingerprint,
+                key_version: r.key_version,
+                created_at: Timestamp::from_millis(r.created_at),
+                updated_at: Timestamp::from_millis(r.updated_at),
+                version: r.version,
+            },
+            sealed_secret: r.secret,
+        })
+    }
+}

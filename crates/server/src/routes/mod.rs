@@ -6,6 +6,7 @@ mod audit;
 mod branding;
 mod meta;
 mod plans;
+mod providers;
 mod settings;
 mod tenants;
 mod usage;
@@ -71,6 +72,15 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.upload_logo" => on(f, branding::upload_logo),
         "admin.get_logo" => on(f, branding::logo),
         "admin.delete_logo" => on(f, branding::delete_logo),
+        "admin.list_providers" => on(f, providers::list),
+        "admin.create_provider" => on(f, providers::create),
+        "admin.get_provider" => on(f, providers::get),
+        "admin.update_provider" => on(f, providers::update),
+        "admin.delete_provider" => on(f, providers::delete),
+        "admin.test_provider" => on(f, providers::test),
+        "admin.list_tenant_keys" => on(f, providers::keys),
+        "admin.rotate_tenant_key" => on(f, providers::rotate_tenant_key),
+        "admin.rotate_master_key" => on(f, providers::rotate_master_key),
         _ => return None,
     })
 }
