@@ -37,7 +37,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{tenant_id}", tenant)
         .replace("{plan_id}", "free")
         .replace("{setting_key}", "locale")
-        .replace("{provider_id}", &uuid::Uuid::now_v7().to_string());
+        .replace("{provider_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{agent_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -56,6 +57,7 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
             "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-authz"
         })),
         "admin.update_provider" => Some(json!({"models": ["m1"]})),
+        "admin.update_agent" => Some(json!({"model": format!("model-{n}")})),
         "admin.rollback_tenant_setting" => Some(json!({"version": 1})),
         "admin.create_plan" => Some(json!({
             "id": format!("authz-{n}"), "name": "Authz plan",
@@ -232,6 +234,55 @@ async fn send(
     token: &str,
     n: usize,
 ) -> reqwest::Response {
+    if action.intent == "admin.create_agent" || action.path.contains("{agent_id}") {
+        // A fresh provider (and agent) per call, made by the operator.
+        let op = app.platform_admin();
+        let create_p = REGISTRY
+            .iter()
+            .find(|a| a.intent == "admin.create_provider")
+            .unwrap();
+        let (_, prov) = status_json(
+            app.call(
+                Method::POST,
+                &path_for(create_p, tenant),
+                Some(&op),
+                body_for(create_p, n),
+            )
+            .await,
+        )
+        .await;
+        let agent_body = json!({"name": format!("a{n}-{}", uuid::Uuid::new_v4().simple()), "provider_id": prov["id"], "model": "m"});
+        let agents_path = format!("/v1/tenants/{tenant}/agents");
+        if action.intent == "admin.create_agent" {
+            return app
+                .call(Method::POST, &agents_path, Some(token), Some(agent_body))
+                .await;
+        }
+        let (s, agent) = status_json(
+            app.call(Method::POST, &agents_path, Some(&op), Some(agent_body))
+                .await,
+        )
+        .await;
+        assert_eq!(s, 201, "preparing an agent: {agent}");
+        let path = path_for(action, tenant);
+        let placeholder = path
+            .split('/')
+            .nth(5)
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        let path = path.replace(&placeholder, agent["id"].as_str().unwrap());
+        return app
+            .call(
+                method(action.method),
+                &path,
+                Some(token),
+                body_for(action, n),
+            )
+            .await;
+    }
     if action.path.contains("{provider_id}") {
         // A fresh provider per call: a delete by one allowed role must not 404 the next.
         let create = REGISTRY

@@ -9,6 +9,7 @@
 
 mod helpers;
 
+mod agents;
 mod audit;
 mod authz;
 mod branding;

@@ -27,6 +27,7 @@ pub enum ConflictKind {
     ConcurrentUpdate,
     DomainTaken,
     NameTaken,
+    InUse,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -37,6 +38,7 @@ impl std::fmt::Display for ConflictKind {
             Self::ConcurrentUpdate => "the resource changed concurrently; retry",
             Self::DomainTaken => "this custom domain is already in use",
             Self::NameTaken => "the tenant already has one of this name",
+            Self::InUse => "still in use; remove what uses it first",
         })
     }
 }

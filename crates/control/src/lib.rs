@@ -4,6 +4,7 @@
 //! generation, idempotency, what provisioning creates); persistence is the store's, HTTP is
 //! the server's. Every change is handed to the store together with its audit event.
 
+mod agents;
 mod branding;
 mod idempotency;
 mod keys;
@@ -13,6 +14,7 @@ mod settings;
 mod tenants;
 
 pub mod error;
+pub use agents::{CreateAgent, UpdateAgent};
 pub use branding::BrandingPatch;
 pub use error::ControlError;
 pub use idempotency::{IdempotencyKey, Replayable};

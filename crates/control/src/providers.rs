@@ -286,7 +286,13 @@ impl ControlPlane {
             Timestamp::now(),
         )
         .target("provider", id);
-        if self.store.delete_provider(ctx, id, audit).await? {
+        let deleted = match self.store.delete_provider(ctx, id, audit).await {
+            Err(StoreError::Conflict(Conflict::Reference)) => {
+                return Err(ControlError::Conflict(crate::error::ConflictKind::InUse))
+            }
+            r => r?,
+        };
+        if deleted {
             Ok(())
         } else {
             Err(ControlError::NotFound("provider"))

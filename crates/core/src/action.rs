@@ -1062,6 +1062,144 @@ pub static ROTATE_MASTER_KEY: ActionSpec = ActionSpec {
     )
 };
 
+const AGENT_ID: Param = Param::new("agent_id", ParamType::String, true, "the agent").format("uuid");
+
+pub static LIST_AGENTS: ActionSpec = ActionSpec {
+    entity: "agent",
+    permission: Some(Permission::AgentsRead),
+    parameters: &[CURSOR, LIMIT],
+    description: "List the tenant's agents",
+    ..spec(
+        "admin.list_agents",
+        "agent",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/agents",
+    )
+};
+
+pub static CREATE_AGENT: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::AgentsWrite),
+    parameters: &[
+        Param::new("name", ParamType::String, true, "unique in the tenant"),
+        Param::new(
+            "provider_id",
+            ParamType::String,
+            true,
+            "a provider credential of the tenant",
+        )
+        .format("uuid"),
+        Param::new("model", ParamType::String, true, "the model to call"),
+        Param::new(
+            "system_prompt",
+            ParamType::String,
+            false,
+            "instructions sent first",
+        ),
+        Param::new(
+            "params",
+            ParamType::Object,
+            false,
+            "temperature, top_p, max_tokens",
+        ),
+    ],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "the provider belongs to the tenant",
+    ],
+    postconditions: &["agent created at version 1", "audit log entry created"],
+    risk_level: Risk::Medium,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Create an agent",
+    ..spec(
+        "admin.create_agent",
+        "agent",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/agents",
+    )
+};
+
+pub static GET_AGENT: ActionSpec = ActionSpec {
+    permission: Some(Permission::AgentsRead),
+    parameters: &[AGENT_ID],
+    description: "Show one agent",
+    ..spec(
+        "admin.get_agent",
+        "agent",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/agents/{agent_id}",
+    )
+};
+
+pub static UPDATE_AGENT: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::AgentsWrite),
+    parameters: &[
+        AGENT_ID,
+        Param::new("name", ParamType::String, false, "new name"),
+        Param::new("provider_id", ParamType::String, false, "new provider").format("uuid"),
+        Param::new("model", ParamType::String, false, "new model"),
+        Param::new(
+            "system_prompt",
+            ParamType::String,
+            false,
+            "new instructions",
+        ),
+        Param::new("params", ParamType::Object, false, "new parameters"),
+        Param::new(
+            "expected_version",
+            ParamType::Integer,
+            false,
+            "refuse if changed since",
+        ),
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["a new agent version", "audit log entry created"],
+    risk_level: Risk::Medium,
+    side_effects: &["audit_log"],
+    description: "Change an agent (a new version)",
+    ..spec(
+        "admin.update_agent",
+        "agent",
+        Method::Patch,
+        "/v1/tenants/{tenant_id}/agents/{agent_id}",
+    )
+};
+
+pub static DELETE_AGENT: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::AgentsWrite),
+    parameters: &[AGENT_ID, CONFIRM],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "agent deleted (its versions stay for the record)",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log"],
+    description: "Delete an agent",
+    ..spec(
+        "admin.delete_agent",
+        "agent",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/agents/{agent_id}",
+    )
+};
+
+pub static LIST_AGENT_VERSIONS: ActionSpec = ActionSpec {
+    permission: Some(Permission::AgentsRead),
+    parameters: &[AGENT_ID, CURSOR, LIMIT],
+    description: "Every version of an agent, newest first",
+    ..spec(
+        "admin.list_agent_versions",
+        "agent",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/agents/{agent_id}/versions",
+    )
+};
+
 /// Every admin action. The server routes exactly these; a test checks none is missing.
 pub static REGISTRY: &[&ActionSpec] = &[
     &DEBUG_IDENTITY,
@@ -1100,6 +1238,12 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &LIST_TENANT_KEYS,
     &ROTATE_TENANT_KEY,
     &ROTATE_MASTER_KEY,
+    &LIST_AGENTS,
+    &CREATE_AGENT,
+    &GET_AGENT,
+    &UPDATE_AGENT,
+    &DELETE_AGENT,
+    &LIST_AGENT_VERSIONS,
 ];
 
 impl ActionSpec {

@@ -66,6 +66,8 @@ pub enum Permission {
     ProvidersWrite,
     KeysManage,
     MasterKeyRotate,
+    AgentsRead,
+    AgentsWrite,
 }
 
 impl Permission {
@@ -89,6 +91,8 @@ impl Permission {
             Self::ProvidersWrite => "providers.write",
             Self::KeysManage => "keys.manage",
             Self::MasterKeyRotate => "keys.rotate_master",
+            Self::AgentsRead => "agents.read",
+            Self::AgentsWrite => "agents.write",
         }
     }
 }
@@ -131,6 +135,11 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
     (P::ProvidersWrite, &[R::PlatformAdmin, R::TenantAdmin]),
     (P::KeysManage, &[R::PlatformAdmin, R::TenantAdmin]),
     (P::MasterKeyRotate, &[R::PlatformAdmin]),
+    (
+        P::AgentsRead,
+        &[R::PlatformAdmin, R::TenantAdmin, R::Auditor, R::Member],
+    ),
+    (P::AgentsWrite, &[R::PlatformAdmin, R::TenantAdmin]),
 ];
 
 pub fn role_grants(role: Role, perm: Permission) -> bool {

@@ -88,6 +88,10 @@ uuid_id!(
     /// A tenant's provider credential (an LLM endpoint and its secret).
     ProviderId
 );
+uuid_id!(
+    /// A tenant's agent definition.
+    AgentId
+);
 
 /// A plan id is chosen by the operator: lowercase letters, digits and `-`/`_`, 1-64 long.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //! bypass [`authz::TenantCtx::for_system_job`].
 
 pub mod action;
+pub mod agent;
 pub mod audit;
 pub mod authz;
 pub mod branding;
@@ -38,4 +39,4 @@ where
 }
 
 pub use error::DomainError;
-pub use ids::{AuditEventId, JobId, PlanId, ProviderId, TenantId, UsageRecordId, UserId};
+pub use ids::{AgentId, AuditEventId, JobId, PlanId, ProviderId, TenantId, UsageRecordId, UserId};

@@ -165,6 +165,7 @@ impl From<ControlError> for ApiError {
                     ConflictKind::ConcurrentUpdate => "concurrent_update",
                     ConflictKind::DomainTaken => "domain_taken",
                     ConflictKind::NameTaken => "name_taken",
+                    ConflictKind::InUse => "in_use",
                 };
                 Self::new(StatusCode::CONFLICT, code, "Conflict", kind.to_string())
             }

@@ -38,6 +38,8 @@ pub enum Conflict {
     Domain,
     /// The tenant already has a resource of that name.
     Name,
+    /// A reference to a missing resource, or a resource still referenced.
+    Reference,
 }
 
 impl std::fmt::Display for Conflict {
@@ -50,12 +52,17 @@ impl std::fmt::Display for Conflict {
             Self::LeaseLost => "job lease lost",
             Self::Domain => "custom domain in use",
             Self::Name => "name in use",
+            Self::Reference => "missing or still-referenced resource",
         })
     }
 }
 
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+pub(crate) fn is_fk_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
 }
 
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {

@@ -141,6 +141,16 @@ pub struct TenantKey {
     pub created_at: Timestamp,
 }
 
+/// One version of an agent, as it was.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentVersion {
+    pub version: i64,
+    pub agent: agentplane_core::agent::Agent,
+    pub actor_kind: String,
+    pub actor_id: String,
+    pub ts: Timestamp,
+}
+
 /// A provider credential as stored: its secret sealed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderRecord {
@@ -185,6 +195,7 @@ pub struct PurgeReport {
     pub branding: u64,
     pub providers: u64,
     pub tenant_keys: u64,
+    pub agents: u64,
     pub memberships: u64,
     pub usage_counters: u64,
     pub usage_records: u64,
@@ -369,6 +380,47 @@ pub trait Store: Send + Sync + 'static {
         id: agentplane_core::ProviderId,
         audit: NewAuditEvent,
     ) -> Result<bool>;
+
+    // --- Agents ---
+    /// Stores a new agent (version 1) with its version row and audit event.
+    /// `Conflict::Name`; `Conflict::Reference` if its provider is not one of the tenant's.
+    async fn insert_agent(
+        &self,
+        ctx: &TenantCtx,
+        agent: &agentplane_core::agent::Agent,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    async fn get_agent(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::AgentId,
+    ) -> Result<Option<agentplane_core::agent::Agent>>;
+    async fn list_agents(
+        &self,
+        ctx: &TenantCtx,
+        page: &PageRequest,
+    ) -> Result<Page<agentplane_core::agent::Agent>>;
+    /// Writes `agent` (its `version` the new one) if the stored version is `expected_version`.
+    async fn update_agent(
+        &self,
+        ctx: &TenantCtx,
+        agent: &agentplane_core::agent::Agent,
+        expected_version: i64,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    async fn delete_agent(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::AgentId,
+        audit: NewAuditEvent,
+    ) -> Result<bool>;
+    /// The agent's versions, newest first: `(version, snapshot, actor_kind, actor_id, ts)`.
+    async fn agent_versions(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::AgentId,
+        page: &PageRequest,
+    ) -> Result<Page<AgentVersion>>;
 
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>>;
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()>;

@@ -5,7 +5,7 @@
 //! backend modules.
 
 use super::{BackendStore, Db};
-use crate::error::{corrupt, is_unique_violation};
+use crate::error::{corrupt, is_fk_violation, is_unique_violation};
 use crate::rows::*;
 use crate::*;
 use agentplane_core::audit::{AuditEvent, NewAuditEvent};
@@ -125,6 +125,27 @@ async fn insert_idempotency(tx: &mut Tx<'_>, idem: &IdempotencyRecord) -> Result
         Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(Conflict::IdempotencyKey)),
         r => r.map(|_| ()).map_err(Into::into),
     }
+}
+
+async fn insert_agent_version(
+    tx: &mut Tx<'_>,
+    ctx: &TenantCtx,
+    a: &agentplane_core::agent::Agent,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO agent_versions (tenant_id, agent_id, version, snapshot, actor_kind, actor_id, ts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(a.tenant_id.to_string())
+    .bind(a.id.to_string())
+    .bind(a.version)
+    .bind(to_json(a)?)
+    .bind(ctx.actor().kind())
+    .bind(ctx.actor().id())
+    .bind(a.updated_at.millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Completes a job if this worker still holds its lease.
@@ -556,6 +577,11 @@ impl Store for BackendStore {
             "DELETE FROM tenant_setting_history WHERE tenant_id = $1"
         );
         delete!(branding, "DELETE FROM tenant_branding WHERE tenant_id = $1");
+        delete!(agents, "DELETE FROM agents WHERE tenant_id = $1");
+        sqlx::query("DELETE FROM agent_versions WHERE tenant_id = $1")
+            .bind(&tenant)
+            .execute(&mut *tx)
+            .await?;
         delete!(
             providers,
             "DELETE FROM provider_credentials WHERE tenant_id = $1"
@@ -1125,7 +1151,143 @@ impl Store for BackendStore {
     ) -> Result<bool> {
         let audit = scoped(ctx, audit)?;
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
-        let n = sqlx::query("DELETE FROM provider_credentials WHERE tenant_id = $1 AND id = $2")
+        let res = sqlx::query("DELETE FROM provider_credentials WHERE tenant_id = $1 AND id = $2")
+            .bind(ctx.tenant_id().to_string())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await;
+        let n = match res {
+            Err(e) if is_fk_violation(&e) => return Err(StoreError::Conflict(Conflict::Reference)),
+            r => r?.rows_affected(),
+        };
+        if n == 1 {
+            append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn insert_agent(
+        &self,
+        ctx: &TenantCtx,
+        a: &agentplane_core::agent::Agent,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        same_tenant(ctx, a.tenant_id, "agent")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "INSERT INTO agents (tenant_id, id, name, provider_id, model, system_prompt, params, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(a.tenant_id.to_string())
+        .bind(a.id.to_string())
+        .bind(&a.name)
+        .bind(a.provider_id.to_string())
+        .bind(&a.model)
+        .bind(&a.system_prompt)
+        .bind(to_json(&a.params)?)
+        .bind(a.version)
+        .bind(a.created_at.millis())
+        .bind(a.updated_at.millis())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            Err(e) if is_fk_violation(&e) => return Err(StoreError::Conflict(Conflict::Reference)),
+            r => r?,
+        };
+        insert_agent_version(&mut tx, ctx, a).await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_agent(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::AgentId,
+    ) -> Result<Option<agentplane_core::agent::Agent>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<AgentRow> =
+            sqlx::query_as("SELECT * FROM agents WHERE tenant_id = $1 AND id = $2")
+                .bind(ctx.tenant_id().to_string())
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        row.map(agentplane_core::agent::Agent::try_from).transpose()
+    }
+
+    async fn list_agents(
+        &self,
+        ctx: &TenantCtx,
+        page: &PageRequest,
+    ) -> Result<Page<agentplane_core::agent::Agent>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<AgentRow> = sqlx::query_as(
+            "SELECT * FROM agents WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(after_key(page))
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |a: &agentplane_core::agent::Agent| a.id.to_string(),
+        ))
+    }
+
+    async fn update_agent(
+        &self,
+        ctx: &TenantCtx,
+        a: &agentplane_core::agent::Agent,
+        expected_version: i64,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        same_tenant(ctx, a.tenant_id, "agent")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "UPDATE agents SET name = $3, provider_id = $4, model = $5, system_prompt = $6, params = $7, version = $8, \
+             updated_at = $9 WHERE tenant_id = $1 AND id = $2 AND version = $10",
+        )
+        .bind(a.tenant_id.to_string())
+        .bind(a.id.to_string())
+        .bind(&a.name)
+        .bind(a.provider_id.to_string())
+        .bind(&a.model)
+        .bind(&a.system_prompt)
+        .bind(to_json(&a.params)?)
+        .bind(a.version)
+        .bind(a.updated_at.millis())
+        .bind(expected_version)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            Err(e) if is_fk_violation(&e) => return Err(StoreError::Conflict(Conflict::Reference)),
+            Ok(r) if r.rows_affected() != 1 => return Err(StoreError::Conflict(Conflict::Version)),
+            r => r?,
+        };
+        insert_agent_version(&mut tx, ctx, a).await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_agent(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::AgentId,
+        audit: NewAuditEvent,
+    ) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let n = sqlx::query("DELETE FROM agents WHERE tenant_id = $1 AND id = $2")
             .bind(ctx.tenant_id().to_string())
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -1136,6 +1298,35 @@ impl Store for BackendStore {
         }
         tx.commit().await?;
         Ok(n == 1)
+    }
+
+    async fn agent_versions(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::AgentId,
+        page: &PageRequest,
+    ) -> Result<Page<AgentVersion>> {
+        let before: i64 = match &page.after {
+            None => i64::MAX,
+            Some(k) => k.parse().map_err(|_| StoreError::InvalidCursor)?,
+        };
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<AgentVersionRow> = sqlx::query_as(
+            "SELECT version, snapshot, actor_kind, actor_id, ts FROM agent_versions \
+             WHERE tenant_id = $1 AND agent_id = $2 AND version < $3 ORDER BY version DESC LIMIT $4",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(id.to_string())
+        .bind(before)
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |v: &AgentVersion| v.version.to_string(),
+        ))
     }
 
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>> {

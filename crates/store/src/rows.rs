@@ -432,3 +432,57 @@ impl TryFrom<ProviderRow> for crate::ProviderRecord {
         })
     }
 }
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AgentRow {
+    tenant_id: String,
+    id: String,
+    name: String,
+    provider_id: String,
+    model: String,
+    system_prompt: String,
+    params: String,
+    version: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<AgentRow> for agentplane_core::agent::Agent {
+    type Error = crate::StoreError;
+    fn try_from(r: AgentRow) -> Result<Self> {
+        Ok(agentplane_core::agent::Agent {
+            id: parse(&r.id, "agents.id")?,
+            tenant_id: parse(&r.tenant_id, "agents.tenant_id")?,
+            name: r.name,
+            provider_id: parse(&r.provider_id, "agents.provider_id")?,
+            model: r.model,
+            system_prompt: r.system_prompt,
+            params: json(&r.params, "agents.params")?,
+            version: r.version,
+            created_at: Timestamp::from_millis(r.created_at),
+            updated_at: Timestamp::from_millis(r.updated_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AgentVersionRow {
+    version: i64,
+    snapshot: String,
+    actor_kind: String,
+    actor_id: String,
+    ts: i64,
+}
+
+impl TryFrom<AgentVersionRow> for crate::AgentVersion {
+    type Error = crate::StoreError;
+    fn try_from(r: AgentVersionRow) -> Result<Self> {
+        Ok(crate::AgentVersion {
+            version: r.version,
+            agent: json(&r.snapshot, "agent_versions.snapshot")?,
+            actor_kind: r.actor_kind,
+            actor_id: r.actor_id,
+            ts: Timestamp::from_millis(r.ts),
+        })
+    }
+}

@@ -68,6 +68,8 @@ pub async fn openapi() -> impl IntoResponse {
         super::providers::list, super::providers::create, super::providers::get, super::providers::update,
         super::providers::delete, super::providers::test, super::providers::keys, super::providers::rotate_tenant_key,
         super::providers::rotate_master_key,
+        super::agents::list, super::agents::create, super::agents::get, super::agents::update, super::agents::delete,
+        super::agents::versions,
     ),
     components(schemas(Problem, super::usage::ExportFormat)),
     modifiers(&BearerAuth, &ProblemResponses)

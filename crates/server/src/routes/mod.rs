@@ -2,6 +2,7 @@
 //! mounted at its declared method and path, and its extractor checks the permission the
 //! registry declares for it. A test checks that every declared action is routed.
 
+mod agents;
 mod audit;
 mod branding;
 mod meta;
@@ -81,6 +82,12 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.list_tenant_keys" => on(f, providers::keys),
         "admin.rotate_tenant_key" => on(f, providers::rotate_tenant_key),
         "admin.rotate_master_key" => on(f, providers::rotate_master_key),
+        "admin.list_agents" => on(f, agents::list),
+        "admin.create_agent" => on(f, agents::create),
+        "admin.get_agent" => on(f, agents::get),
+        "admin.update_agent" => on(f, agents::update),
+        "admin.delete_agent" => on(f, agents::delete),
+        "admin.list_agent_versions" => on(f, agents::versions),
         _ => return None,
     })
 }
