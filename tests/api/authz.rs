@@ -38,7 +38,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{plan_id}", "free")
         .replace("{setting_key}", "locale")
         .replace("{provider_id}", &uuid::Uuid::now_v7().to_string())
-        .replace("{agent_id}", &uuid::Uuid::now_v7().to_string());
+        .replace("{agent_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{key_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -58,6 +59,7 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
         })),
         "admin.update_provider" => Some(json!({"models": ["m1"]})),
         "admin.update_agent" => Some(json!({"model": format!("model-{n}")})),
+        "admin.create_api_key" => Some(json!({"name": format!("key {n}")})),
         "admin.rollback_tenant_setting" => Some(json!({"version": 1})),
         "admin.create_plan" => Some(json!({
             "id": format!("authz-{n}"), "name": "Authz plan",
@@ -274,6 +276,36 @@ async fn send(
             .unwrap()
             .to_owned();
         let path = path.replace(&placeholder, agent["id"].as_str().unwrap());
+        return app
+            .call(
+                method(action.method),
+                &path,
+                Some(token),
+                body_for(action, n),
+            )
+            .await;
+    }
+    if action.path.contains("{key_id}") {
+        let (s, k) = status_json(
+            app.post(
+                &format!("/v1/tenants/{tenant}/api-keys"),
+                &app.platform_admin(),
+                json!({"name": "to revoke"}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 201, "preparing a key: {k}");
+        let path = path_for(action, tenant);
+        let placeholder = path
+            .split('/')
+            .nth(5)
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        let path = path.replace(&placeholder, k["api_key"]["id"].as_str().unwrap());
         return app
             .call(
                 method(action.method),

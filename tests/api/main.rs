@@ -10,6 +10,7 @@
 mod helpers;
 
 mod agents;
+mod api_keys;
 mod audit;
 mod authz;
 mod branding;
@@ -22,4 +23,5 @@ mod providers;
 mod rls;
 mod settings;
 mod tenants;
+mod transit;
 mod usage;

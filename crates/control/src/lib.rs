@@ -5,6 +5,7 @@
 //! the server's. Every change is handed to the store together with its audit event.
 
 mod agents;
+mod api_keys;
 mod branding;
 mod idempotency;
 mod keys;
@@ -15,6 +16,7 @@ mod tenants;
 
 pub mod error;
 pub use agents::{CreateAgent, UpdateAgent};
+pub use api_keys::{CreateApiKey, CreatedApiKey, KeyRejected};
 pub use branding::BrandingPatch;
 pub use error::ControlError;
 pub use idempotency::{IdempotencyKey, Replayable};
@@ -42,6 +44,7 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
     objects: Objects,
     keys: Keys,
+    key_uses: api_keys::KeyUses,
     cfg: WorkerConfig,
 }
 
@@ -66,6 +69,7 @@ impl ControlPlane {
             store,
             objects,
             keys,
+            key_uses: Default::default(),
             cfg,
         }
     }

@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EffectiveSetting {
     pub key: &'static str,
-    #[schema(value_type = Object)]
     pub value: Value,
     /// 0 while the tenant uses the default.
     pub version: i64,

@@ -1200,6 +1200,80 @@ pub static LIST_AGENT_VERSIONS: ActionSpec = ActionSpec {
     )
 };
 
+pub static LIST_API_KEYS: ActionSpec = ActionSpec {
+    entity: "api_key",
+    permission: Some(Permission::ApiKeysRead),
+    parameters: &[CURSOR, LIMIT],
+    preconditions: &["caller must have tenant_admin or auditor role"],
+    description: "List the tenant's API keys (prefixes, never secrets)",
+    ..spec(
+        "admin.list_api_keys",
+        "api_key",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/api-keys",
+    )
+};
+
+pub static CREATE_API_KEY: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::ApiKeysWrite),
+    parameters: &[
+        Param::new("name", ParamType::String, true, "what the key is for"),
+        Param::new(
+            "expires_at",
+            ParamType::String,
+            false,
+            "when it stops working",
+        )
+        .format("date-time"),
+        Param::new(
+            "scopes",
+            ParamType::Object,
+            false,
+            "agents and models it may reach; empty lists mean any",
+        ),
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "the key is shown once and stored as a hash",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    idempotent: false,
+    side_effects: &["audit_log", "credential_issued"],
+    description: "Create an API key for an app",
+    ..spec(
+        "admin.create_api_key",
+        "api_key",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/api-keys",
+    )
+};
+
+pub static REVOKE_API_KEY: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::ApiKeysWrite),
+    parameters: &[
+        Param::new("key_id", ParamType::String, true, "the key").format("uuid"),
+        CONFIRM,
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "the key is refused from the next request on",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log", "access_revoked"],
+    description: "Revoke an API key, with immediate effect",
+    ..spec(
+        "admin.revoke_api_key",
+        "api_key",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/api-keys/{key_id}",
+    )
+};
+
 /// Every admin action. The server routes exactly these; a test checks none is missing.
 pub static REGISTRY: &[&ActionSpec] = &[
     &DEBUG_IDENTITY,
@@ -1244,6 +1318,9 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &UPDATE_AGENT,
     &DELETE_AGENT,
     &LIST_AGENT_VERSIONS,
+    &LIST_API_KEYS,
+    &CREATE_API_KEY,
+    &REVOKE_API_KEY,
 ];
 
 impl ActionSpec {

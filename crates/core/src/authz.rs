@@ -68,6 +68,8 @@ pub enum Permission {
     MasterKeyRotate,
     AgentsRead,
     AgentsWrite,
+    ApiKeysRead,
+    ApiKeysWrite,
 }
 
 impl Permission {
@@ -93,6 +95,8 @@ impl Permission {
             Self::MasterKeyRotate => "keys.rotate_master",
             Self::AgentsRead => "agents.read",
             Self::AgentsWrite => "agents.write",
+            Self::ApiKeysRead => "api_keys.read",
+            Self::ApiKeysWrite => "api_keys.write",
         }
     }
 }
@@ -140,6 +144,11 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor, R::Member],
     ),
     (P::AgentsWrite, &[R::PlatformAdmin, R::TenantAdmin]),
+    (
+        P::ApiKeysRead,
+        &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
+    ),
+    (P::ApiKeysWrite, &[R::PlatformAdmin, R::TenantAdmin]),
 ];
 
 pub fn role_grants(role: Role, perm: Permission) -> bool {
@@ -248,6 +257,9 @@ pub enum Actor {
     System {
         component: String,
     },
+    ApiKey {
+        key_id: String,
+    },
 }
 
 impl Actor {
@@ -255,12 +267,14 @@ impl Actor {
         match self {
             Self::User { .. } => "user",
             Self::System { .. } => "system",
+            Self::ApiKey { .. } => "api_key",
         }
     }
     pub fn id(&self) -> &str {
         match self {
             Self::User { subject, .. } => subject,
             Self::System { component } => component,
+            Self::ApiKey { key_id } => key_id,
         }
     }
 }
@@ -278,6 +292,17 @@ impl TenantCtx {
     }
     pub fn actor(&self) -> &Actor {
         &self.actor
+    }
+
+    /// An app calling the gateway with a tenant API key: the key was found by its public id,
+    /// its secret matched, and it is neither revoked nor expired (checked by the auth layer).
+    pub fn for_api_key(key: &crate::api_key::VerifiedApiKey) -> Self {
+        Self {
+            tenant_id: key.tenant_id,
+            actor: Actor::ApiKey {
+                key_id: key.key_id.to_string(),
+            },
+        }
     }
 
     /// BYPASS: the durable-job worker acts inside the tenant that enqueued the job. The job

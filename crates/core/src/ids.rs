@@ -92,6 +92,10 @@ uuid_id!(
     /// A tenant's agent definition.
     AgentId
 );
+uuid_id!(
+    /// A tenant API key (for apps calling the gateway).
+    ApiKeyId
+);
 
 /// A plan id is chosen by the operator: lowercase letters, digits and `-`/`_`, 1-64 long.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 
 pub mod action;
 pub mod agent;
+pub mod api_key;
 pub mod audit;
 pub mod authz;
 pub mod branding;
@@ -39,4 +40,6 @@ where
 }
 
 pub use error::DomainError;
-pub use ids::{AgentId, AuditEventId, JobId, PlanId, ProviderId, TenantId, UsageRecordId, UserId};
+pub use ids::{
+    AgentId, ApiKeyId, AuditEventId, JobId, PlanId, ProviderId, TenantId, UsageRecordId, UserId,
+};

@@ -176,6 +176,26 @@ impl Server {
             let stop = shutdown.clone();
             tasks.spawn(async move { control.run_worker(stop).await });
         }
+        {
+            // API-key last-use times are written in batches, off the request path.
+            let control = self.state.control().clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    let stopping = tokio::select! {
+                        _ = stop.cancelled() => true,
+                        _ = tick.tick() => false,
+                    };
+                    if let Err(e) = control.flush_key_uses().await {
+                        tracing::warn!(error = %e, "could not record API key use");
+                    }
+                    if stopping {
+                        return;
+                    }
+                }
+            });
+        }
         let router = self.router();
         let stop = shutdown.clone();
         let res = axum::serve(listener, router)

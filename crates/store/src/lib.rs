@@ -87,7 +87,6 @@ pub struct MemberFilter {
 pub struct Setting {
     pub key: String,
     pub version: i64,
-    #[schema(value_type = Object)]
     pub value: Value,
     pub updated_at: Timestamp,
 }
@@ -118,9 +117,7 @@ pub struct SettingWrite {
 pub struct SettingVersion {
     pub key: String,
     pub version: i64,
-    #[schema(value_type = Object)]
     pub value: Value,
-    #[schema(value_type = Option<Object>)]
     pub previous: Option<Value>,
     pub actor_kind: String,
     pub actor_id: String,
@@ -196,6 +193,7 @@ pub struct PurgeReport {
     pub providers: u64,
     pub tenant_keys: u64,
     pub agents: u64,
+    pub api_keys: u64,
     pub memberships: u64,
     pub usage_counters: u64,
     pub usage_records: u64,
@@ -421,6 +419,41 @@ pub trait Store: Send + Sync + 'static {
         id: agentplane_core::AgentId,
         page: &PageRequest,
     ) -> Result<Page<AgentVersion>>;
+
+    // --- API keys ---
+    async fn insert_api_key(
+        &self,
+        ctx: &TenantCtx,
+        key: &agentplane_core::api_key::ApiKey,
+        public_id: &str,
+        secret_hash: &str,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    async fn list_api_keys(
+        &self,
+        ctx: &TenantCtx,
+        page: &PageRequest,
+    ) -> Result<Page<agentplane_core::api_key::ApiKey>>;
+    /// Revokes a key (once: the audit event is written only by the first revocation).
+    async fn revoke_api_key(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::ApiKeyId,
+        at: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Option<agentplane_core::api_key::ApiKey>>;
+    /// CROSS-TENANT LOOKUP for the auth layer: a presented key's record and secret hash, by its
+    /// public id, before the tenant is known.
+    async fn find_api_key(
+        &self,
+        public_id: &str,
+    ) -> Result<Option<(agentplane_core::api_key::ApiKey, String)>>;
+    /// Records when keys were last used (batched by the server, never per request).
+    async fn touch_api_keys(
+        &self,
+        platform: &PlatformCtx,
+        uses: &[(TenantId, agentplane_core::ApiKeyId, Timestamp)],
+    ) -> Result<()>;
 
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>>;
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()>;

@@ -578,6 +578,7 @@ impl Store for BackendStore {
         );
         delete!(branding, "DELETE FROM tenant_branding WHERE tenant_id = $1");
         delete!(agents, "DELETE FROM agents WHERE tenant_id = $1");
+        delete!(api_keys, "DELETE FROM api_keys WHERE tenant_id = $1");
         sqlx::query("DELETE FROM agent_versions WHERE tenant_id = $1")
             .bind(&tenant)
             .execute(&mut *tx)
@@ -1327,6 +1328,129 @@ impl Store for BackendStore {
             page.limit,
             |v: &AgentVersion| v.version.to_string(),
         ))
+    }
+
+    async fn insert_api_key(
+        &self,
+        ctx: &TenantCtx,
+        k: &agentplane_core::api_key::ApiKey,
+        public_id: &str,
+        secret_hash: &str,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        same_tenant(ctx, k.tenant_id, "api key")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        sqlx::query(
+            "INSERT INTO api_keys (tenant_id, id, public_id, name, secret_hash, scopes, created_by, created_at, expires_at, \
+             revoked_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL)",
+        )
+        .bind(k.tenant_id.to_string())
+        .bind(k.id.to_string())
+        .bind(public_id)
+        .bind(&k.name)
+        .bind(secret_hash)
+        .bind(to_json(&k.scopes)?)
+        .bind(&k.created_by)
+        .bind(k.created_at.millis())
+        .bind(k.expires_at.map(Timestamp::millis))
+        .execute(&mut *tx)
+        .await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_api_keys(
+        &self,
+        ctx: &TenantCtx,
+        page: &PageRequest,
+    ) -> Result<Page<agentplane_core::api_key::ApiKey>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<ApiKeyRow> = sqlx::query_as(
+            "SELECT * FROM api_keys WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(after_key(page))
+        .bind(overfetch(page))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let keys = rows
+            .into_iter()
+            .map(|r| r.into_key().map(|(k, _)| k))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(
+            keys,
+            page.limit,
+            |k: &agentplane_core::api_key::ApiKey| k.id.to_string(),
+        ))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        ctx: &TenantCtx,
+        id: agentplane_core::ApiKeyId,
+        at: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Option<agentplane_core::api_key::ApiKey>> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let n = sqlx::query("UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL")
+            .bind(ctx.tenant_id().to_string())
+            .bind(id.to_string())
+            .bind(at.millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let row: Option<ApiKeyRow> =
+            sqlx::query_as("SELECT * FROM api_keys WHERE tenant_id = $1 AND id = $2")
+                .bind(ctx.tenant_id().to_string())
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if n == 1 {
+            append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        row.map(|r| r.into_key().map(|(k, _)| k)).transpose()
+    }
+
+    async fn find_api_key(
+        &self,
+        public_id: &str,
+    ) -> Result<Option<(agentplane_core::api_key::ApiKey, String)>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<ApiKeyRow> = sqlx::query_as("SELECT * FROM api_keys WHERE public_id = $1")
+            .bind(public_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(ApiKeyRow::into_key).transpose()
+    }
+
+    async fn touch_api_keys(
+        &self,
+        _platform: &PlatformCtx,
+        uses: &[(TenantId, agentplane_core::ApiKeyId, Timestamp)],
+    ) -> Result<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_platform().await?;
+        for (tenant, id, at) in uses {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $3 WHERE tenant_id = $1 AND id = $2 \
+                 AND (last_used_at IS NULL OR last_used_at < $3)",
+            )
+            .bind(tenant.to_string())
+            .bind(id.to_string())
+            .bind(at.millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>> {

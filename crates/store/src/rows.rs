@@ -486,3 +486,36 @@ impl TryFrom<AgentVersionRow> for crate::AgentVersion {
         })
     }
 }
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ApiKeyRow {
+    tenant_id: String,
+    id: String,
+    public_id: String,
+    name: String,
+    secret_hash: String,
+    scopes: String,
+    created_by: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+}
+
+impl ApiKeyRow {
+    pub(crate) fn into_key(self) -> Result<(agentplane_core::api_key::ApiKey, String)> {
+        let key = agentplane_core::api_key::ApiKey {
+            id: parse(&self.id, "api_keys.id")?,
+            tenant_id: parse(&self.tenant_id, "api_keys.tenant_id")?,
+            name: self.name,
+            prefix: format!("{}{}", agentplane_core::api_key::PREFIX, self.public_id),
+            scopes: json(&self.scopes, "api_keys.scopes")?,
+            created_by: self.created_by,
+            created_at: Timestamp::from_millis(self.created_at),
+            expires_at: self.expires_at.map(Timestamp::from_millis),
+            revoked_at: self.revoked_at.map(Timestamp::from_millis),
+            last_used_at: self.last_used_at.map(Timestamp::from_millis),
+        };
+        Ok((key, self.secret_hash))
+    }
+}

@@ -70,6 +70,7 @@ pub async fn openapi() -> impl IntoResponse {
         super::providers::rotate_master_key,
         super::agents::list, super::agents::create, super::agents::get, super::agents::update, super::agents::delete,
         super::agents::versions,
+        super::api_keys::list, super::api_keys::create, super::api_keys::revoke, super::gateway::models,
     ),
     components(schemas(Problem, super::usage::ExportFormat)),
     modifiers(&BearerAuth, &ProblemResponses)
@@ -90,6 +91,15 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ap_live_...")
+                    .build(),
+            ),
+        );
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
@@ -133,6 +143,10 @@ impl utoipa::Modify for ProblemResponses {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
+            // The OpenAI-compatible gateway documents its own (OpenAI-shaped) errors.
+            if path.starts_with("/v1/models") || path.starts_with("/v1/chat") {
+                continue;
+            }
             let public = matches!(path.as_str(), "/health" | "/v1/axag/manifest");
             let ops = [
                 ("GET", &mut item.get),

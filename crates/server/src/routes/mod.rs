@@ -3,8 +3,10 @@
 //! registry declares for it. A test checks that every declared action is routed.
 
 mod agents;
+mod api_keys;
 mod audit;
 mod branding;
+mod gateway;
 mod meta;
 mod plans;
 mod providers;
@@ -88,6 +90,9 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.update_agent" => on(f, agents::update),
         "admin.delete_agent" => on(f, agents::delete),
         "admin.list_agent_versions" => on(f, agents::versions),
+        "admin.list_api_keys" => on(f, api_keys::list),
+        "admin.create_api_key" => on(f, api_keys::create),
+        "admin.revoke_api_key" => on(f, api_keys::revoke),
         _ => return None,
     })
 }
@@ -96,7 +101,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut r = Router::new()
         .route("/health", get(meta::health))
         .route("/openapi.json", get(meta::openapi))
-        .route("/v1/axag/manifest", get(meta::manifest));
+        .route("/v1/axag/manifest", get(meta::manifest))
+        .route("/v1/models", get(gateway::models));
     for spec in REGISTRY {
         match action_route(spec) {
             Some(mr) => r = r.route(spec.path, mr),

@@ -30,7 +30,6 @@ pub struct SettingPath {
 #[serde(deny_unknown_fields)]
 pub struct UpdateSetting {
     /// The new value, of the key's type.
-    #[schema(value_type = Object)]
     pub setting_value: Value,
     /// Refuse (409) if the setting changed since this version was read.
     pub expected_version: Option<i64>,
