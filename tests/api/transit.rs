@@ -461,9 +461,15 @@ async fn a_token_without_encrypt_rights_changes_nothing(b: Backend) {
         .audit_chain_page(&platform, "platform", 0, 100)
         .await
         .unwrap();
-    assert!(
-        !events.iter().any(|(e, _)| e.action == "keys.rotate_master"),
-        "no rotation recorded"
+    let rotations: Vec<&str> = events
+        .iter()
+        .filter(|(e, _)| e.action == "keys.rotate_master")
+        .map(|(e, _)| e.outcome.as_str())
+        .collect();
+    assert_eq!(
+        rotations,
+        ["failure"],
+        "the refused rotation is recorded as a failure, not a success"
     );
 
     // The working server is untouched.
@@ -571,7 +577,8 @@ async fn a_stopped_openbao_answers_503_and_stores_nothing(b: Backend) {
     let cfg = agentplane_server::config::Config::from_sources(None, &env).unwrap();
     let err = match agentplane_server::Server::build(&cfg).await {
         Ok(_) => panic!("a server started without its KMS"),
-        Err(e) => e.to_string(),
+        // The message with its causes, as `agentplane serve` prints it (`{:#}`).
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
     };
     assert!(
         err.contains("key management") && err.contains("cannot connect") && err.contains(&addr),

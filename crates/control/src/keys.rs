@@ -250,6 +250,27 @@ impl ControlPlane {
     /// Master-key rotation: the KMS makes a new key-encryption key version and every tenant's
     /// data keys are re-wrapped with it. Sealed data is not touched.
     pub async fn rotate_master_key(&self, platform: &PlatformCtx) -> Result<MasterRotation> {
+        let res = self.rotate_master_key_inner(platform).await;
+        if let Err(e) = &res {
+            // A failure part-way (the KMS may already have a new version, some keys re-wrapped)
+            // is recorded too; a rerun re-wraps what is left.
+            let audit = NewAuditEvent::new(
+                Chain::Platform,
+                "keys.rotate_master",
+                platform.actor(),
+                Timestamp::now(),
+            )
+            .target("kms", self.keys.kms.name())
+            .outcome(agentplane_core::audit::Outcome::Failure)
+            .data(json!({"error": e.to_string()}));
+            if let Err(a) = self.store.append_audit(audit).await {
+                tracing::error!(error = %a, "could not record a failed master-key rotation");
+            }
+        }
+        res
+    }
+
+    async fn rotate_master_key_inner(&self, platform: &PlatformCtx) -> Result<MasterRotation> {
         let started = std::time::Instant::now();
         let kek_version = self.keys.kms.rotate().await?;
         let all = self.store.all_tenant_keys(platform).await?;

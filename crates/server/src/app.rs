@@ -20,13 +20,14 @@ use tokio_util::task::TaskTracker;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("database: {0}")]
+    // The cause is the error's source: `{:#}` prints it once, after this context.
+    #[error("database")]
     Store(#[from] StoreError),
-    #[error("JWT verification: {0}")]
+    #[error("JWT verification")]
     Auth(#[from] AuthSetupError),
-    #[error("key management: {0}")]
+    #[error("key management")]
     Kms(#[from] agentplane_crypto::CryptoError),
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     DataDir {
         path: String,
         source: std::io::Error,

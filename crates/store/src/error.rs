@@ -4,10 +4,12 @@ use thiserror::Error;
 pub enum StoreError {
     #[error("conflict: {0}")]
     Conflict(Conflict),
+    // Display carries the cause (logs print Display only); no `source`, so a `{:#}` chain
+    // does not print it twice.
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("migration error: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("the database schema is at version {found}, this build needs {expected}: run `agentplane migrate`")]
     SchemaOutdated { found: i64, expected: i64 },
     /// A tenant-scoped write was handed a row or event of another tenant: a bug, refused
@@ -20,7 +22,7 @@ pub enum StoreError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("object store: {0}")]
-    Objects(#[from] object_store::Error),
+    Objects(object_store::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -67,4 +69,22 @@ pub(crate) fn is_fk_violation(e: &sqlx::Error) -> bool {
 
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
+}
+
+impl From<object_store::Error> for StoreError {
+    fn from(e: object_store::Error) -> Self {
+        Self::Objects(e)
+    }
 }
