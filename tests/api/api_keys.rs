@@ -257,23 +257,7 @@ async fn key_secrets_are_never_stored_or_shown_again(b: Backend) {
     let secret = key.rsplit('_').next().unwrap();
     let (_, list) = status_json(app.get(&format!("/v1/tenants/{a}/api-keys"), &admin).await).await;
     assert!(!list.to_string().contains(secret), "never shown again");
-    let dump: Vec<u8> = match &app.db.pg {
-        None => {
-            let mut bytes = std::fs::read(app.db.sqlite_path()).unwrap();
-            bytes.extend(
-                std::fs::read(app.db.sqlite_path().with_extension("db-wal")).unwrap_or_default(),
-            );
-            bytes
-        }
-        Some(pg) => {
-            std::process::Command::new("pg_dump")
-                .args(["--data-only", &pg.url])
-                .output()
-                .unwrap()
-                .stdout
-        }
-    };
-    assert!(dump.len() > 1000);
+    let dump = crate::helpers::dump_database(&app.db);
     assert!(
         !dump.windows(secret.len()).any(|w| w == secret.as_bytes()),
         "the secret is not stored"

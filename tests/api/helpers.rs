@@ -296,3 +296,31 @@ pub async fn status_json(res: Response) -> (u16, Value) {
     assert!(status < 500, "server error: {status} {body}");
     (status, body)
 }
+
+/// Every byte the database holds, as an attacker with a copy of it would see them: the SQLite
+/// file and its write-ahead log, or a `pg_dump` of the PostgreSQL database.
+pub fn dump_database(db: &Db) -> Vec<u8> {
+    let dump = match &db.pg {
+        None => {
+            let mut bytes = std::fs::read(db.sqlite_path()).unwrap();
+            bytes.extend(
+                std::fs::read(db.sqlite_path().with_extension("db-wal")).unwrap_or_default(),
+            );
+            bytes
+        }
+        Some(pg) => {
+            let out = std::process::Command::new("pg_dump")
+                .args(["--data-only", &pg.url])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        }
+    };
+    assert!(dump.len() > 1000, "the dump is real");
+    dump
+}

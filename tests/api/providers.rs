@@ -347,29 +347,7 @@ async fn no_secret_is_readable_at_rest(b: Backend) {
     assert_eq!(s, 201);
     let (s, _) = create(&app, &a, &admin, json!({"name": "az", "kind": "azure_openai", "base_url": "https://acme.openai.azure.example", "api_key": canary})).await;
     assert_eq!(s, 201);
-    let dump: Vec<u8> = match &app.db.pg {
-        None => {
-            // The database file and its write-ahead log, byte for byte.
-            let mut bytes = std::fs::read(app.db.sqlite_path()).unwrap();
-            bytes.extend(
-                std::fs::read(app.db.sqlite_path().with_extension("db-wal")).unwrap_or_default(),
-            );
-            bytes
-        }
-        Some(pg) => {
-            let out = std::process::Command::new("pg_dump")
-                .args(["--data-only", &pg.url])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
-        }
-    };
-    assert!(dump.len() > 1000, "the dump is real");
+    let dump = crate::helpers::dump_database(&app.db);
     let needle = canary.as_bytes();
     assert!(
         !dump.windows(needle.len()).any(|w| w == needle),

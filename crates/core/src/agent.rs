@@ -61,18 +61,7 @@ impl AgentParams {
 }
 
 pub fn validate_agent_name(v: &str) -> Result<String, DomainError> {
-    let v = v.trim();
-    let ok = (1..=64).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if ok {
-        Ok(v.to_owned())
-    } else {
-        Err(DomainError::invalid(
-            "name",
-            "must be 1-64 characters of A-Z, a-z, 0-9, _ - .",
-        ))
-    }
+    crate::validate_ident_name("name", v)
 }
 
 pub fn validate_model(v: &str) -> Result<String, DomainError> {

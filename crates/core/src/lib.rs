@@ -23,6 +23,22 @@ pub mod tenant;
 pub mod time;
 pub mod usage;
 
+/// A name that is also an identifier (agents, providers): 1-64 of A-Z, a-z, 0-9, `_ - .`.
+pub fn validate_ident_name(field: &'static str, v: &str) -> Result<String, DomainError> {
+    let v = v.trim();
+    let ok = (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            "must be 1-64 characters of A-Z, a-z, 0-9, _ - .",
+        ))
+    }
+}
+
 /// Deserializes a struct only from a JSON object. serde's derived structs also accept a
 /// positional array (`[1, 2, 3]`), which an API must not: use with
 /// `#[serde(deserialize_with = "agentplane_core::object_only")]`.

@@ -54,18 +54,7 @@ pub struct Provider {
 }
 
 pub fn validate_provider_name(v: &str) -> Result<String, DomainError> {
-    let v = v.trim();
-    let ok = (1..=64).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    if ok {
-        Ok(v.to_owned())
-    } else {
-        Err(DomainError::invalid(
-            "name",
-            "must be 1-64 characters of A-Z, a-z, 0-9, _ - .",
-        ))
-    }
+    crate::validate_ident_name("name", v)
 }
 
 pub fn validate_api_key(v: &str) -> Result<(), DomainError> {
