@@ -324,3 +324,31 @@ pub fn dump_database(db: &Db) -> Vec<u8> {
     assert!(dump.len() > 1000, "the dump is real");
     dump
 }
+
+/// Runs SQL as the database owner, around the server (test-only tampering).
+pub async fn raw_exec(db: &Db, sql: &str, args: &[&str]) {
+    use sqlx::Connection;
+    match &db.pg {
+        Some(pg) => {
+            let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+            let mut q = sqlx::query(sql);
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.execute(&mut c).await.unwrap();
+        }
+        None => {
+            let mut c = sqlx::SqliteConnection::connect(&format!(
+                "sqlite://{}",
+                db.sqlite_path().display()
+            ))
+            .await
+            .unwrap();
+            let mut q = sqlx::query(sql);
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.execute(&mut c).await.unwrap();
+        }
+    }
+}

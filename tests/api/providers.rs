@@ -3,7 +3,7 @@
 //! the provider's protocol, key rotations that lose nothing, crypto-shredding on purge.
 
 use crate::both_backends;
-use crate::helpers::{status_json, Backend, Db, TestApp};
+use crate::helpers::{status_json, Backend, TestApp};
 use agentplane_core::authz::PlatformCtx;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -115,34 +115,6 @@ async fn probe(app: &TestApp, t: &str, id: &str, token: &str) -> (u16, Value) {
         .await;
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Runs SQL as the database owner, around the server (test-only tampering).
-async fn raw_exec(db: &Db, sql: &str, args: &[&str]) {
-    use sqlx::Connection;
-    match &db.pg {
-        Some(pg) => {
-            let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
-            let mut q = sqlx::query(sql);
-            for a in args {
-                q = q.bind(*a);
-            }
-            q.execute(&mut c).await.unwrap();
-        }
-        None => {
-            let mut c = sqlx::SqliteConnection::connect(&format!(
-                "sqlite://{}",
-                db.sqlite_path().display()
-            ))
-            .await
-            .unwrap();
-            let mut q = sqlx::query(sql);
-            for a in args {
-                q = q.bind(*a);
-            }
-            q.execute(&mut c).await.unwrap();
-        }
-    }
 }
 
 async fn providers_are_validated_write_only_and_tenant_scoped(b: Backend) {
@@ -388,7 +360,7 @@ async fn a_ciphertext_moved_to_another_row_or_tenant_does_not_open(b: Backend) {
     // Copy provider one's sealed secret over provider two's (same tenant, same key).
     let copy = "UPDATE provider_credentials SET secret = (SELECT secret FROM provider_credentials WHERE id = $1), \
                 key_version = (SELECT key_version FROM provider_credentials WHERE id = $1) WHERE id = $2";
-    raw_exec(&app.db, copy, &[id1, id2]).await;
+    crate::helpers::raw_exec(&app.db, copy, &[id1, id2]).await;
     let (s, p) = probe(&app, &a, id2, &admin_a).await;
     assert_eq!(
         (s, p["code"].as_str()),
@@ -396,7 +368,7 @@ async fn a_ciphertext_moved_to_another_row_or_tenant_does_not_open(b: Backend) {
         "bound to its row: {p}"
     );
     // And over another tenant's provider.
-    raw_exec(&app.db, copy, &[id1, id3]).await;
+    crate::helpers::raw_exec(&app.db, copy, &[id1, id3]).await;
     let (s, p) = probe(&app, &z, id3, &admin_z).await;
     assert_eq!(
         (s, p["code"].as_str()),

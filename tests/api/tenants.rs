@@ -14,6 +14,7 @@ both_backends!(
     concurrent_creations_with_one_idempotency_key_make_one_tenant,
     idempotency_key_reused_with_another_body_is_refused,
     plan_change_applies_at_once,
+    users_filter_by_role_before_paging,
 );
 
 async fn create_provisions_defaults_quota_and_first_admin(b: Backend) {
@@ -549,4 +550,76 @@ async fn plan_change_applies_at_once(b: Backend) {
         status_json(app.get(&usage_path, &tok).await).await.1["plan_id"],
         "pro"
     );
+}
+
+async fn users_filter_by_role_before_paging(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let t = app.active_tenant("Acme").await;
+    // The first admin plus, in user-id order: member, auditor, member, auditor, auditor.
+    for (i, role) in ["member", "auditor", "member", "auditor", "auditor"]
+        .iter()
+        .enumerate()
+    {
+        crate::helpers::raw_exec(
+            &app.db,
+            "INSERT INTO memberships (tenant_id, user_id, email, roles, status, created_at) VALUES ($1, $2, $3, $4, 'active', 0)",
+            &[&t, &uuid::Uuid::now_v7().to_string(), &format!("u{i}@acme.test"), &format!("[\"{role}\"]")],
+        )
+        .await;
+    }
+    let admin = app.tenant_user("tenant_admin", &t);
+    let mut seen = vec![];
+    let mut cursor = String::new();
+    for _ in 0..5 {
+        let (s, page) = status_json(
+            app.get(
+                &format!("/v1/tenants/{t}/users?role_filter=auditor&limit=2{cursor}"),
+                &admin,
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let items = page["items"].as_array().unwrap();
+        assert!(
+            items.iter().all(|m| m["roles"] == json!(["auditor"])),
+            "{page}"
+        );
+        seen.extend(
+            items
+                .iter()
+                .map(|m| m["email"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            // Full pages until the last one: the filter runs before the page is cut.
+            Some(c) => {
+                assert_eq!(items.len(), 2);
+                cursor = format!("&cursor={c}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["u1@acme.test", "u3@acme.test", "u4@acme.test"]);
+    let (_, admins) = status_json(
+        app.get(
+            &format!("/v1/tenants/{t}/users?role_filter=tenant_admin"),
+            &admin,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(admins["items"].as_array().unwrap().len(), 1);
+    // `_` and `%` are LIKE wildcards: unknown roles are refused before any query.
+    for bad in ["tenant%25", "tenant_%25", "nope"] {
+        let (s, p) = status_json(
+            app.get(&format!("/v1/tenants/{t}/users?role_filter={bad}"), &admin)
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (s, p["field"].as_str()),
+            (422, Some("role_filter")),
+            "{bad}"
+        );
+    }
 }

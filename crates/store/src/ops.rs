@@ -629,37 +629,34 @@ impl Store for BackendStore {
         filter: &MemberFilter,
         page: &PageRequest,
     ) -> Result<Page<Member>> {
+        // Roles are stored as a JSON list of strings: match the quoted role as a whole, with
+        // LIKE's wildcards escaped, so the filter runs before the page is cut.
+        let role_pattern = filter.role.as_ref().map(|r| {
+            let escaped = r
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%\"{escaped}\"%")
+        });
         let mut tx = self.read_tenant(ctx.tenant_id()).await?;
         let rows: Vec<MemberRow> = sqlx::query_as(
             "SELECT * FROM memberships WHERE tenant_id = $1 AND user_id > $2 \
-             AND ($3 IS NULL OR status = $3) ORDER BY user_id LIMIT $4",
+             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR roles LIKE $4 ESCAPE '\\') \
+             ORDER BY user_id LIMIT $5",
         )
         .bind(ctx.tenant_id().to_string())
         .bind(after_key(page))
         .bind(&filter.status)
+        .bind(role_pattern)
         .bind(overfetch(page))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut members: Vec<Member> = convert(rows)?;
-        // Roles are a JSON list; filtering them in Rust keeps the SQL portable. The page may
-        // then be short, which cursor pagination allows.
-        let more = members.len() > page.limit as usize;
-        members.truncate(page.limit as usize);
-        let next_cursor = more
-            .then(|| {
-                members
-                    .last()
-                    .map(|m| agentplane_core::page::encode_cursor(&m.user_id.to_string()))
-            })
-            .flatten();
-        if let Some(role) = &filter.role {
-            members.retain(|m| m.roles.iter().any(|r| r == role));
-        }
-        Ok(Page {
-            items: members,
-            next_cursor,
-        })
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |m: &Member| m.user_id.to_string(),
+        ))
     }
 
     async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>> {

@@ -164,6 +164,14 @@ pub async fn list_users(
             ));
         }
     }
+    if let Some(r) = &q.role_filter {
+        if agentplane_core::authz::Role::parse(r).is_none() {
+            return Err(ApiError::validation(
+                "role_filter",
+                "must be platform_admin, tenant_admin, auditor or member",
+            ));
+        }
+    }
     let page = PageParams {
         cursor: q.cursor,
         limit: q.limit,
