@@ -241,6 +241,30 @@ fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>>
     rows.into_iter().map(T::try_from).collect()
 }
 
+impl BackendStore {
+    /// One page of a tenant's rows of a table keyed by `id`, in id order (`sql` takes the
+    /// tenant, the cursor and the limit; one extra row only tells that there is more).
+    async fn tenant_rows_by_id<R>(
+        &self,
+        ctx: &TenantCtx,
+        sql: &'static str,
+        page: &PageRequest,
+    ) -> Result<Vec<R>>
+    where
+        R: for<'r> sqlx::FromRow<'r, <Db as sqlx::Database>::Row> + Send + Unpin,
+    {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows = sqlx::query_as(sql)
+            .bind(ctx.tenant_id().to_string())
+            .bind(after_key(page))
+            .bind(overfetch(page))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+}
+
 #[async_trait]
 impl Store for BackendStore {
     fn backend(&self) -> Backend {
@@ -1059,16 +1083,9 @@ impl Store for BackendStore {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<ProviderRecord>> {
-        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
-        let rows: Vec<ProviderRow> = sqlx::query_as(
-            "SELECT * FROM provider_credentials WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(ctx.tenant_id().to_string())
-        .bind(after_key(page))
-        .bind(overfetch(page))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let rows: Vec<ProviderRow> = self
+            .tenant_rows_by_id(ctx, "SELECT * FROM provider_credentials WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3", page)
+            .await?;
         Ok(Page::from_overfetch(
             convert(rows)?,
             page.limit,
@@ -1222,16 +1239,13 @@ impl Store for BackendStore {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<agentplane_core::agent::Agent>> {
-        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
-        let rows: Vec<AgentRow> = sqlx::query_as(
-            "SELECT * FROM agents WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(ctx.tenant_id().to_string())
-        .bind(after_key(page))
-        .bind(overfetch(page))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let rows: Vec<AgentRow> = self
+            .tenant_rows_by_id(
+                ctx,
+                "SELECT * FROM agents WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                page,
+            )
+            .await?;
         Ok(Page::from_overfetch(
             convert(rows)?,
             page.limit,
@@ -1363,16 +1377,13 @@ impl Store for BackendStore {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<agentplane_core::api_key::ApiKey>> {
-        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
-        let rows: Vec<ApiKeyRow> = sqlx::query_as(
-            "SELECT * FROM api_keys WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(ctx.tenant_id().to_string())
-        .bind(after_key(page))
-        .bind(overfetch(page))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let rows: Vec<ApiKeyRow> = self
+            .tenant_rows_by_id(
+                ctx,
+                "SELECT * FROM api_keys WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                page,
+            )
+            .await?;
         let keys = rows
             .into_iter()
             .map(|r| r.into_key().map(|(k, _)| k))
