@@ -94,6 +94,15 @@ impl ControlPlane {
             .ok_or(ControlError::NotFound("agent"))
     }
 
+    /// The agent a gateway call names: by id, or by name (what OpenAI clients send as `model`).
+    pub async fn agent_by_ref(&self, ctx: &TenantCtx, name_or_id: &str) -> Result<Agent> {
+        let found = match name_or_id.parse::<agentplane_core::AgentId>() {
+            Ok(id) => self.store.get_agent(ctx, id).await?,
+            Err(_) => self.store.get_agent_by_name(ctx, name_or_id).await?,
+        };
+        found.ok_or(ControlError::NotFound("agent"))
+    }
+
     pub async fn list_agents(&self, ctx: &TenantCtx, page: &PageRequest) -> Result<Page<Agent>> {
         Ok(self.store.list_agents(ctx, page).await?)
     }

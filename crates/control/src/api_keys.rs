@@ -137,14 +137,16 @@ impl ControlPlane {
         if !matches || !key.usable_at(now) {
             return Ok(Err(KeyRejected::Invalid));
         }
-        if self.tenant_status(key.tenant_id).await? != Some(TenantStatus::Active) {
-            return Ok(Err(KeyRejected::TenantUnavailable));
-        }
+        let tenant = match self.store.get_tenant(key.tenant_id).await? {
+            Some(t) if t.status == TenantStatus::Active => t,
+            _ => return Ok(Err(KeyRejected::TenantUnavailable)),
+        };
         if let Ok(mut uses) = self.key_uses.0.lock() {
             uses.insert((key.tenant_id, key.id), now);
         }
         Ok(Ok(VerifiedApiKey {
             tenant_id: key.tenant_id,
+            plan_id: tenant.plan_id,
             key_id: key.id,
             scopes: key.scopes,
         }))

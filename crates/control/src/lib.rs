@@ -194,7 +194,7 @@ impl ControlPlane {
 }
 
 /// A request body: a JSON object of the expected shape (never the positional array form).
-pub(crate) fn parse_object<T: serde::de::DeserializeOwned>(
+pub fn parse_object<T: serde::de::DeserializeOwned>(
     raw: serde_json::Value,
 ) -> Result<T, DomainError> {
     if !raw.is_object() {

@@ -60,6 +60,8 @@ impl ApiKey {
 #[derive(Clone, Debug)]
 pub struct VerifiedApiKey {
     pub tenant_id: TenantId,
+    /// The tenant's plan when the key was checked (read with it, so plan changes apply at once).
+    pub plan_id: crate::PlanId,
     pub key_id: ApiKeyId,
     pub scopes: ApiKeyScopes,
 }

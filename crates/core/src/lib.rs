@@ -18,6 +18,7 @@ pub mod job;
 pub mod page;
 pub mod plan;
 pub mod provider;
+pub mod quota;
 pub mod settings;
 pub mod tenant;
 pub mod time;

@@ -49,6 +49,17 @@ impl Timestamp {
         let dt = self.to_datetime();
         format!("{:04}-{:02}", dt.year(), u8::from(dt.month()))
     }
+    /// The first instant of the next calendar month (UTC): when monthly quotas start again.
+    pub fn next_period_start(self) -> Self {
+        let dt = self.to_datetime();
+        let (y, m) = match dt.month() {
+            time::Month::December => (dt.year() + 1, time::Month::January),
+            m => (dt.year(), m.next()),
+        };
+        time::Date::from_calendar_date(y, m, 1)
+            .map(|d| Self::from_datetime(d.midnight().assume_utc()))
+            .unwrap_or(self)
+    }
 }
 
 /// RFC 3339 in UTC with exactly three fraction digits, so the strings sort like the instants.

@@ -7,6 +7,9 @@ use crate::config::{Config, ConfigError};
 use crate::state::AppState;
 use agentplane_control::{ControlPlane, Keys, WorkerConfig};
 use agentplane_crypto::{Kms, LocalKms, TransitKms};
+use agentplane_runtime::gateway::{Runtime, RuntimeConfig};
+use agentplane_runtime::quota::{LeaseConfig, Quotas};
+use agentplane_runtime::upstream::{UpstreamConfig, Upstreams};
 use agentplane_store::{Objects, PgStore, SqliteStore, Store, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -27,6 +30,8 @@ pub enum StartError {
     Auth(#[from] AuthSetupError),
     #[error("key management")]
     Kms(#[from] agentplane_crypto::CryptoError),
+    #[error("provider HTTP client: {0}")]
+    Upstream(String),
     #[error("cannot create the data directory {path}")]
     DataDir {
         path: String,
@@ -133,6 +138,45 @@ pub fn worker_config(cfg: &Config) -> WorkerConfig {
     }
 }
 
+/// The runtime plane: provider adapters, quota leases, limits.
+pub fn runtime(
+    cfg: &Config,
+    control: ControlPlane,
+    store: Arc<dyn Store>,
+) -> Result<Runtime, StartError> {
+    let g = &cfg.gateway;
+    let timeout = Duration::from_secs(g.upstream_timeout_secs);
+    let upstreams = Upstreams::new(UpstreamConfig {
+        request_timeout: timeout,
+        first_byte_timeout: timeout,
+        idle_timeout: timeout,
+        max_retries: g.upstream_max_retries,
+        identity_endpoint: g.identity_endpoint.clone(),
+        identity_header: g
+            .identity_header
+            .as_ref()
+            .map(|s| zeroize::Zeroizing::new(s.expose_secret().to_owned())),
+        ..UpstreamConfig::default()
+    })
+    .map_err(|e| StartError::Upstream(e.to_string()))?;
+    let quotas = Quotas::start(
+        store,
+        LeaseConfig {
+            ttl: Duration::from_millis(g.quota_lease_ms),
+            idle: Duration::from_millis(g.quota_idle_ms),
+        },
+    );
+    Ok(Runtime::new(
+        control,
+        upstreams,
+        quotas,
+        RuntimeConfig {
+            default_max_tokens: g.default_max_tokens,
+            allow_api_key_fallback: cfg.allow_api_key_fallback,
+        },
+    ))
+}
+
 /// A built server: its planes and router, ready to serve.
 pub struct Server {
     state: AppState,
@@ -149,9 +193,10 @@ impl Server {
     pub async fn with_store(cfg: &Config, store: Arc<dyn Store>) -> Result<Self, StartError> {
         let dev_secret = cfg.dev_secret()?;
         let verifier = JwtVerifier::from_config(&cfg.jwt, dev_secret).await?;
-        let control = control_plane(cfg, store).await?;
+        let control = control_plane(cfg, store.clone()).await?;
+        let runtime = runtime(cfg, control.clone(), store)?;
         Ok(Self {
-            state: AppState::new(control, verifier),
+            state: AppState::new(control, runtime, verifier),
             max_body_bytes: cfg.max_body_bytes,
             embedded_worker: cfg.worker.embedded,
         })
@@ -205,6 +250,7 @@ impl Server {
         shutdown.cancel();
         tasks.close();
         tasks.wait().await;
+        self.state.runtime().quotas().shutdown().await;
         res
     }
 }

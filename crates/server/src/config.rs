@@ -93,6 +93,13 @@ const TRANSIT_TOKEN: &[&str] = &["AGENTPLANE_TRANSIT_TOKEN"];
 const TRANSIT_MOUNT: &[&str] = &["AGENTPLANE_TRANSIT_MOUNT"];
 const TRANSIT_KEY: &[&str] = &["AGENTPLANE_TRANSIT_KEY"];
 const ALLOW_PRIVATE_PROVIDER_URLS: &[&str] = &["AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS"];
+const QUOTA_LEASE_MS: &[&str] = &["AGENTPLANE_QUOTA_LEASE_MS"];
+const QUOTA_IDLE_MS: &[&str] = &["AGENTPLANE_QUOTA_IDLE_MS"];
+const DEFAULT_MAX_TOKENS: &[&str] = &["AGENTPLANE_DEFAULT_MAX_TOKENS"];
+const UPSTREAM_TIMEOUT_SECS: &[&str] = &["AGENTPLANE_UPSTREAM_TIMEOUT_SECS"];
+const UPSTREAM_MAX_RETRIES: &[&str] = &["AGENTPLANE_UPSTREAM_MAX_RETRIES"];
+const IDENTITY_ENDPOINT: &[&str] = &["IDENTITY_ENDPOINT", "AGENTPLANE_IDENTITY_ENDPOINT"];
+const IDENTITY_HEADER: &[&str] = &["IDENTITY_HEADER", "AGENTPLANE_IDENTITY_HEADER"];
 
 /// Every configuration field and the environment variables that set it (primary first).
 /// Secrets additionally accept each name with a `_FILE` suffix.
@@ -124,6 +131,13 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
     ("kms.transit_mount", TRANSIT_MOUNT),
     ("kms.transit_key", TRANSIT_KEY),
     ("providers.allow_private_urls", ALLOW_PRIVATE_PROVIDER_URLS),
+    ("gateway.quota_lease_ms", QUOTA_LEASE_MS),
+    ("gateway.quota_idle_ms", QUOTA_IDLE_MS),
+    ("gateway.default_max_tokens", DEFAULT_MAX_TOKENS),
+    ("gateway.upstream_timeout_secs", UPSTREAM_TIMEOUT_SECS),
+    ("gateway.upstream_max_retries", UPSTREAM_MAX_RETRIES),
+    ("gateway.identity_endpoint", IDENTITY_ENDPOINT),
+    ("gateway.identity_header", IDENTITY_HEADER),
 ];
 
 /// Deployment profile. `dev` allows conveniences (a generated JWT secret on loopback);
@@ -193,13 +207,51 @@ pub struct Config {
     /// The non-owner role the server uses on PostgreSQL. Default `agentplane_app`.
     pub db_role: String,
     pub jwt: JwtConfig,
-    /// Temporary API key fallback for admin auth; refused in production. Default false.
+    /// Azure OpenAI / AI Foundry providers may authenticate with an API key instead of a
+    /// managed identity; temporary, for non-production only (refused in production). Default
+    /// false.
     pub allow_api_key_fallback: bool,
     pub worker: WorkerConfig,
     /// Largest accepted request body. Default 1 MiB.
     pub max_body_bytes: usize,
     pub kms: KmsConfig,
     pub providers: ProvidersConfig,
+    pub gateway: GatewayConfig,
+}
+
+/// The execution gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// How long a process's quota lease lives unless renewed (a dead process's share comes back
+    /// after this). Default 30 000 ms.
+    pub quota_lease_ms: u64,
+    /// A lease with no run in flight for this long is returned. Default 2 000 ms.
+    pub quota_idle_ms: u64,
+    /// Completion bound when neither the request nor the agent sets `max_tokens`. Default 1024.
+    pub default_max_tokens: i64,
+    /// Whole-call limit of a non-streaming provider call (streams: first byte and each gap).
+    /// Default 120 s.
+    pub upstream_timeout_secs: u64,
+    /// Retries on 408/429/5xx and connection errors, with backoff. Default 2.
+    pub upstream_max_retries: u32,
+    /// Azure managed identity: the token endpoint (`IDENTITY_ENDPOINT`, as App Service and
+    /// Container Apps set it; unset = IMDS) and its header secret (`IDENTITY_HEADER`).
+    pub identity_endpoint: Option<String>,
+    pub identity_header: Option<SecretString>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            quota_lease_ms: 30_000,
+            quota_idle_ms: 2_000,
+            default_max_tokens: 1024,
+            upstream_timeout_secs: 120,
+            upstream_max_retries: 2,
+            identity_endpoint: None,
+            identity_header: None,
+        }
+    }
 }
 
 /// How admin JWTs are verified.
@@ -294,6 +346,7 @@ impl Default for Config {
             max_body_bytes: 1_048_576,
             kms: KmsConfig::default(),
             providers: ProvidersConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -452,6 +505,12 @@ pub enum ConfigError {
     LeewayTooLarge { value: u64 },
     #[error("{name} must be greater than zero")]
     Zero { name: &'static str },
+    #[error("{name} must be from {min} to {max}")]
+    OutOfRange {
+        name: &'static str,
+        min: i64,
+        max: i64,
+    },
     #[error(
         "AGENTPLANE_DB_ROLE={value:?} is not a plain PostgreSQL role name: use 1 to 63 lowercase letters, \
          digits and underscores, starting with a letter or an underscore"
@@ -532,6 +591,19 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     kms: Option<FileKms>,
     providers: Option<FileProviders>,
+    gateway: Option<FileGateway>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGateway {
+    quota_lease_ms: Option<u64>,
+    quota_idle_ms: Option<u64>,
+    default_max_tokens: Option<i64>,
+    upstream_timeout_secs: Option<u64>,
+    upstream_max_retries: Option<u32>,
+    identity_endpoint: Option<String>,
+    identity_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -695,6 +767,20 @@ impl FileConfig {
         if let Some(providers) = self.providers {
             if let Some(v) = providers.allow_private_urls {
                 cfg.providers.allow_private_urls = Some(v);
+            }
+        }
+        if let Some(g) = self.gateway {
+            let d = &mut cfg.gateway;
+            d.quota_lease_ms = g.quota_lease_ms.unwrap_or(d.quota_lease_ms);
+            d.quota_idle_ms = g.quota_idle_ms.unwrap_or(d.quota_idle_ms);
+            d.default_max_tokens = g.default_max_tokens.unwrap_or(d.default_max_tokens);
+            d.upstream_timeout_secs = g.upstream_timeout_secs.unwrap_or(d.upstream_timeout_secs);
+            d.upstream_max_retries = g.upstream_max_retries.unwrap_or(d.upstream_max_retries);
+            if let Some(v) = g.identity_endpoint {
+                d.identity_endpoint = non_empty(v);
+            }
+            if let Some(v) = g.identity_header {
+                d.identity_header = non_empty_secret(v);
             }
         }
         Ok(())
@@ -863,6 +949,28 @@ impl<'a> Env<'a> {
         if let Some(v) = self.bool(ALLOW_PRIVATE_PROVIDER_URLS)? {
             cfg.providers.allow_private_urls = Some(v);
         }
+        let ms = "a whole number of milliseconds";
+        if let Some(v) = self.parsed(QUOTA_LEASE_MS, ms)? {
+            cfg.gateway.quota_lease_ms = v;
+        }
+        if let Some(v) = self.parsed(QUOTA_IDLE_MS, ms)? {
+            cfg.gateway.quota_idle_ms = v;
+        }
+        if let Some(v) = self.parsed(DEFAULT_MAX_TOKENS, "a whole number of tokens")? {
+            cfg.gateway.default_max_tokens = v;
+        }
+        if let Some(v) = self.parsed(UPSTREAM_TIMEOUT_SECS, "a whole number of seconds")? {
+            cfg.gateway.upstream_timeout_secs = v;
+        }
+        if let Some(v) = self.parsed(UPSTREAM_MAX_RETRIES, "a whole number")? {
+            cfg.gateway.upstream_max_retries = v;
+        }
+        if let Some(v) = self.optional(IDENTITY_ENDPOINT)? {
+            cfg.gateway.identity_endpoint = v;
+        }
+        if let Some(v) = self.secret(IDENTITY_HEADER)? {
+            cfg.gateway.identity_header = v;
+        }
         Ok(())
     }
 }
@@ -1018,6 +1126,25 @@ impl Config {
         if self.worker.poll_interval_ms == 0 {
             return Err(ConfigError::Zero {
                 name: "AGENTPLANE_WORKER_POLL_INTERVAL_MS",
+            });
+        }
+        for (name, v) in [
+            ("AGENTPLANE_QUOTA_LEASE_MS", self.gateway.quota_lease_ms),
+            ("AGENTPLANE_QUOTA_IDLE_MS", self.gateway.quota_idle_ms),
+            (
+                "AGENTPLANE_UPSTREAM_TIMEOUT_SECS",
+                self.gateway.upstream_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { name });
+            }
+        }
+        if !(1..=1_000_000).contains(&self.gateway.default_max_tokens) {
+            return Err(ConfigError::OutOfRange {
+                name: "AGENTPLANE_DEFAULT_MAX_TOKENS",
+                min: 1,
+                max: 1_000_000,
             });
         }
         if self.worker.lease_secs == 0 {

@@ -7,6 +7,7 @@ use agentplane_control::error::ConflictKind;
 use agentplane_control::ControlError;
 use agentplane_core::authz::AuthzError;
 use agentplane_core::DomainError;
+use agentplane_runtime::gateway::RunError;
 use agentplane_store::StoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -237,6 +238,145 @@ impl From<agentplane_crypto::CryptoError> for ApiError {
                 tracing::error!(error = %e, "crypto error");
                 Self::internal()
             }
+        }
+    }
+}
+
+fn retry_after(d: std::time::Duration) -> HeaderValue {
+    // Whole seconds, rounded up: a client that waits this long is not refused again for it.
+    HeaderValue::from(d.as_millis().div_ceil(1000).max(1) as u64)
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        use agentplane_runtime::limits::LimitError;
+        use agentplane_runtime::upstream::UpstreamError as U;
+        let upstream = |status, code, title, detail: String| Self::new(status, code, title, detail);
+        match e {
+            RunError::Invalid(d) => d.into(),
+            RunError::Control(c) => c.into(),
+            RunError::UnknownAgent(name) => Self::new(
+                StatusCode::NOT_FOUND,
+                "agent_not_found",
+                "Agent not found",
+                format!("no agent {name:?} that this key may run"),
+            ),
+            RunError::Limit(LimitError::Rate {
+                rpm,
+                retry_after: d,
+            }) => {
+                let mut p = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Rate limit reached",
+                    format!("the plan allows {rpm} requests per minute"),
+                )
+                .with("limit", json!("requests_per_minute"));
+                p.headers.push((header::RETRY_AFTER, retry_after(d)));
+                p
+            }
+            RunError::Limit(LimitError::Concurrency { limit }) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency_limited",
+                "Too many runs in flight",
+                format!("the plan allows {limit} runs in flight at once"),
+            )
+            .with("limit", json!("max_concurrent_runs"))
+            .header(header::RETRY_AFTER, "1"),
+            RunError::Quota(x) => {
+                let mut p = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "quota_exceeded",
+                    "Quota exhausted",
+                    format!(
+                        "the {} quota is exhausted for this month ({} used, {} reserved by runs in flight, limit {})",
+                        x.quota.as_str(),
+                        x.used,
+                        x.reserved,
+                        x.limit
+                    ),
+                )
+                .with("quota", json!(x.quota.as_str()))
+                .with("used", json!(x.used))
+                .with("reserved", json!(x.reserved))
+                .with("limit", json!(x.limit));
+                let wait = if x.reserved > 0 {
+                    // Runs in flight may give some back when they settle.
+                    std::time::Duration::from_secs(1)
+                } else {
+                    agentplane_runtime::gateway::until_next_period(
+                        agentplane_core::time::Timestamp::now(),
+                    )
+                };
+                p.headers.push((header::RETRY_AFTER, retry_after(wait)));
+                p
+            }
+            RunError::Policy(msg) => Self::new(
+                StatusCode::FORBIDDEN,
+                "provider_not_allowed",
+                "Provider refused by policy",
+                msg,
+            ),
+            RunError::Metering(msg) => {
+                tracing::error!(error = %msg, "run not metered");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "metering_unavailable",
+                    "Usage could not be recorded",
+                    "the run's usage could not be recorded; retry later",
+                )
+                .header(header::RETRY_AFTER, "5")
+            }
+            RunError::Upstream(u) => match u {
+                U::Timeout => upstream(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "Provider timed out",
+                    "the provider did not answer in time".into(),
+                ),
+                U::Status {
+                    status: 429,
+                    retry_after: d,
+                    message,
+                } => {
+                    let mut p = upstream(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "upstream_rate_limited",
+                        "Provider rate limit",
+                        format!("the provider is rate limiting: {message}"),
+                    );
+                    p.headers.push((
+                        header::RETRY_AFTER,
+                        retry_after(d.unwrap_or(std::time::Duration::from_secs(1))),
+                    ));
+                    p
+                }
+                U::Status {
+                    status: 401 | 403, ..
+                }
+                | U::Auth(_) => upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_auth_failed",
+                    "Provider refused the credentials",
+                    format!("{u}"),
+                ),
+                U::Status {
+                    status: s @ 400..=499,
+                    message,
+                    ..
+                } => upstream(
+                    StatusCode::BAD_REQUEST,
+                    "upstream_rejected",
+                    "Provider rejected the request",
+                    format!("the provider answered HTTP {s}: {message}"),
+                ),
+                U::Status { .. } | U::Connect(_) | U::Protocol(_) => upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "Provider error",
+                    format!("{u}"),
+                ),
+            },
         }
     }
 }

@@ -1,6 +1,7 @@
 use crate::auth::JwtVerifier;
 use agentplane_control::ControlPlane;
 use agentplane_core::action::{ActionSpec, Method, REGISTRY};
+use agentplane_runtime::gateway::Runtime;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ pub struct AppState {
 
 struct Inner {
     control: ControlPlane,
+    runtime: Runtime,
     verifier: JwtVerifier,
     actions: HashMap<(axum::http::Method, &'static str), &'static ActionSpec>,
 }
@@ -27,7 +29,7 @@ pub(crate) fn http_method(m: Method) -> axum::http::Method {
 }
 
 impl AppState {
-    pub fn new(control: ControlPlane, verifier: JwtVerifier) -> Self {
+    pub fn new(control: ControlPlane, runtime: Runtime, verifier: JwtVerifier) -> Self {
         let actions = REGISTRY
             .iter()
             .map(|a| ((http_method(a.method), a.path), *a))
@@ -35,6 +37,7 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 control,
+                runtime,
                 verifier,
                 actions,
             }),
@@ -42,6 +45,9 @@ impl AppState {
     }
     pub fn control(&self) -> &ControlPlane {
         &self.inner.control
+    }
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
     }
     pub fn verifier(&self) -> &JwtVerifier {
         &self.inner.verifier

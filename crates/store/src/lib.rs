@@ -31,6 +31,7 @@ use agentplane_core::authz::{PlatformCtx, TenantCtx};
 use agentplane_core::job::Job;
 use agentplane_core::page::{Page, PageRequest};
 use agentplane_core::plan::Plan;
+use agentplane_core::quota::{Amount, CounterState, Exhausted};
 use agentplane_core::tenant::{Slug, Tenant};
 use agentplane_core::time::Timestamp;
 use agentplane_core::usage::{UsageCounter, UsageRecord};
@@ -199,6 +200,41 @@ pub struct PurgeReport {
     pub usage_records: u64,
     pub jobs: u64,
     pub audit_pii: u64,
+}
+
+/// A request for quota, on behalf of one process's lease.
+#[derive(Clone, Debug)]
+pub struct LeaseRequest {
+    pub period: String,
+    pub lease_id: String,
+    /// The process holding the lease.
+    pub holder: String,
+    /// What the lease must cover on top of what it has left.
+    pub need: Amount,
+    /// The plan's monthly limits.
+    pub limit: Amount,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// One step of quota settlement.
+#[derive(Clone, Debug)]
+pub enum QuotaOp {
+    /// A finished run: its usage record, and what it consumed of its lease (counted in the
+    /// counter's `used`; a run that failed upstream consumes nothing).
+    Settle {
+        ctx: TenantCtx,
+        record: UsageRecord,
+        period: String,
+        lease_id: String,
+        consumed: Amount,
+    },
+    /// Returns what is left of a lease to the tenant.
+    Release {
+        ctx: TenantCtx,
+        period: String,
+        lease_id: String,
+    },
 }
 
 #[async_trait]
@@ -393,6 +429,12 @@ pub trait Store: Send + Sync + 'static {
         ctx: &TenantCtx,
         id: agentplane_core::AgentId,
     ) -> Result<Option<agentplane_core::agent::Agent>>;
+    /// The tenant's agent of that name (names are unique per tenant).
+    async fn get_agent_by_name(
+        &self,
+        ctx: &TenantCtx,
+        name: &str,
+    ) -> Result<Option<agentplane_core::agent::Agent>>;
     async fn list_agents(
         &self,
         ctx: &TenantCtx,
@@ -456,6 +498,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>>;
+    /// Grants quota to a process's lease: returns the tenant's expired leases first, then
+    /// adds what [`agentplane_core::quota::grant`] allows to the lease, by a conditional update
+    /// of the counter row, or answers which quota is exhausted.
+    async fn grant_quota(
+        &self,
+        ctx: &TenantCtx,
+        req: &LeaseRequest,
+    ) -> Result<std::result::Result<Amount, Exhausted>>;
+    /// Applies settlements (usage record, lease decremented, counter's used incremented) and
+    /// lease releases in one transaction, in order.
+    async fn settle_quota(&self, ops: &[QuotaOp]) -> Result<()>;
+    /// Extends every lease `holder` holds (the process is alive).
+    async fn renew_quota_leases(
+        &self,
+        platform: &PlatformCtx,
+        holder: &str,
+        expires_at: Timestamp,
+    ) -> Result<()>;
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()>;
     async fn tenant_usage_records(
         &self,

@@ -181,6 +181,123 @@ pub(super) async fn bury_expired(tx: &mut Tx<'_>, now: Timestamp) -> Result<()> 
 }
 
 /// Refuses an audit event that is not for the context's tenant.
+async fn insert_usage_record(tx: &mut Tx<'_>, ctx: &TenantCtx, r: &UsageRecord) -> Result<()> {
+    same_tenant(ctx, r.tenant_id, "usage record")?;
+    sqlx::query(
+        "INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, \
+         latency_ms, status, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(ctx.tenant_id().to_string())
+    .bind(r.id.to_string())
+    .bind(r.ts.millis())
+    .bind(&r.agent_id)
+    .bind(&r.model)
+    .bind(&r.provider)
+    .bind(r.tokens_in)
+    .bind(r.tokens_out)
+    .bind(r.latency_ms)
+    .bind(&r.status)
+    .bind(&r.trace_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Locks a counter row (on PostgreSQL) before its leases are touched.
+async fn lock_counter(tx: &mut Tx<'_>, tenant: TenantId, period: &str) -> Result<()> {
+    let _: Option<UsageCounterRow> = sqlx::query_as(super::SELECT_COUNTER_FOR_UPDATE)
+        .bind(tenant.to_string())
+        .bind(period)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Adds to a counter's used and reserved amounts (the row exists: a grant created it).
+async fn counter_add(
+    tx: &mut Tx<'_>,
+    ctx: &TenantCtx,
+    period: &str,
+    used: Amount,
+    reserved: Amount,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE usage_counters SET messages_used = messages_used + $3, tokens_used = tokens_used + $4, \
+         messages_reserved = messages_reserved + $5, tokens_reserved = tokens_reserved + $6 \
+         WHERE tenant_id = $1 AND period = $2",
+    )
+    .bind(ctx.tenant_id().to_string())
+    .bind(period)
+    .bind(used.messages)
+    .bind(used.tokens)
+    .bind(reserved.messages)
+    .bind(reserved.tokens)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves what a run consumed from its lease to the counter's `used`. A run can only consume
+/// from a lease (its process admitted it from there); if the lease is gone (it expired and was
+/// returned while the run was in flight) the consumption is counted all the same.
+async fn settle_from_lease(
+    tx: &mut Tx<'_>,
+    ctx: &TenantCtx,
+    period: &str,
+    lease_id: &str,
+    consumed: Amount,
+) -> Result<()> {
+    let tenant = ctx.tenant_id().to_string();
+    let exact = sqlx::query(
+        "UPDATE quota_leases SET messages = messages - $4, tokens = tokens - $5 \
+         WHERE tenant_id = $1 AND period = $2 AND id = $3 AND messages >= $4 AND tokens >= $5",
+    )
+    .bind(&tenant)
+    .bind(period)
+    .bind(lease_id)
+    .bind(consumed.messages)
+    .bind(consumed.tokens)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let from_lease = if exact == 1 {
+        consumed
+    } else {
+        // More than the lease holds (a provider that reported more tokens than were reserved),
+        // or no lease: take what is there.
+        let left: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT messages, tokens FROM quota_leases WHERE tenant_id = $1 AND period = $2 AND id = $3",
+        )
+        .bind(&tenant)
+        .bind(period)
+        .bind(lease_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let (m, t) = left.unwrap_or((0, 0));
+        let take = Amount::new(consumed.messages.min(m), consumed.tokens.min(t));
+        sqlx::query(
+            "UPDATE quota_leases SET messages = messages - $4, tokens = tokens - $5 \
+             WHERE tenant_id = $1 AND period = $2 AND id = $3 AND messages >= $4 AND tokens >= $5",
+        )
+        .bind(&tenant)
+        .bind(period)
+        .bind(lease_id)
+        .bind(take.messages)
+        .bind(take.tokens)
+        .execute(&mut **tx)
+        .await?;
+        take
+    };
+    counter_add(
+        tx,
+        ctx,
+        period,
+        consumed,
+        Amount::new(-from_lease.messages, -from_lease.tokens),
+    )
+    .await
+}
+
 fn scoped(ctx: &TenantCtx, ev: NewAuditEvent) -> Result<NewAuditEvent> {
     if ev.chain == agentplane_core::audit::Chain::Tenant(ctx.tenant_id()) {
         Ok(ev)
@@ -614,6 +731,10 @@ impl Store for BackendStore {
         // Crypto-shredding: without its data keys, nothing ever sealed for the tenant opens.
         delete!(tenant_keys, "DELETE FROM tenant_keys WHERE tenant_id = $1");
         delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
+        sqlx::query("DELETE FROM quota_leases WHERE tenant_id = $1")
+            .bind(&tenant)
+            .execute(&mut *tx)
+            .await?;
         delete!(
             usage_counters,
             "DELETE FROM usage_counters WHERE tenant_id = $1"
@@ -1234,6 +1355,22 @@ impl Store for BackendStore {
         row.map(agentplane_core::agent::Agent::try_from).transpose()
     }
 
+    async fn get_agent_by_name(
+        &self,
+        ctx: &TenantCtx,
+        name: &str,
+    ) -> Result<Option<agentplane_core::agent::Agent>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<AgentRow> =
+            sqlx::query_as("SELECT * FROM agents WHERE tenant_id = $1 AND name = $2")
+                .bind(ctx.tenant_id().to_string())
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        row.map(agentplane_core::agent::Agent::try_from).transpose()
+    }
+
     async fn list_agents(
         &self,
         ctx: &TenantCtx,
@@ -1474,25 +1611,174 @@ impl Store for BackendStore {
     }
 
     async fn insert_usage_record(&self, ctx: &TenantCtx, r: &UsageRecord) -> Result<()> {
-        same_tenant(ctx, r.tenant_id, "usage record")?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        insert_usage_record(&mut tx, ctx, r).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn grant_quota(
+        &self,
+        ctx: &TenantCtx,
+        req: &LeaseRequest,
+    ) -> Result<std::result::Result<Amount, Exhausted>> {
+        let tenant = ctx.tenant_id().to_string();
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         sqlx::query(
-            "INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, \
-             latency_ms, status, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO usage_counters (tenant_id, period) VALUES ($1, $2) \
+             ON CONFLICT (tenant_id, period) DO NOTHING",
         )
-        .bind(ctx.tenant_id().to_string())
-        .bind(r.id.to_string())
-        .bind(r.ts.millis())
-        .bind(&r.agent_id)
-        .bind(&r.model)
-        .bind(&r.provider)
-        .bind(r.tokens_in)
-        .bind(r.tokens_out)
-        .bind(r.latency_ms)
-        .bind(&r.status)
-        .bind(&r.trace_id)
+        .bind(&tenant)
+        .bind(&req.period)
         .execute(&mut *tx)
         .await?;
+        let c: UsageCounterRow = sqlx::query_as(super::SELECT_COUNTER_FOR_UPDATE)
+            .bind(&tenant)
+            .bind(&req.period)
+            .fetch_one(&mut *tx)
+            .await?;
+        let c = UsageCounter::try_from(c)?;
+        // Leases of processes that stopped renewing them go back to the tenant first.
+        let expired: Vec<(i64, i64)> = sqlx::query_as(
+            "DELETE FROM quota_leases WHERE tenant_id = $1 AND period = $2 AND expires_at <= $3 \
+             RETURNING messages, tokens",
+        )
+        .bind(&tenant)
+        .bind(&req.period)
+        .bind(req.now.millis())
+        .fetch_all(&mut *tx)
+        .await?;
+        let returned = expired.iter().fold(Amount::ZERO, |a, (m, t)| {
+            Amount::new(a.messages + m, a.tokens + t)
+        });
+        let state = CounterState {
+            used: Amount::new(c.messages_used, c.tokens_used),
+            reserved: Amount::new(
+                c.messages_reserved - returned.messages,
+                c.tokens_reserved - returned.tokens,
+            ),
+            limit: req.limit,
+        };
+        let granted = agentplane_core::quota::grant(state, req.need);
+        let add = *granted.as_ref().unwrap_or(&Amount::ZERO);
+        // The condition repeats the rule in SQL: a grant never takes used + reserved past the limit.
+        let updated = sqlx::query(
+            "UPDATE usage_counters SET messages_reserved = messages_reserved + $3, \
+             tokens_reserved = tokens_reserved + $4 \
+             WHERE tenant_id = $1 AND period = $2 \
+             AND ($3 <= 0 OR messages_used + messages_reserved + $3 <= $5) \
+             AND ($4 <= 0 OR tokens_used + tokens_reserved + $4 <= $6)",
+        )
+        .bind(&tenant)
+        .bind(&req.period)
+        .bind(add.messages - returned.messages)
+        .bind(add.tokens - returned.tokens)
+        .bind(req.limit.messages)
+        .bind(req.limit.tokens)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            return Err(corrupt("usage_counters: a quota grant exceeded the limit"));
+        }
+        if granted.is_ok() {
+            sqlx::query(
+                "INSERT INTO quota_leases (tenant_id, period, id, holder, messages, tokens, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (tenant_id, period, id) DO UPDATE SET \
+                 messages = quota_leases.messages + excluded.messages, \
+                 tokens = quota_leases.tokens + excluded.tokens, expires_at = excluded.expires_at",
+            )
+            .bind(&tenant)
+            .bind(&req.period)
+            .bind(&req.lease_id)
+            .bind(&req.holder)
+            .bind(add.messages)
+            .bind(add.tokens)
+            .bind(req.expires_at.millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(granted)
+    }
+
+    async fn settle_quota(&self, ops: &[QuotaOp]) -> Result<()> {
+        let key = |op: &&QuotaOp| match op {
+            QuotaOp::Settle { ctx, period, .. } | QuotaOp::Release { ctx, period, .. } => {
+                (ctx.tenant_id(), period.clone())
+            }
+        };
+        // Rows are locked in one order everywhere (tenant, then its counter, then its leases),
+        // so concurrent batches and grants never deadlock. The sort is stable: a lease's
+        // settlements stay before its release.
+        let mut ops: Vec<&QuotaOp> = ops.iter().collect();
+        ops.sort_by_key(key);
+        let Some(first) = ops.first() else {
+            return Ok(());
+        };
+        let (mut scope, mut period) = key(first);
+        let mut tx = self.write_tenant(scope).await?;
+        lock_counter(&mut tx, scope, &period).await?;
+        for op in ops {
+            let (t, p) = key(&op);
+            if t != scope {
+                super::rescope(&mut tx, t).await?;
+            }
+            if (t, &p) != (scope, &period) {
+                lock_counter(&mut tx, t, &p).await?;
+                (scope, period) = (t, p);
+            }
+            match op {
+                QuotaOp::Settle {
+                    ctx,
+                    record,
+                    period,
+                    lease_id,
+                    consumed,
+                } => {
+                    insert_usage_record(&mut tx, ctx, record).await?;
+                    if *consumed != Amount::ZERO {
+                        settle_from_lease(&mut tx, ctx, period, lease_id, *consumed).await?;
+                    }
+                }
+                QuotaOp::Release {
+                    ctx,
+                    period,
+                    lease_id,
+                } => {
+                    let left: Option<(i64, i64)> = sqlx::query_as(
+                        "DELETE FROM quota_leases WHERE tenant_id = $1 AND period = $2 AND id = $3 \
+                         RETURNING messages, tokens",
+                    )
+                    .bind(ctx.tenant_id().to_string())
+                    .bind(period)
+                    .bind(lease_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some((m, t)) = left {
+                        counter_add(&mut tx, ctx, period, Amount::ZERO, Amount::new(-m, -t))
+                            .await?;
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn renew_quota_leases(
+        &self,
+        _platform: &PlatformCtx,
+        holder: &str,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        let mut tx = self.write_platform().await?;
+        sqlx::query(super::RENEW_LEASES)
+            .bind(holder)
+            .bind(expires_at.millis())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -24,6 +24,24 @@ type BackendStore = PgStore;
 const SELECT_SETTING_FOR_UPDATE: &str =
     "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2 FOR UPDATE";
 
+const SELECT_COUNTER_FOR_UPDATE: &str =
+    "SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2 FOR UPDATE";
+
+/// Locks the leases in key order, as settlements do, so the two never wait on each other in a
+/// cycle.
+const RENEW_LEASES: &str = "UPDATE quota_leases SET expires_at = $2 \
+     WHERE (tenant_id, period, id) IN (SELECT tenant_id, period, id FROM quota_leases \
+     WHERE holder = $1 ORDER BY tenant_id, period, id FOR UPDATE)";
+
+/// Switches a transaction to another tenant's scope (batched settlement spans tenants).
+async fn rescope(tx: &mut Transaction<'static, Db>, tenant: TenantId) -> Result<()> {
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone, Debug)]

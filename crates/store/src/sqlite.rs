@@ -25,6 +25,16 @@ type BackendStore = SqliteStore;
 const SELECT_SETTING_FOR_UPDATE: &str =
     "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2";
 
+const SELECT_COUNTER_FOR_UPDATE: &str =
+    "SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2";
+
+const RENEW_LEASES: &str = "UPDATE quota_leases SET expires_at = $2 WHERE holder = $1";
+
+/// One writer connection: a transaction needs no tenant scope to switch.
+async fn rescope(_tx: &mut Transaction<'static, Db>, _tenant: TenantId) -> Result<()> {
+    Ok(())
+}
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 #[derive(Clone, Debug)]

@@ -2,17 +2,24 @@
 //! key, never from the request. Errors, extractor rejections included, use OpenAI's shape so
 //! existing SDKs report them properly.
 
+use crate::problem::ApiError;
 use crate::state::AppState;
 use agentplane_control::KeyRejected;
 use agentplane_core::api_key::VerifiedApiKey;
 use agentplane_core::authz::TenantCtx;
-use axum::extract::{FromRequestParts, State};
+use agentplane_runtime::gateway::{ChatInput, ChatOutput};
+use agentplane_runtime::trace::TraceContext;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use serde_json::json;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -21,6 +28,8 @@ pub struct OpenAiError {
     kind: &'static str,
     code: &'static str,
     message: String,
+    param: Option<String>,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl OpenAiError {
@@ -35,14 +44,19 @@ impl OpenAiError {
             kind,
             code,
             message: message.into(),
+            param: None,
+            headers: Vec::new(),
         }
     }
 }
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}});
+        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
         let mut res = (self.status, Json(body)).into_response();
+        for (k, v) in self.headers {
+            res.headers_mut().insert(k, v);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -51,16 +65,41 @@ impl IntoResponse for OpenAiError {
     }
 }
 
-impl From<agentplane_control::ControlError> for OpenAiError {
-    fn from(e: agentplane_control::ControlError) -> Self {
-        let problem = crate::problem::ApiError::from(e);
-        let kind = match problem.status.as_u16() {
-            400 | 422 => "invalid_request_error",
-            404 => "not_found_error",
-            429 => "rate_limit_error",
+impl From<ApiError> for OpenAiError {
+    fn from(problem: ApiError) -> Self {
+        let kind = match (problem.status.as_u16(), problem.code) {
+            (_, "quota_exceeded") => "insufficient_quota",
+            (400 | 404 | 422, _) => "invalid_request_error",
+            (403, _) => "permission_error",
+            (429, _) => "rate_limit_error",
             _ => "api_error",
         };
-        Self::new(problem.status, kind, problem.code, problem.detail)
+        // OpenAI's clients answer 400 to a request they could not validate, not 422.
+        let status = match problem.status {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            s => s,
+        };
+        let mut e = Self::new(status, kind, problem.code, problem.detail);
+        e.param = problem
+            .extra
+            .get("field")
+            .and_then(|f| f.as_str())
+            .map(str::to_owned);
+        if problem.code == "quota_exceeded" {
+            // Tell OpenAI's SDKs not to retry a month-long refusal by themselves.
+            e.headers.push((
+                header::HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            ));
+        }
+        e.headers.extend(problem.headers);
+        e
+    }
+}
+
+impl From<agentplane_control::ControlError> for OpenAiError {
+    fn from(e: agentplane_control::ControlError) -> Self {
+        ApiError::from(e).into()
     }
 }
 
@@ -70,16 +109,17 @@ pub struct Gateway {
     pub key: VerifiedApiKey,
 }
 
-impl FromRequestParts<AppState> for Gateway {
-    type Rejection = OpenAiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, OpenAiError> {
+impl Gateway {
+    /// Checks the request's API key; refusals are problems (`From` gives OpenAI's shape).
+    async fn authenticate(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let invalid = || {
-            OpenAiError::new(
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "authentication_error",
                 "invalid_api_key",
+                "Unauthenticated",
                 "Incorrect or revoked API key provided.",
             )
+            .header(header::WWW_AUTHENTICATE, "Bearer")
         };
         let token = crate::auth::bearer_token(&parts.headers).map_err(|_| invalid())?;
         match state.control().verify_api_key(token).await? {
@@ -88,13 +128,30 @@ impl FromRequestParts<AppState> for Gateway {
                 key,
             }),
             Err(KeyRejected::Invalid) => Err(invalid()),
-            Err(KeyRejected::TenantUnavailable) => Err(OpenAiError::new(
+            Err(KeyRejected::TenantUnavailable) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "permission_error",
                 "tenant_unavailable",
+                "Tenant unavailable",
                 "This API key's organisation is suspended or not active.",
             )),
         }
+    }
+}
+
+impl FromRequestParts<AppState> for Gateway {
+    type Rejection = OpenAiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, OpenAiError> {
+        Ok(Self::authenticate(parts, state).await?)
+    }
+}
+
+/// The same key check for the platform's own routes, refusing with problem+json.
+pub struct RunCaller(pub Gateway);
+
+impl FromRequestParts<AppState> for RunCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(Self(Gateway::authenticate(parts, state).await?))
     }
 }
 
@@ -143,5 +200,158 @@ pub async fn models(
                 owned_by: owned_by.clone(),
             })
             .collect(),
+    }))
+}
+
+/// Our span of the caller's trace (`traceparent`), or a new trace.
+fn trace_of(headers: &HeaderMap) -> TraceContext {
+    TraceContext::from_header(headers.get("traceparent").and_then(|v| v.to_str().ok())).child()
+}
+
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let bytes =
+        body.map_err(|e| ApiError::new(e.status(), "invalid_body", "Invalid body", e.body_text()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))
+}
+
+/// An SSE response of the run's chunks, then `[DONE]` (not after an error event).
+fn sse(rx: tokio::sync::mpsc::Receiver<Value>) -> Response {
+    // State: the channel, until it closes; whether an error event went out.
+    let events = futures::stream::unfold((Some(rx), false), |(rx, failed)| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(v) => {
+                let failed = failed || v.get("error").is_some();
+                Some((Event::default().data(v.to_string()), (Some(rx), failed)))
+            }
+            None if failed => None,
+            None => Some((Event::default().data("[DONE]"), (None, true))),
+        }
+    })
+    .map(Ok::<_, std::convert::Infallible>);
+    Sse::new(events).into_response()
+}
+
+/// OpenAI-compatible chat completions: `model` names one of the key's agents.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "gateway", security(("api_key" = [])),
+    request_body(content = Object, description = "An OpenAI chat.completions request; `model` is the agent's name"),
+    responses((status = 200, description = "a chat.completion, or with `stream: true` server-sent chat.completion.chunk events, the last with usage, then [DONE]"),
+        (status = 400, description = "invalid request", body = OpenAiErrorBody),
+        (status = 401, description = "missing, unknown, revoked or expired key", body = OpenAiErrorBody),
+        (status = 403, description = "the key's organisation is not active, or the provider is refused by policy", body = OpenAiErrorBody),
+        (status = 404, description = "no such agent for this key", body = OpenAiErrorBody),
+        (status = 429, description = "rate, concurrency or monthly quota reached (Retry-After)", body = OpenAiErrorBody),
+        (status = 502, description = "the provider failed", body = OpenAiErrorBody),
+        (status = 503, description = "the database is unavailable", body = OpenAiErrorBody),
+        (status = 504, description = "the provider timed out", body = OpenAiErrorBody)))]
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    gw: Gateway,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    let input = ChatInput::from_openai(json_body(body)?).map_err(ApiError::from)?;
+    let out = state
+        .runtime()
+        .chat(&gw.ctx, &gw.key, input, trace_of(&headers))
+        .await
+        .map_err(ApiError::from)?;
+    Ok(match out {
+        ChatOutput::Complete(v) => Json(v).into_response(),
+        ChatOutput::Stream(rx) => sse(rx),
+    })
+}
+
+/// `POST /v1/tenants/{tenant_id}/runs`: what to run.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The agent's name or id.
+    pub agent: String,
+    /// A user message (shorthand for `messages: [{"role": "user", "content": input}]`).
+    pub input: Option<String>,
+    /// OpenAI-style messages, after the agent's system prompt.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub messages: Option<Vec<Value>>,
+    /// Completion bound (at most the agent's).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub max_tokens: Option<i64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunUsage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunResult {
+    pub agent: String,
+    /// The assistant's answer (the first choice).
+    pub output: Option<String>,
+    pub finish_reason: Option<String>,
+    pub usage: RunUsage,
+    /// The W3C trace id the run's usage record carries.
+    pub trace_id: String,
+}
+
+/// Runs one of the tenant's agents, with a tenant API key of that tenant.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/runs", tag = "gateway", security(("api_key" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "The key's tenant")),
+    request_body = RunRequest,
+    responses((status = 200, body = RunResult),
+        (status = 400, description = "malformed body", body = super::meta::Problem),
+        (status = 401, description = "missing, unknown, revoked or expired key", body = super::meta::Problem),
+        (status = 404, description = "another tenant, or no such agent for this key", body = super::meta::Problem),
+        (status = 429, description = "rate, concurrency or monthly quota reached (Retry-After)", body = super::meta::Problem),
+        (status = 502, description = "the provider failed", body = super::meta::Problem)))]
+pub async fn run(
+    State(state): State<AppState>,
+    RunCaller(gw): RunCaller,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RunResult>, ApiError> {
+    // The tenant is the key's: another tenant's id answers like a tenant that doesn't exist.
+    if tenant_id != gw.ctx.tenant_id().to_string() {
+        return Err(ApiError::not_found());
+    }
+    let req: RunRequest = agentplane_control::parse_object(json_body(body)?)?;
+    let messages = match (req.input, req.messages) {
+        (Some(text), None) => vec![json!({"role": "user", "content": text})],
+        (None, Some(m)) => m,
+        _ => {
+            return Err(ApiError::validation(
+                "input",
+                "give either input or messages",
+            ))
+        }
+    };
+    let mut body = json!({"model": req.agent, "messages": messages});
+    if let Some(m) = req.max_tokens {
+        body["max_tokens"] = json!(m);
+    }
+    let input = ChatInput::from_openai(body)?;
+    let trace = trace_of(&headers);
+    let trace_id = trace.trace_id_hex();
+    let ChatOutput::Complete(v) = state.runtime().chat(&gw.ctx, &gw.key, input, trace).await?
+    else {
+        return Err(ApiError::internal());
+    };
+    let usage = |k: &str| v["usage"][k].as_i64().unwrap_or(0);
+    Ok(Json(RunResult {
+        agent: req.agent,
+        output: v["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::to_owned),
+        finish_reason: v["choices"][0]["finish_reason"].as_str().map(str::to_owned),
+        usage: RunUsage {
+            prompt_tokens: usage("prompt_tokens"),
+            completion_tokens: usage("completion_tokens"),
+            total_tokens: usage("prompt_tokens") + usage("completion_tokens"),
+        },
+        trace_id,
     }))
 }

@@ -71,6 +71,7 @@ pub async fn openapi() -> impl IntoResponse {
         super::agents::list, super::agents::create, super::agents::get, super::agents::update, super::agents::delete,
         super::agents::versions,
         super::api_keys::list, super::api_keys::create, super::api_keys::revoke, super::gateway::models,
+        super::gateway::chat_completions, super::gateway::run,
     ),
     components(schemas(Problem, super::usage::ExportFormat)),
     modifiers(&BearerAuth, &ProblemResponses)

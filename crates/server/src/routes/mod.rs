@@ -23,7 +23,7 @@ use agentplane_core::page::PageRequest;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on, MethodFilter, MethodRouter};
+use axum::routing::{get, on, post, MethodFilter, MethodRouter};
 use axum::Router;
 use serde::Deserialize;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -102,7 +102,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/health", get(meta::health))
         .route("/openapi.json", get(meta::openapi))
         .route("/v1/axag/manifest", get(meta::manifest))
-        .route("/v1/models", get(gateway::models));
+        .route("/v1/models", get(gateway::models))
+        .route("/v1/chat/completions", post(gateway::chat_completions))
+        .route("/v1/tenants/{tenant_id}/runs", post(gateway::run));
     for spec in REGISTRY {
         match action_route(spec) {
             Some(mr) => r = r.route(spec.path, mr),

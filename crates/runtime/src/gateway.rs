@@ -1,0 +1,578 @@
+//! Running an agent: what `POST /v1/chat/completions` and `POST /v1/tenants/{id}/runs` do.
+//!
+//! The order is the contract: the tenant comes from the API key; the agent is the tenant's
+//! (and within the key's scopes); the plan's rate and concurrency limits admit the request;
+//! the quota reserves one message and an upper bound of its tokens before anything is sent;
+//! the provider's sealed secret is opened only for the call; the run is settled with the
+//! provider's real figures, whatever happens to the client, before the client sees the end of
+//! the answer.
+
+use crate::limits::{LimitError, Limits, RunPermit};
+use crate::quota::{QuotaError, Quotas, Reservation};
+use crate::trace::TraceContext;
+use crate::upstream::{StreamEvent, UpstreamAuth, UpstreamError, UpstreamTarget, Upstreams};
+use agentplane_control::{ControlError, ControlPlane};
+use agentplane_core::agent::Agent;
+use agentplane_core::api_key::VerifiedApiKey;
+use agentplane_core::authz::TenantCtx;
+use agentplane_core::plan::PlanLimits;
+use agentplane_core::provider::ProviderKind;
+use agentplane_core::quota::{reserve_tokens, Amount, Exhausted};
+use agentplane_core::time::Timestamp;
+use agentplane_core::usage::UsageRecord;
+use agentplane_core::{DomainError, PlanId, UsageRecordId};
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+/// Request fields passed to the provider as sent (after validation of their type).
+const PASSTHROUGH: &[&str] = &[
+    "temperature",
+    "top_p",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "user",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+const MAX_MESSAGES: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+pub struct RuntimeConfig {
+    /// Completion bound when neither the request nor the agent sets `max_tokens`.
+    pub default_max_tokens: i64,
+    /// Azure providers may authenticate with an API key (`ALLOW_API_KEY_FALLBACK`); else
+    /// they must use an Entra ID identity.
+    pub allow_api_key_fallback: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: 1024,
+            allow_api_key_fallback: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Invalid(#[from] DomainError),
+    /// The agent (the `model`) is not the tenant's, or not within the key's scopes.
+    #[error("no agent {0:?} for this key")]
+    UnknownAgent(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error("{} quota exhausted", .0.quota.as_str())]
+    Quota(Exhausted),
+    /// The provider's configuration is refused by policy.
+    #[error("{0}")]
+    Policy(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("usage could not be recorded: {0}")]
+    Metering(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+impl From<QuotaError> for RunError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::Exhausted(x) => Self::Quota(x),
+            QuotaError::Store(s) => Self::Control(s.into()),
+        }
+    }
+}
+
+/// A validated chat request.
+#[derive(Clone, Debug)]
+pub struct ChatInput {
+    /// The agent's name or id (OpenAI's `model`).
+    pub agent: String,
+    pub messages: Vec<Value>,
+    pub stream: bool,
+    pub max_tokens: Option<i64>,
+    pub n: i64,
+    pub passthrough: Map<String, Value>,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> DomainError {
+    DomainError::invalid(field, reason)
+}
+
+impl ChatInput {
+    /// Validates an OpenAI chat-completions request body.
+    pub fn from_openai(body: Value) -> Result<Self, DomainError> {
+        let Value::Object(mut body) = body else {
+            return Err(invalid("body", "must be a JSON object"));
+        };
+        let agent = match body.remove("model") {
+            Some(Value::String(m)) if !m.is_empty() && m.len() <= 128 => m,
+            _ => return Err(invalid("model", "must be the name of one of your agents")),
+        };
+        let messages = match body.remove("messages") {
+            Some(Value::Array(m)) if !m.is_empty() && m.len() <= MAX_MESSAGES => m,
+            _ => {
+                return Err(invalid(
+                    "messages",
+                    format!("must be an array of 1-{MAX_MESSAGES} messages"),
+                ))
+            }
+        };
+        for m in &messages {
+            let role = m.get("role").and_then(Value::as_str);
+            if !role.is_some_and(|r| ROLES.contains(&r)) {
+                return Err(invalid(
+                    "messages",
+                    "every message needs a role: system, developer, user, assistant or tool",
+                ));
+            }
+            match m.get("content") {
+                None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+                Some(_) => {
+                    return Err(invalid(
+                        "messages",
+                        "content must be a string or an array of parts",
+                    ))
+                }
+            }
+        }
+        let stream = match body.remove("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(invalid("stream", "must be a boolean")),
+        };
+        let mut max_tokens = None;
+        for field in ["max_tokens", "max_completion_tokens"] {
+            match body.remove(field) {
+                None | Some(Value::Null) => {}
+                Some(v) => match v.as_i64() {
+                    Some(t) if (1..=1_000_000).contains(&t) => {
+                        max_tokens = Some(max_tokens.map_or(t, |m: i64| m.min(t)));
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "max_tokens",
+                            "must be an integer from 1 to 1000000",
+                        ))
+                    }
+                },
+            }
+        }
+        let n = match body.remove("n") {
+            None | Some(Value::Null) => 1,
+            Some(v) => match v.as_i64() {
+                Some(n) if (1..=8).contains(&n) => n,
+                _ => return Err(invalid("n", "must be an integer from 1 to 8")),
+            },
+        };
+        // Usage always comes in the final chunk; what the client asked here changes nothing.
+        if !matches!(
+            body.remove("stream_options"),
+            None | Some(Value::Null | Value::Object(_))
+        ) {
+            return Err(invalid("stream_options", "must be an object"));
+        }
+        let mut passthrough = Map::new();
+        for (k, v) in body {
+            if !PASSTHROUGH.contains(&k.as_str()) {
+                return Err(DomainError::Invalid {
+                    field: "body",
+                    reason: format!("unsupported field {k:?}"),
+                });
+            }
+            passthrough.insert(k, v);
+        }
+        Ok(Self {
+            agent,
+            messages,
+            stream,
+            max_tokens,
+            n,
+            passthrough,
+        })
+    }
+}
+
+/// The answer of a run.
+pub enum ChatOutput {
+    /// A `chat.completion` object (its `usage` the provider's figures).
+    Complete(Value),
+    /// `chat.completion.chunk` objects in order, the last one carrying `usage`; the channel
+    /// closes after it (or after an error event, `{"error": {...}}`).
+    Stream(mpsc::Receiver<Value>),
+}
+
+/// The runtime plane.
+#[derive(Clone)]
+pub struct Runtime {
+    control: ControlPlane,
+    upstreams: Arc<Upstreams>,
+    quotas: Quotas,
+    limits: Limits,
+    /// Plans never change once created: their limits are cached.
+    plans: Arc<Mutex<HashMap<PlanId, PlanLimits>>>,
+    cfg: RuntimeConfig,
+}
+
+struct Prepared {
+    agent: Agent,
+    provider_name: String,
+    target: UpstreamTarget,
+    body: Value,
+    reservation: Reservation,
+    permit: RunPermit,
+    /// The prompt's reserved bound, charged when the provider reports no usage.
+    prompt_estimate: i64,
+}
+
+impl Runtime {
+    pub fn new(
+        control: ControlPlane,
+        upstreams: Upstreams,
+        quotas: Quotas,
+        cfg: RuntimeConfig,
+    ) -> Self {
+        Self {
+            control,
+            upstreams: Arc::new(upstreams),
+            quotas,
+            limits: Limits::default(),
+            plans: Arc::default(),
+            cfg,
+        }
+    }
+
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    async fn plan_limits(&self, id: &PlanId) -> Result<PlanLimits, RunError> {
+        if let Some(l) = self.plans.lock().ok().and_then(|p| p.get(id).copied()) {
+            return Ok(l);
+        }
+        let plan = self.control.get_plan(id.as_str()).await?;
+        if let Ok(mut p) = self.plans.lock() {
+            p.insert(id.clone(), plan.limits);
+        }
+        Ok(plan.limits)
+    }
+
+    /// Runs `input` for the key's tenant.
+    pub async fn chat(
+        &self,
+        ctx: &TenantCtx,
+        key: &VerifiedApiKey,
+        input: ChatInput,
+        trace: TraceContext,
+    ) -> Result<ChatOutput, RunError> {
+        let started = Instant::now();
+        let p = self.prepare(ctx, key, &input).await?;
+        let run = Run {
+            runtime: self.clone(),
+            ctx: ctx.clone(),
+            agent_ref: input.agent,
+            prepared: p,
+            trace,
+            started,
+        };
+        if input.stream {
+            let (tx, rx) = mpsc::channel(64);
+            let (first_tx, first_rx) = oneshot::channel();
+            tokio::spawn(run.stream(tx, first_tx));
+            // The first event tells whether the provider accepted the call: before it, a
+            // failure is an HTTP error; after it, an error event in the stream.
+            match first_rx.await {
+                Ok(Ok(())) => Ok(ChatOutput::Stream(rx)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RunError::Metering("the run ended unexpectedly".into())),
+            }
+        } else {
+            // The call and its settlement run to completion even if the client goes away.
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let _ = tx.send(run.complete().await);
+            });
+            rx.await
+                .unwrap_or_else(|_| Err(RunError::Metering("the run ended unexpectedly".into())))
+                .map(ChatOutput::Complete)
+        }
+    }
+
+    async fn prepare(
+        &self,
+        ctx: &TenantCtx,
+        key: &VerifiedApiKey,
+        input: &ChatInput,
+    ) -> Result<Prepared, RunError> {
+        let unknown = || RunError::UnknownAgent(input.agent.clone());
+        let agent = match self.control.agent_by_ref(ctx, &input.agent).await {
+            Ok(a) => a,
+            Err(ControlError::NotFound(_)) => return Err(unknown()),
+            Err(e) => return Err(e.into()),
+        };
+        if !key.scopes.allows_agent(agent.id) || !key.scopes.allows_model(&agent.model) {
+            return Err(unknown());
+        }
+        let limits = self.plan_limits(&key.plan_id).await?;
+        let permit = self.limits.admit(
+            ctx.tenant_id(),
+            limits.requests_per_minute,
+            limits.max_concurrent_runs,
+        )?;
+        let agent_max = agent
+            .params
+            .max_tokens
+            .unwrap_or(self.cfg.default_max_tokens);
+        let max_tokens = input.max_tokens.map_or(agent_max, |m| m.min(agent_max));
+        let mut messages = Vec::with_capacity(input.messages.len() + 1);
+        if !agent.system_prompt.is_empty() {
+            messages.push(json!({"role": "system", "content": agent.system_prompt}));
+        }
+        messages.extend(input.messages.iter().cloned());
+        let prompt = Value::Array(messages);
+        let prompt_bytes = serde_json::to_vec(&prompt).map_or(usize::MAX, |b| b.len());
+        let tokens = reserve_tokens(prompt_bytes, max_tokens, input.n);
+        let reservation = self
+            .quotas
+            .admit(
+                ctx,
+                Amount::new(limits.monthly_messages, limits.monthly_tokens),
+                tokens,
+            )
+            .await?;
+        let (provider, secret) = self
+            .control
+            .provider_secret(ctx, &agent.provider_id.to_string())
+            .await?;
+        if provider.kind == ProviderKind::AzureOpenai && !self.cfg.allow_api_key_fallback {
+            return Err(RunError::Policy(format!(
+                "provider {:?} authenticates to Azure with an API key, which needs \
+                 ALLOW_API_KEY_FALLBACK=true (refused in production: use a managed identity)",
+                provider.name
+            )));
+        }
+        let secret = Zeroizing::new(String::from_utf8_lossy(&secret).into_owned());
+        let target = UpstreamTarget {
+            kind: provider.kind,
+            base_url: provider.base_url.clone(),
+            api_version: provider.api_version.clone(),
+            auth: UpstreamAuth::ApiKey(secret),
+            cache_key: format!("{}/{}", ctx.tenant_id(), provider.id),
+        };
+        let mut body = input.passthrough.clone();
+        for (k, v) in [
+            ("temperature", agent.params.temperature),
+            ("top_p", agent.params.top_p),
+        ] {
+            if let (Some(v), false) = (v, body.contains_key(k)) {
+                body.insert(k.into(), json!(v));
+            }
+        }
+        body.insert("model".into(), json!(agent.model));
+        body.insert("messages".into(), prompt);
+        body.insert("max_tokens".into(), json!(max_tokens));
+        if input.n != 1 {
+            body.insert("n".into(), json!(input.n));
+        }
+        if input.stream {
+            body.insert("stream".into(), json!(true));
+            body.insert("stream_options".into(), json!({"include_usage": true}));
+        }
+        Ok(Prepared {
+            agent,
+            provider_name: provider.name,
+            target,
+            body: Value::Object(body),
+            reservation,
+            permit,
+            prompt_estimate: i64::try_from(prompt_bytes).unwrap_or(i64::MAX),
+        })
+    }
+}
+
+/// One run in flight, owned by its task.
+struct Run {
+    runtime: Runtime,
+    ctx: TenantCtx,
+    agent_ref: String,
+    prepared: Prepared,
+    trace: TraceContext,
+    started: Instant,
+}
+
+/// `usage.prompt_tokens` and `usage.completion_tokens` of a response or chunk.
+fn usage_of(v: &Value) -> Option<(i64, i64)> {
+    let u = v.get("usage").filter(|u| u.is_object())?;
+    Some((
+        u.get("prompt_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .max(0),
+        u.get("completion_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .max(0),
+    ))
+}
+
+impl Run {
+    fn record(&self, status: &str, tokens: (i64, i64)) -> UsageRecord {
+        UsageRecord {
+            id: UsageRecordId::new(),
+            tenant_id: self.ctx.tenant_id(),
+            ts: Timestamp::now(),
+            agent_id: Some(self.prepared.agent.id.to_string()),
+            model: self.prepared.agent.model.clone(),
+            provider: self.prepared.provider_name.clone(),
+            tokens_in: tokens.0,
+            tokens_out: tokens.1,
+            latency_ms: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            status: status.to_owned(),
+            trace_id: Some(self.trace.trace_id_hex()),
+        }
+    }
+
+    /// Settles the reservation: `tokens` is `None` when the provider did no work.
+    async fn settle(self, status: &str, tokens: Option<(i64, i64)>) -> Result<(), RunError> {
+        let record = self.record(status, tokens.unwrap_or((0, 0)));
+        let Prepared {
+            reservation,
+            permit,
+            ..
+        } = self.prepared;
+        let res = reservation
+            .settle(record, tokens.map(|(i, o)| i + o))
+            .await
+            .map_err(RunError::Metering);
+        drop(permit);
+        res
+    }
+
+    async fn complete(self) -> Result<Value, RunError> {
+        let adapter = self.runtime.upstreams.adapter(self.prepared.target.kind);
+        let res = adapter
+            .chat(&self.prepared.target, &self.prepared.body, &self.trace)
+            .await;
+        match res {
+            Ok(mut v) => {
+                // A provider that reports no usage is charged what was reserved.
+                let tokens = usage_of(&v).unwrap_or((self.prepared.reservation.held_tokens(), 0));
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("model".into(), json!(self.agent_ref));
+                }
+                self.settle("ok", Some(tokens)).await?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.settle("upstream_error", None).await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Streams the provider's chunks to `tx`. Keeps reading the provider when the client has
+    /// gone, so that the run is settled with the provider's final usage.
+    async fn stream(self, tx: mpsc::Sender<Value>, first: oneshot::Sender<Result<(), RunError>>) {
+        let adapter = self.runtime.upstreams.adapter(self.prepared.target.kind);
+        let mut events = match adapter
+            .chat_stream(&self.prepared.target, &self.prepared.body, &self.trace)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let settled = self.settle("upstream_error", None).await;
+                let _ = first.send(Err(settled.err().unwrap_or(e.into())));
+                return;
+            }
+        };
+        let _ = first.send(Ok(()));
+        let mut client = Some(tx);
+        let mut usage = None;
+        let mut usage_chunk = None;
+        let mut chunks = 0i64;
+        let mut failure = None;
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(StreamEvent::Chunk(mut chunk)) => {
+                    if let Some(u) = usage_of(&chunk) {
+                        usage = Some(u);
+                    }
+                    chunks += 1;
+                    if let Some(o) = chunk.as_object_mut() {
+                        o.insert("model".into(), json!(self.agent_ref));
+                    }
+                    // The usage chunk goes out after the settlement.
+                    if chunk.get("usage").is_some_and(Value::is_object) {
+                        usage_chunk = Some(chunk);
+                        continue;
+                    }
+                    if let Some(c) = &client {
+                        if c.send(chunk).await.is_err() {
+                            client = None;
+                        }
+                    }
+                }
+                Ok(StreamEvent::Done) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        // Without the provider's figures (it failed mid-stream, or reports no usage), the
+        // prompt is charged its reserved bound and the completion a token a chunk.
+        let estimate = (self.prepared.prompt_estimate, chunks);
+        let (status, tokens) = match (&failure, usage, &client) {
+            (Some(_), u, _) => ("upstream_error", u.unwrap_or(estimate)),
+            (None, Some(u), Some(_)) => ("ok", u),
+            (None, Some(u), None) => ("client_closed", u),
+            (None, None, c) => (if c.is_some() { "ok" } else { "client_closed" }, estimate),
+        };
+        let agent_ref = self.agent_ref.clone();
+        let settled = self.settle(status, Some(tokens)).await;
+        let Some(c) = client else { return };
+        let last = match (failure, settled) {
+            (_, Err(e)) => {
+                json!({"error": {"message": e.to_string(), "type": "api_error", "code": "metering_failed"}})
+            }
+            (Some(e), Ok(())) => {
+                json!({"error": {"message": e.to_string(), "type": "api_error", "code": "upstream_error"}})
+            }
+            (None, Ok(())) => usage_chunk.unwrap_or_else(|| {
+                json!({"object": "chat.completion.chunk", "model": agent_ref, "choices": [],
+                       "usage": {"prompt_tokens": tokens.0, "completion_tokens": tokens.1,
+                                 "total_tokens": tokens.0 + tokens.1}})
+            }),
+        };
+        let _ = c.send(last).await;
+    }
+}
+
+/// Seconds until the next calendar month (UTC), when monthly quotas start again.
+pub fn until_next_period(now: Timestamp) -> Duration {
+    let ms = now.millis();
+    let next = now.next_period_start().millis();
+    Duration::from_millis(u64::try_from(next - ms).unwrap_or(0))
+}
