@@ -126,6 +126,12 @@ impl Proc {
         assert!(ok, "cannot send SIGTERM to {}", self.what);
     }
 
+    /// Kills the process at once (SIGKILL): no shutdown code runs.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.exited = self.child.wait().ok();
+    }
+
     /// A description for assertion messages.
     pub(crate) fn describe(&self) -> String {
         format!(

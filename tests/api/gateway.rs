@@ -737,3 +737,115 @@ async fn azure_api_keys_need_the_fallback_flag(b: Backend) {
     );
     assert_eq!(mock.last().0["api-key"], "azure-key");
 }
+
+/// Two server processes on one PostgreSQL share a tenant's 50 messages: 200 concurrent runs
+/// spread over both never succeed more than 50 times, every success is recorded, and retrying
+/// until refused uses exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_processes_share_a_quota_exactly() {
+    two_processes(false).await
+}
+
+/// The same with one of the processes killed (SIGKILL) while its runs are in flight: its lease
+/// expires and comes back; nothing overshoots and nothing is lost for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_killed_process_overshoots_nothing_and_loses_nothing() {
+    two_processes(true).await
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn two_processes(kill: bool) {
+    use crate::crash::Proc;
+    const QUOTA: i64 = 50;
+    const LEASE_MS: u64 = 2_000;
+    let mock = MockLlm::start().await;
+    let app = TestApp::spawn_with(Backend::Postgres, fast_leases).await;
+    let model = if kill { "slow" } else { "gpt-test" };
+    let f = fixture(&app, "Two", "openai", &mock.base, model, json!({"monthly_messages": QUOTA})).await;
+    let mut servers = vec![];
+    let mut bases = vec![];
+    for _ in 0..2 {
+        let port = free_port();
+        let mut env = app.db.env(&app.secret);
+        env.insert("AGENTPLANE_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("AGENTPLANE_QUOTA_LEASE_MS".into(), LEASE_MS.to_string());
+        env.insert("AGENTPLANE_QUOTA_IDLE_MS".into(), "200".into());
+        servers.push(Proc::spawn(&["serve"], &env));
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    let client = reqwest::Client::new();
+    for (base, server) in bases.iter().zip(&servers) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{base}/health")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "server never started: {}", server.describe());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let run = |i: usize| {
+        let (client, base, key) = (client.clone(), bases[i % 2].clone(), f.key.clone());
+        async move {
+            let res = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&hello("helper"))
+                .send()
+                .await;
+            match res {
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    Some((s, body))
+                }
+                Err(_) => None, // the process was killed under it
+            }
+        }
+    };
+    let burst = futures::future::join_all((0..200).map(run));
+    let results = if kill {
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            servers[1].kill();
+        };
+        tokio::join!(burst, killer).0
+    } else {
+        burst.await
+    };
+    let ok = results.iter().flatten().filter(|(s, _)| *s == 200).count() as i64;
+    for (s, e) in results.iter().flatten() {
+        assert!(*s == 200 || *s == 429, "{s} {e}");
+    }
+    assert!(ok <= QUOTA, "{ok} successes on a quota of {QUOTA}");
+    if kill {
+        assert!(results.iter().any(Option::is_none), "some runs were cut by the kill");
+        // The dead process's lease comes back once it expires.
+        tokio::time::sleep(Duration::from_millis(LEASE_MS + 500)).await;
+    } else {
+        settled(&app, &f.tenant).await;
+    }
+    let recorded = records(&app, &f.tenant).await.len() as i64;
+    if kill {
+        // A run the killed process settled just before dying has its record although its
+        // client never saw the answer; a run it did not settle has none, and consumed nothing.
+        assert!(ok <= recorded && recorded <= QUOTA, "{ok} successes, {recorded} records");
+    } else {
+        assert_eq!(recorded, ok, "every success recorded, nothing else");
+    }
+    // Retrying until refused, through the surviving process, uses exactly the rest.
+    let mut used = recorded;
+    loop {
+        let Some((s, e)) = run(0).await else { panic!("the surviving server failed") };
+        if s != 200 {
+            assert_eq!((s, &e["error"]["code"]), (429, &json!("quota_exceeded")), "{e}");
+            break;
+        }
+        used += 1;
+        assert!(used <= QUOTA, "overshoot: {used}");
+    }
+    assert_eq!(used, QUOTA, "quota lost");
+    assert_eq!(records(&app, &f.tenant).await.len() as i64, QUOTA);
+    let u = usage(&app, &f.tenant).await;
+    assert_eq!(u["messages"]["used"], QUOTA, "{u}");
+}
