@@ -18,7 +18,8 @@ both_backends!(
     a_failing_provider_releases_the_reservation,
     limits_and_plan_changes_apply_at_once,
     bad_requests_get_openai_shaped_errors_and_change_nothing,
-    azure_api_keys_need_the_fallback_flag
+    azure_api_keys_need_the_fallback_flag,
+    the_official_openai_python_sdk_works_unchanged
 );
 
 pub(crate) struct Fixture {
@@ -754,7 +755,11 @@ async fn postgres_a_killed_process_overshoots_nothing_and_loses_nothing() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn two_processes(kill: bool) {
@@ -764,7 +769,15 @@ async fn two_processes(kill: bool) {
     let mock = MockLlm::start().await;
     let app = TestApp::spawn_with(Backend::Postgres, fast_leases).await;
     let model = if kill { "slow" } else { "gpt-test" };
-    let f = fixture(&app, "Two", "openai", &mock.base, model, json!({"monthly_messages": QUOTA})).await;
+    let f = fixture(
+        &app,
+        "Two",
+        "openai",
+        &mock.base,
+        model,
+        json!({"monthly_messages": QUOTA}),
+    )
+    .await;
     let mut servers = vec![];
     let mut bases = vec![];
     for _ in 0..2 {
@@ -780,7 +793,11 @@ async fn two_processes(kill: bool) {
     for (base, server) in bases.iter().zip(&servers) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while client.get(format!("{base}/health")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "server never started: {}", server.describe());
+            assert!(
+                Instant::now() < deadline,
+                "server never started: {}",
+                server.describe()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -819,7 +836,10 @@ async fn two_processes(kill: bool) {
     }
     assert!(ok <= QUOTA, "{ok} successes on a quota of {QUOTA}");
     if kill {
-        assert!(results.iter().any(Option::is_none), "some runs were cut by the kill");
+        assert!(
+            results.iter().any(Option::is_none),
+            "some runs were cut by the kill"
+        );
         // The dead process's lease comes back once it expires.
         tokio::time::sleep(Duration::from_millis(LEASE_MS + 500)).await;
     } else {
@@ -829,16 +849,25 @@ async fn two_processes(kill: bool) {
     if kill {
         // A run the killed process settled just before dying has its record although its
         // client never saw the answer; a run it did not settle has none, and consumed nothing.
-        assert!(ok <= recorded && recorded <= QUOTA, "{ok} successes, {recorded} records");
+        assert!(
+            ok <= recorded && recorded <= QUOTA,
+            "{ok} successes, {recorded} records"
+        );
     } else {
         assert_eq!(recorded, ok, "every success recorded, nothing else");
     }
     // Retrying until refused, through the surviving process, uses exactly the rest.
     let mut used = recorded;
     loop {
-        let Some((s, e)) = run(0).await else { panic!("the surviving server failed") };
+        let Some((s, e)) = run(0).await else {
+            panic!("the surviving server failed")
+        };
         if s != 200 {
-            assert_eq!((s, &e["error"]["code"]), (429, &json!("quota_exceeded")), "{e}");
+            assert_eq!(
+                (s, &e["error"]["code"]),
+                (429, &json!("quota_exceeded")),
+                "{e}"
+            );
             break;
         }
         used += 1;
@@ -848,4 +877,43 @@ async fn two_processes(kill: bool) {
     assert_eq!(records(&app, &f.tenant).await.len() as i64, QUOTA);
     let u = usage(&app, &f.tenant).await;
     assert_eq!(u["messages"]["used"], QUOTA, "{u}");
+}
+
+/// The Python interpreter with the official `openai` package (`scripts/install-peers` puts it
+/// in `.venv`; `AGENTPLANE_PYTHON` overrides). Missing, the test fails: it never skips.
+fn sdk_python() -> String {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python3");
+    let python = std::env::var("AGENTPLANE_PYTHON").unwrap_or_else(|_| venv.to_owned());
+    assert!(
+        std::path::Path::new(&python).is_file(),
+        "{python} is missing: run scripts/install-peers (scripts/test does) to install the OpenAI SDK"
+    );
+    python
+}
+
+async fn the_official_openai_python_sdk_works_unchanged(b: Backend) {
+    let mock = MockLlm::start().await;
+    let app = TestApp::spawn_with(b, fast_leases).await;
+    let f = fixture(&app, "Sdk", "openai", &mock.base, "gpt-test", json!({})).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");
+    let out = tokio::process::Command::new(sdk_python())
+        .arg(script)
+        .env("AGENTPLANE_BASE", format!("{}/v1", app.base))
+        .env("AGENTPLANE_KEY", &f.key)
+        .env("AGENTPLANE_MODEL", "helper")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK script failed:\n{stderr}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["models"], json!(["helper"]), "{seen}");
+    assert_eq!(seen["content"], "hello from gpt-test");
+    assert_eq!(seen["usage"]["total_tokens"], 12);
+    assert_eq!(seen["stream_text"], "t0 t1 t2 ");
+    assert_eq!(seen["stream_usage"]["completion_tokens"], 3, "{seen}");
+    assert_eq!(seen["not_found"], "agent_not_found");
+    assert_eq!(seen["unauthenticated"], "AuthenticationError");
+    let u = settled(&app, &f.tenant).await;
+    assert_eq!(u["messages"]["used"], 2, "{u}");
 }
