@@ -19,6 +19,7 @@ both_backends!(
     limits_and_plan_changes_apply_at_once,
     bad_requests_get_openai_shaped_errors_and_change_nothing,
     azure_api_keys_need_the_fallback_flag,
+    azure_managed_identity_needs_no_secret_and_no_fallback,
     the_official_openai_python_sdk_works_unchanged
 );
 
@@ -916,4 +917,76 @@ async fn the_official_openai_python_sdk_works_unchanged(b: Backend) {
     assert_eq!(seen["unauthenticated"], "AuthenticationError");
     let u = settled(&app, &f.tenant).await;
     assert_eq!(u["messages"]["used"], 2, "{u}");
+}
+
+async fn azure_managed_identity_needs_no_secret_and_no_fallback(b: Backend) {
+    let mock = MockLlm::start().await;
+    let app = TestApp::spawn_with(b, |env| {
+        fast_leases(env);
+        env.insert("IDENTITY_ENDPOINT".into(), mock.identity_endpoint.clone());
+        env.insert("IDENTITY_HEADER".into(), "id-secret".into());
+    })
+    .await;
+    let t = app.active_tenant("Entra").await;
+    plan_for(&app, &t, json!({})).await;
+    let admin = app.tenant_user("tenant_admin", &t);
+    let providers = format!("/v1/tenants/{t}/providers");
+    let mi = json!({"type": "managed_identity"});
+    // Refused shapes: a secret with a managed identity, Entra on an OpenAI provider, client
+    // credentials without their secret, an unknown method.
+    for bad in [
+        json!({"name": "x", "kind": "azure_openai", "base_url": mock.azure_base, "auth": mi, "api_key": "k"}),
+        json!({"name": "x", "kind": "openai", "base_url": mock.base, "auth": mi}),
+        json!({"name": "x", "kind": "azure_openai", "base_url": mock.azure_base,
+               "auth": {"type": "client_credentials", "tenant": "t", "client_id": "c"}}),
+        json!({"name": "x", "kind": "azure_openai", "base_url": mock.azure_base, "auth": {"type": "password"}}),
+    ] {
+        let (s, p) = status_json(app.post(&providers, &admin, bad.clone()).await).await;
+        assert_eq!(s, 422, "{bad} -> {p}");
+    }
+    let (s, p) = status_json(
+        app.post(
+            &providers,
+            &admin,
+            json!({"name": "azure", "kind": "azure_openai",
+        "base_url": mock.azure_base, "auth": mi}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    assert_eq!(
+        (p["auth"]["type"].as_str(), p["fingerprint"].as_str()),
+        (Some("managed_identity"), Some("none"))
+    );
+    let (s, a) = status_json(
+        app.post(
+            &format!("/v1/tenants/{t}/agents"),
+            &admin,
+            json!({"name": "helper", "provider_id": p["id"], "model": "gpt-4o-deploy"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let (_, k) = status_json(
+        app.post(
+            &format!("/v1/tenants/{t}/api-keys"),
+            &admin,
+            json!({"name": "app"}),
+        )
+        .await,
+    )
+    .await;
+    let key = k["key"].as_str().unwrap();
+    for _ in 0..2 {
+        let (s, body) = complete(&app, key, hello("helper")).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    assert_eq!(mock.last().0["authorization"], "Bearer entra-token-1");
+    assert_eq!(
+        mock.seen.tokens.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the token is cached"
+    );
 }

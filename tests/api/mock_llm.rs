@@ -21,6 +21,8 @@ use std::time::Duration;
 #[derive(Clone, Default)]
 pub struct Seen {
     pub calls: Arc<AtomicUsize>,
+    /// Entra ID tokens issued by the managed-identity endpoint.
+    pub tokens: Arc<AtomicUsize>,
     /// Headers and body of the last call.
     pub last: Arc<Mutex<Option<(HeaderMap, Value)>>>,
 }
@@ -28,6 +30,9 @@ pub struct Seen {
 pub struct MockLlm {
     /// For an `openai` provider: `http://127.0.0.1:<port>/v1`.
     pub base: String,
+    /// The managed-identity token endpoint (`IDENTITY_ENDPOINT`), whose header secret
+    /// (`IDENTITY_HEADER`) is `id-secret`.
+    pub identity_endpoint: String,
     /// For an `azure_openai` provider: `http://127.0.0.1:<port>`.
     pub azure_base: String,
     pub seen: Seen,
@@ -42,6 +47,7 @@ impl MockLlm {
                 "/openai/deployments/{deployment}/chat/completions",
                 post(azure),
             )
+            .route("/msi/token", axum::routing::get(identity))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -49,6 +55,7 @@ impl MockLlm {
         MockLlm {
             base: format!("http://{addr}/v1"),
             azure_base: format!("http://{addr}"),
+            identity_endpoint: format!("http://{addr}/msi/token"),
             seen,
         }
     }
@@ -62,6 +69,29 @@ impl MockLlm {
     }
 }
 
+/// An App Service style managed-identity endpoint.
+async fn identity(
+    State(seen): State<Seen>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+        != Some("id-secret")
+        || q.get("resource").map(String::as_str) != Some("https://cognitiveservices.azure.com")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad identity request"})),
+        )
+            .into_response();
+    }
+    let n = seen.tokens.fetch_add(1, Ordering::SeqCst) + 1;
+    Json(json!({"access_token": format!("entra-token-{n}"), "expires_in": "3600", "token_type": "Bearer"}))
+        .into_response()
+}
+
 async fn azure(
     State(seen): State<Seen>,
     Path(deployment): Path<String>,
@@ -69,9 +99,12 @@ async fn azure(
     headers: HeaderMap,
     Json(mut body): Json<Value>,
 ) -> Response {
-    if headers.get("api-key").and_then(|v| v.to_str().ok()) != Some("azure-key")
-        || !q.contains_key("api-version")
-    {
+    let api_key = headers.get("api-key").and_then(|v| v.to_str().ok()) == Some("azure-key");
+    let entra = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer entra-token-"));
+    if !(api_key || entra) || !q.contains_key("api-version") {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"error": {"message": "bad api-key"}})),

@@ -7,7 +7,8 @@ use agentplane_core::audit::{Chain, NewAuditEvent, Outcome};
 use agentplane_core::authz::TenantCtx;
 use agentplane_core::page::{Page, PageRequest};
 use agentplane_core::provider::{
-    fingerprint, validate_api_key, validate_models, validate_provider_name, Provider, ProviderKind,
+    fingerprint, validate_api_key, validate_models, validate_provider_name, Provider, ProviderAuth,
+    ProviderKind,
 };
 use agentplane_core::time::Timestamp;
 use agentplane_core::{DomainError, ProviderId};
@@ -17,6 +18,30 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+/// The secret `auth` takes: the key or client secret, or nothing (`""`) for a managed identity.
+fn secret_for<'a>(auth: &ProviderAuth, given: Option<&'a str>) -> Result<&'a str, DomainError> {
+    match (auth.needs_secret(), given) {
+        (true, Some(k)) => validate_api_key(k).map(|()| k),
+        (true, None) => Err(DomainError::invalid(
+            "api_key",
+            "is required for this authentication",
+        )),
+        (false, None) => Ok(""),
+        (false, Some(_)) => Err(DomainError::invalid(
+            "api_key",
+            "a managed identity takes no secret",
+        )),
+    }
+}
+
+fn fingerprint_of(secret: &str) -> String {
+    if secret.is_empty() {
+        "none".to_owned()
+    } else {
+        fingerprint(secret.as_bytes())
+    }
+}
 
 /// The associated-data kind of a sealed provider secret.
 pub(crate) const SECRET_KIND: &str = "provider_secret";
@@ -30,9 +55,13 @@ pub struct CreateProvider {
     pub kind: ProviderKind,
     /// e.g. `https://api.openai.com/v1`, `http://10.0.0.5:8000/v1` (vLLM), or an Azure resource endpoint.
     pub base_url: String,
-    /// Write-only: sealed at once, never returned.
+    /// How calls are authenticated (default: an API key).
+    #[serde(default)]
+    pub auth: ProviderAuth,
+    /// The secret: the API key, or the Entra ID client secret for `client_credentials`; none
+    /// for `managed_identity`. Write-only: sealed at once, never returned.
     #[schema(write_only, min_length = 1, max_length = 4096)]
-    pub api_key: String,
+    pub api_key: Option<String>,
     /// Azure only: the `api-version`.
     pub api_version: Option<String>,
     #[serde(default)]
@@ -44,6 +73,8 @@ pub struct CreateProvider {
 pub struct UpdateProvider {
     pub name: Option<String>,
     pub base_url: Option<String>,
+    /// A new authentication method (with `api_key` when it needs a secret).
+    pub auth: Option<ProviderAuth>,
     /// A new secret (rotation); write-only.
     #[schema(write_only)]
     pub api_key: Option<String>,
@@ -134,12 +165,13 @@ impl ControlPlane {
 
     pub async fn create_provider(&self, ctx: &TenantCtx, req: CreateProvider) -> Result<Provider> {
         let name = validate_provider_name(&req.name)?;
-        validate_api_key(&req.api_key)?;
+        req.auth.validate(req.kind)?;
+        let secret = secret_for(&req.auth, req.api_key.as_deref())?;
         validate_models(&req.models)?;
         let base_url = self.check_base_url(&req.base_url).await?;
         let id = ProviderId::new();
         let (sealed, key_version) = self
-            .seal_secret(ctx, SECRET_KIND, &id.to_string(), req.api_key.as_bytes())
+            .seal_secret(ctx, SECRET_KIND, &id.to_string(), secret.as_bytes())
             .await?;
         let now = Timestamp::now();
         let provider = Provider {
@@ -148,6 +180,7 @@ impl ControlPlane {
             name,
             kind: req.kind,
             base_url,
+            auth: req.auth,
             api_version: match req.kind {
                 ProviderKind::AzureOpenai => Some(
                     req.api_version
@@ -156,7 +189,7 @@ impl ControlPlane {
                 ProviderKind::Openai => None,
             },
             models: req.models,
-            fingerprint: fingerprint(req.api_key.as_bytes()),
+            fingerprint: fingerprint_of(secret),
             key_version,
             created_at: now,
             updated_at: now,
@@ -243,12 +276,27 @@ impl ControlPlane {
             p.api_version = Some(v.clone());
             changed.push("api_version");
         }
-        if let Some(k) = &req.api_key {
-            validate_api_key(k)?;
-            let (sealed, version) = self.seal_secret(ctx, SECRET_KIND, id, k.as_bytes()).await?;
+        if let Some(a) = &req.auth {
+            a.validate(p.kind)?;
+            if a.needs_secret() && req.api_key.is_none() && !p.auth.needs_secret() {
+                return Err(
+                    DomainError::invalid("api_key", "this authentication needs a secret").into(),
+                );
+            }
+            p.auth = a.clone();
+            changed.push("auth");
+        }
+        let secret = match (&req.api_key, next.provider.auth.needs_secret()) {
+            (Some(k), _) => Some(secret_for(&next.provider.auth, Some(k))?),
+            // A managed identity has no secret: whatever was stored goes.
+            (None, false) if req.auth.is_some() => Some(""),
+            (None, _) => None,
+        };
+        if let Some(s) = secret {
+            let (sealed, version) = self.seal_secret(ctx, SECRET_KIND, id, s.as_bytes()).await?;
             next.sealed_secret = sealed;
             next.provider.key_version = version;
-            next.provider.fingerprint = fingerprint(k.as_bytes());
+            next.provider.fingerprint = fingerprint_of(s);
             changed.push("api_key");
         }
         let p = &mut next.provider;
@@ -317,6 +365,17 @@ impl ControlPlane {
         let (p, secret) = self.provider_secret(ctx, id).await?;
         // The URL was checked when stored; check again, DNS may have changed since.
         self.check_base_url(&p.base_url).await?;
+        if p.auth != ProviderAuth::ApiKey {
+            return Ok(ProbeResult {
+                ok: false,
+                status: None,
+                latency_ms: 0,
+                detail: "test connection checks API keys; an Entra ID identity is checked by the \
+                         provider on the first run"
+                    .into(),
+                models: None,
+            });
+        }
         let key = String::from_utf8_lossy(&secret).into_owned();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

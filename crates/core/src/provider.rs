@@ -30,6 +30,79 @@ impl ProviderKind {
     }
 }
 
+/// How calls to the provider are authenticated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProviderAuth {
+    /// The secret is an API key (`Authorization: Bearer`, or Azure's `api-key` header). For
+    /// Azure, allowed only with `ALLOW_API_KEY_FALLBACK=true` (never in production).
+    #[default]
+    ApiKey,
+    /// Azure: an Entra ID token of the host's managed identity (no secret is stored);
+    /// `client_id` picks a user-assigned identity.
+    ManagedIdentity {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+    },
+    /// Azure: an Entra ID token from the client-credentials grant; the secret is the app's
+    /// client secret.
+    ClientCredentials {
+        /// The Entra ID (directory) tenant.
+        tenant: String,
+        client_id: String,
+        /// Default `https://login.microsoftonline.com`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authority: Option<String>,
+    },
+}
+
+impl ProviderAuth {
+    /// Whether a secret goes with it.
+    pub fn needs_secret(&self) -> bool {
+        !matches!(self, Self::ManagedIdentity { .. })
+    }
+
+    pub fn validate(&self, kind: ProviderKind) -> Result<(), DomainError> {
+        let ident = |field: &'static str, v: &str| {
+            let ok = (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if ok {
+                Ok(())
+            } else {
+                Err(DomainError::invalid(
+                    field,
+                    "must be 1-128 characters of A-Z, a-z, 0-9, - . _",
+                ))
+            }
+        };
+        match self {
+            Self::ApiKey => Ok(()),
+            _ if kind != ProviderKind::AzureOpenai => Err(DomainError::invalid(
+                "auth",
+                "Entra ID authentication is for azure_openai providers",
+            )),
+            Self::ManagedIdentity { client_id } => client_id
+                .as_deref()
+                .map_or(Ok(()), |c| ident("auth.client_id", c)),
+            Self::ClientCredentials {
+                tenant,
+                client_id,
+                authority,
+            } => {
+                ident("auth.tenant", tenant)?;
+                ident("auth.client_id", client_id)?;
+                match authority.as_deref() {
+                    Some(a) if !a.starts_with("https://") || a.len() > 256 => Err(
+                        DomainError::invalid("auth.authority", "must be an https:// URL"),
+                    ),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// A provider credential as the API shows it: the secret is never returned, only its
 /// fingerprint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -39,12 +112,13 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
+    pub auth: ProviderAuth,
     /// Azure: the `api-version` query parameter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
     /// Models the tenant offers through this provider (empty: any).
     pub models: Vec<String>,
-    /// `sha256:` and the first 16 hex digits of the secret's SHA-256.
+    /// `sha256:` and the first 16 hex digits of the secret's SHA-256 (`none` without one).
     pub fingerprint: String,
     /// The tenant data-key version the secret is sealed with.
     pub key_version: i64,

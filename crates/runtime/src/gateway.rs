@@ -16,7 +16,7 @@ use agentplane_core::agent::Agent;
 use agentplane_core::api_key::VerifiedApiKey;
 use agentplane_core::authz::TenantCtx;
 use agentplane_core::plan::PlanLimits;
-use agentplane_core::provider::ProviderKind;
+use agentplane_core::provider::{ProviderAuth, ProviderKind};
 use agentplane_core::quota::{reserve_tokens, Amount, Exhausted};
 use agentplane_core::time::Timestamp;
 use agentplane_core::usage::UsageRecord;
@@ -366,19 +366,38 @@ impl Runtime {
             .control
             .provider_secret(ctx, &agent.provider_id.to_string())
             .await?;
-        if provider.kind == ProviderKind::AzureOpenai && !self.cfg.allow_api_key_fallback {
-            return Err(RunError::Policy(format!(
-                "provider {:?} authenticates to Azure with an API key, which needs \
-                 ALLOW_API_KEY_FALLBACK=true (refused in production: use a managed identity)",
-                provider.name
-            )));
-        }
         let secret = Zeroizing::new(String::from_utf8_lossy(&secret).into_owned());
+        let auth = match provider.auth.clone() {
+            ProviderAuth::ApiKey
+                if provider.kind == ProviderKind::AzureOpenai
+                    && !self.cfg.allow_api_key_fallback =>
+            {
+                return Err(RunError::Policy(format!(
+                    "provider {:?} authenticates to Azure with an API key, which needs \
+                     ALLOW_API_KEY_FALLBACK=true (refused in production: use a managed identity)",
+                    provider.name
+                )));
+            }
+            ProviderAuth::ApiKey => UpstreamAuth::ApiKey(secret),
+            ProviderAuth::ManagedIdentity { client_id } => {
+                UpstreamAuth::ManagedIdentity { client_id }
+            }
+            ProviderAuth::ClientCredentials {
+                tenant,
+                client_id,
+                authority,
+            } => UpstreamAuth::ClientCredentials {
+                authority: authority.unwrap_or_default(),
+                tenant,
+                client_id,
+                secret,
+            },
+        };
         let target = UpstreamTarget {
             kind: provider.kind,
             base_url: provider.base_url.clone(),
             api_version: provider.api_version.clone(),
-            auth: UpstreamAuth::ApiKey(secret),
+            auth,
             cache_key: format!("{}/{}", ctx.tenant_id(), provider.id),
         };
         let mut body = input.passthrough.clone();

@@ -1577,6 +1577,13 @@ mod tests {
             ("AGENTPLANE_TRANSIT_MOUNT", " kms "),
             ("AGENTPLANE_TRANSIT_KEY", "tenant-keys"),
             ("AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS", "1"),
+            ("AGENTPLANE_QUOTA_LEASE_MS", "5000"),
+            ("AGENTPLANE_QUOTA_IDLE_MS", "300"),
+            ("AGENTPLANE_DEFAULT_MAX_TOKENS", "256"),
+            ("AGENTPLANE_UPSTREAM_TIMEOUT_SECS", "30"),
+            ("AGENTPLANE_UPSTREAM_MAX_RETRIES", "0"),
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/msi/token"),
+            ("IDENTITY_HEADER", "id-header-secret"),
         ];
         // This list covers every field of ENV_VARS.
         for (field, names) in ENV_VARS {
@@ -1586,6 +1593,17 @@ mod tests {
             );
         }
         let cfg = from_env(&vars).unwrap();
+        let g = &cfg.gateway;
+        assert_eq!(
+            (g.quota_lease_ms, g.quota_idle_ms, g.default_max_tokens),
+            (5000, 300, 256)
+        );
+        assert_eq!((g.upstream_timeout_secs, g.upstream_max_retries), (30, 0));
+        assert_eq!(
+            g.identity_endpoint.as_deref(),
+            Some("http://127.0.0.1:41000/msi/token")
+        );
+        assert_eq!(secret_of(&g.identity_header), Some("id-header-secret"));
         assert_eq!(cfg.profile, Profile::Production);
         assert_eq!(cfg.listen, "[::1]:7000".parse().unwrap());
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));

@@ -1156,8 +1156,8 @@ impl Store for BackendStore {
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let res = sqlx::query(
             "INSERT INTO provider_credentials (tenant_id, id, name, kind, base_url, api_version, models, secret, \
-             key_version, fingerprint, created_at, updated_at, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             key_version, fingerprint, created_at, updated_at, version, auth) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(p.tenant_id.to_string())
         .bind(p.id.to_string())
@@ -1172,6 +1172,7 @@ impl Store for BackendStore {
         .bind(p.created_at.millis())
         .bind(p.updated_at.millis())
         .bind(p.version)
+        .bind(to_json(&p.auth)?)
         .execute(&mut *tx)
         .await;
         match res {
@@ -1227,7 +1228,7 @@ impl Store for BackendStore {
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let res = sqlx::query(
             "UPDATE provider_credentials SET name = $3, base_url = $4, api_version = $5, models = $6, secret = $7, \
-             key_version = $8, fingerprint = $9, updated_at = $10, version = $11 \
+             key_version = $8, fingerprint = $9, updated_at = $10, version = $11, auth = $13 \
              WHERE tenant_id = $1 AND id = $2 AND version = $12",
         )
         .bind(p.tenant_id.to_string())
@@ -1242,6 +1243,7 @@ impl Store for BackendStore {
         .bind(p.updated_at.millis())
         .bind(p.version)
         .bind(expected_version)
+        .bind(to_json(&p.auth)?)
         .execute(&mut *tx)
         .await;
         match res {

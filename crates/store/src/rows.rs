@@ -400,6 +400,7 @@ pub(crate) struct ProviderRow {
     base_url: String,
     api_version: Option<String>,
     models: String,
+    auth: String,
     secret: Vec<u8>,
     key_version: i64,
     fingerprint: String,
@@ -420,6 +421,7 @@ impl TryFrom<ProviderRow> for crate::ProviderRecord {
                 kind: ProviderKind::parse(&r.kind)
                     .ok_or_else(|| corrupt("provider_credentials.kind"))?,
                 base_url: r.base_url,
+                auth: json(&r.auth, "provider_credentials.auth")?,
                 api_version: r.api_version,
                 models: json(&r.models, "provider_credentials.models")?,
                 fingerprint: r.fingerprint,
