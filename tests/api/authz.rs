@@ -60,6 +60,7 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
         "admin.update_provider" => Some(json!({"models": ["m1"]})),
         "admin.update_agent" => Some(json!({"model": format!("model-{n}")})),
         "admin.create_api_key" => Some(json!({"name": format!("key {n}")})),
+        "admin.set_webhook" => Some(json!({"url": format!("http://127.0.0.1:9/hook{n}")})),
         "admin.rollback_tenant_setting" => Some(json!({"version": 1})),
         "admin.create_plan" => Some(json!({
             "id": format!("authz-{n}"), "name": "Authz plan",
@@ -350,6 +351,20 @@ async fn send(
                 body_for(action, n),
             )
             .await;
+    }
+    if matches!(action.intent, "admin.get_webhook" | "admin.delete_webhook") {
+        // A webhook to read or delete, set by the operator.
+        let (s, w) = status_json(
+            app.call(
+                Method::PUT,
+                &format!("/v1/tenants/{tenant}/webhook"),
+                Some(&app.platform_admin()),
+                Some(json!({"url": "http://127.0.0.1:9/hook"})),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 200, "preparing a webhook: {w}");
     }
     if action.intent == "admin.upload_logo" {
         return app

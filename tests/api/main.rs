@@ -27,3 +27,9 @@ mod settings;
 mod tenants;
 mod transit;
 mod usage;
+mod webhooks;
+
+/// A one-message chat request for the `helper` agent the gateway fixtures create.
+pub(crate) fn gateway_hello() -> serde_json::Value {
+    serde_json::json!({"model": "helper", "messages": [{"role": "user", "content": "hi"}]})
+}

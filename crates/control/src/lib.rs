@@ -13,6 +13,7 @@ mod providers;
 mod provisioning;
 mod settings;
 mod tenants;
+mod webhooks;
 
 pub mod error;
 pub use agents::{CreateAgent, UpdateAgent};
@@ -25,6 +26,7 @@ pub use providers::{CreateProvider, ProbeResult, UpdateProvider};
 pub use provisioning::{JobOutcome, WorkerConfig};
 pub use settings::{EffectiveSetting, Feature};
 pub use tenants::{CreateTenant, TenantCreated};
+pub use webhooks::{signature as webhook_signature, CreatedWebhook, PutWebhook};
 
 use agentplane_core::audit::{Chain, NewAuditEvent};
 use agentplane_core::authz::{PlatformCtx, TenantCtx};

@@ -123,11 +123,18 @@ fn is_private(ip: IpAddr) -> bool {
 }
 
 impl ControlPlane {
-    /// Checks a base URL's shape, and (unless the deployment allows private endpoints) that
-    /// every address it resolves to is public.
     async fn check_base_url(&self, raw: &str) -> Result<String> {
-        let bad =
-            |why: &str| ControlError::Invalid(DomainError::invalid("base_url", why.to_owned()));
+        self.check_outbound_url("base_url", raw).await
+    }
+
+    /// Checks the shape of a URL the platform will call, and (unless the deployment allows
+    /// private endpoints) that every address it resolves to is public (SSRF).
+    pub(crate) async fn check_outbound_url(
+        &self,
+        field: &'static str,
+        raw: &str,
+    ) -> Result<String> {
+        let bad = |why: &str| ControlError::Invalid(DomainError::invalid(field, why.to_owned()));
         let url = Url::parse(raw.trim()).map_err(|_| bad("must be an absolute http(s) URL"))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
             return Err(bad("must be an absolute http(s) URL"));

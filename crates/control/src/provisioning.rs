@@ -54,6 +54,15 @@ fn default_settings() -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// Why a job's attempt failed (recorded on the job; the queue retries it with backoff).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JobError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(String),
+}
+
 impl ControlPlane {
     /// Claims and runs the next due job, if any.
     pub async fn run_next_job(&self) -> Result<Option<JobOutcome>> {
@@ -67,14 +76,15 @@ impl ControlPlane {
         let span = tracing::info_span!("job", job_id = %job.id, tenant_id = %job.tenant_id, kind = job.kind.as_str());
         let _enter = span.enter();
         let res = match job.kind {
-            JobKind::ProvisionTenant => self.provision(&job).await,
-            JobKind::PurgeTenant => self.purge(&job).await,
-            JobKind::ResealTenant => self.reseal(&job).await,
+            JobKind::ProvisionTenant => self.provision(&job).await.map_err(JobError::from),
+            JobKind::PurgeTenant => self.purge(&job).await.map_err(JobError::from),
+            JobKind::ResealTenant => self.reseal(&job).await.map_err(JobError::from),
+            JobKind::NotifyUsage => self.notify_usage(&job).await,
         };
         let now = Timestamp::now();
         let (result, error) = match res {
             Ok(()) => ("succeeded", None),
-            Err(StoreError::Conflict(Conflict::LeaseLost)) => ("lease_lost", None),
+            Err(JobError::Store(StoreError::Conflict(Conflict::LeaseLost))) => ("lease_lost", None),
             Err(e) => {
                 tracing::warn!(error = %e, attempt = job.attempts, "job failed");
                 self.store.fail_job(&job, &e.to_string(), now).await?;

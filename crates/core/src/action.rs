@@ -848,6 +848,64 @@ pub static DELETE_LOGO: ActionSpec = ActionSpec {
     )
 };
 
+pub static GET_WEBHOOK: ActionSpec = ActionSpec {
+    entity: "webhook",
+    permission: Some(Permission::SettingsRead),
+    description: "The tenant's usage-notification webhook (its URL and secret fingerprint)",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.get_webhook",
+        "webhook",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/webhook",
+    )
+};
+
+pub static SET_WEBHOOK: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::SettingsWrite),
+    parameters: &[Param::new(
+        "url",
+        ParamType::String,
+        true,
+        "http(s) URL the usage notifications (80% and 100% of a quota) are POSTed to",
+    )],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "the URL resolves to a public address",
+    ],
+    postconditions: &[
+        "webhook set with a new signing secret, shown once",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Medium,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Set the usage-notification webhook; answers a new signing secret once",
+    ..spec(
+        "admin.set_webhook",
+        "webhook",
+        Method::Put,
+        "/v1/tenants/{tenant_id}/webhook",
+    )
+};
+
+pub static DELETE_WEBHOOK: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::SettingsWrite),
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["webhook and its secret deleted", "audit log entry created"],
+    risk_level: Risk::Low,
+    side_effects: &["audit_log"],
+    description: "Remove the usage-notification webhook",
+    ..spec(
+        "admin.delete_webhook",
+        "webhook",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/webhook",
+    )
+};
+
 const PROVIDER_ID: Param = Param::new(
     "provider_id",
     ParamType::String,
@@ -1303,6 +1361,9 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &UPLOAD_LOGO,
     &GET_LOGO,
     &DELETE_LOGO,
+    &GET_WEBHOOK,
+    &SET_WEBHOOK,
+    &DELETE_WEBHOOK,
     &LIST_PROVIDERS,
     &CREATE_PROVIDER,
     &GET_PROVIDER,

@@ -46,6 +46,9 @@ pub enum JobKind {
     /// Re-seals a tenant's secrets with its newest data key after a tenant-key rotation.
     #[serde(rename = "tenant.reseal")]
     ResealTenant,
+    /// Calls the tenant's webhook: usage crossed 80% or 100% of a quota.
+    #[serde(rename = "usage.notify")]
+    NotifyUsage,
 }
 
 impl JobKind {
@@ -54,6 +57,7 @@ impl JobKind {
             Self::ProvisionTenant => "tenant.provision",
             Self::PurgeTenant => "tenant.purge",
             Self::ResealTenant => "tenant.reseal",
+            Self::NotifyUsage => "usage.notify",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -61,6 +65,7 @@ impl JobKind {
             "tenant.provision" => Self::ProvisionTenant,
             "tenant.purge" => Self::PurgeTenant,
             "tenant.reseal" => Self::ResealTenant,
+            "usage.notify" => Self::NotifyUsage,
             _ => return None,
         })
     }

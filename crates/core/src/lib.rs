@@ -23,6 +23,7 @@ pub mod settings;
 pub mod tenant;
 pub mod time;
 pub mod usage;
+pub mod webhook;
 
 /// A name that is also an identifier (agents, providers): 1-64 of A-Z, a-z, 0-9, `_ - .`.
 pub fn validate_ident_name(field: &'static str, v: &str) -> Result<String, DomainError> {

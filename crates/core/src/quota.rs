@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 /// Which monthly quota a refusal names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuotaKind {
     MonthlyMessages,

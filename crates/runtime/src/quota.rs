@@ -130,6 +130,8 @@ pub struct Reservation {
     period: String,
     lease_id: String,
     held: Amount,
+    /// The plan's limits when the run was admitted (for the 80% / 100% notifications).
+    limit: Amount,
     settled: bool,
 }
 
@@ -152,6 +154,7 @@ impl Reservation {
             period: self.period.clone(),
             lease_id: self.lease_id.clone(),
             consumed,
+            limit: self.limit,
         };
         if self
             .quotas
@@ -312,6 +315,7 @@ impl Quotas {
             period: period.to_owned(),
             lease_id: s.lease_id.clone(),
             held: need,
+            limit,
             settled: false,
         })
     }

@@ -219,6 +219,7 @@ pub struct LeaseRequest {
 
 /// One step of quota settlement.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // almost every op is a Settle; boxing it would only add an allocation
 pub enum QuotaOp {
     /// A finished run: its usage record, and what it consumed of its lease (counted in the
     /// counter's `used`; a run that failed upstream consumes nothing).
@@ -228,6 +229,8 @@ pub enum QuotaOp {
         period: String,
         lease_id: String,
         consumed: Amount,
+        /// The plan's limits: crossing 80% or 100% of one enqueues a notification, once.
+        limit: Amount,
     },
     /// Returns what is left of a lease to the tenant.
     Release {
@@ -509,6 +512,21 @@ pub trait Store: Send + Sync + 'static {
     /// Applies settlements (usage record, lease decremented, counter's used incremented) and
     /// lease releases in one transaction, in order.
     async fn settle_quota(&self, ops: &[QuotaOp]) -> Result<()>;
+    /// The tenant's webhook and its sealed signing secret.
+    async fn get_webhook(
+        &self,
+        ctx: &TenantCtx,
+    ) -> Result<Option<(agentplane_core::webhook::Webhook, Vec<u8>)>>;
+    /// Creates or replaces the tenant's webhook, with its audit event.
+    async fn put_webhook(
+        &self,
+        ctx: &TenantCtx,
+        webhook: &agentplane_core::webhook::Webhook,
+        sealed_secret: &[u8],
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    /// Removes the tenant's webhook (with its audit event); false if there was none.
+    async fn delete_webhook(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool>;
     /// Extends every lease `holder` holds (the process is alive).
     async fn renew_quota_leases(
         &self,

@@ -213,18 +213,81 @@ async fn lock_counter(tx: &mut Tx<'_>, tenant: TenantId, period: &str) -> Result
     Ok(())
 }
 
-/// Adds to a counter's used and reserved amounts (the row exists: a grant created it).
+/// Enqueues a usage notification for each 80% / 100% threshold this settlement crossed, once
+/// per quota, threshold and month (`usage_notices` remembers which were sent).
+async fn notify_thresholds(
+    tx: &mut Tx<'_>,
+    ctx: &TenantCtx,
+    period: &str,
+    after: Amount,
+    consumed: Amount,
+    limit: Amount,
+) -> Result<()> {
+    use agentplane_core::quota::QuotaKind;
+    use agentplane_core::webhook::{crossed, UsageNotice};
+    let now = Timestamp::now();
+    for (quota, after, consumed, limit) in [
+        (
+            QuotaKind::MonthlyMessages,
+            after.messages,
+            consumed.messages,
+            limit.messages,
+        ),
+        (
+            QuotaKind::MonthlyTokens,
+            after.tokens,
+            consumed.tokens,
+            limit.tokens,
+        ),
+    ] {
+        for threshold in crossed(after - consumed, after, limit) {
+            let first = sqlx::query(
+                "INSERT INTO usage_notices (tenant_id, period, quota, threshold, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(ctx.tenant_id().to_string())
+            .bind(period)
+            .bind(quota.as_str())
+            .bind(threshold)
+            .bind(now.millis())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if first {
+                let notice = UsageNotice {
+                    period: period.to_owned(),
+                    quota,
+                    threshold,
+                    used: after,
+                    limit,
+                };
+                let job = Job::new(
+                    ctx.tenant_id(),
+                    agentplane_core::job::JobKind::NotifyUsage,
+                    serde_json::to_value(&notice).map_err(|e| corrupt(e.to_string()))?,
+                    now,
+                );
+                insert_job(tx, &job).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds to a counter's used and reserved amounts (the row exists: a grant created it);
+/// answers the used amounts after.
 async fn counter_add(
     tx: &mut Tx<'_>,
     ctx: &TenantCtx,
     period: &str,
     used: Amount,
     reserved: Amount,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<Amount> {
+    let (m, t): (i64, i64) = sqlx::query_as(
         "UPDATE usage_counters SET messages_used = messages_used + $3, tokens_used = tokens_used + $4, \
          messages_reserved = messages_reserved + $5, tokens_reserved = tokens_reserved + $6 \
-         WHERE tenant_id = $1 AND period = $2",
+         WHERE tenant_id = $1 AND period = $2 RETURNING messages_used, tokens_used",
     )
     .bind(ctx.tenant_id().to_string())
     .bind(period)
@@ -232,9 +295,9 @@ async fn counter_add(
     .bind(used.tokens)
     .bind(reserved.messages)
     .bind(reserved.tokens)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(())
+    Ok(Amount::new(m, t))
 }
 
 /// Moves what a run consumed from its lease to the counter's `used`. A run can only consume
@@ -246,7 +309,7 @@ async fn settle_from_lease(
     period: &str,
     lease_id: &str,
     consumed: Amount,
-) -> Result<()> {
+) -> Result<Amount> {
     let tenant = ctx.tenant_id().to_string();
     let exact = sqlx::query(
         "UPDATE quota_leases SET messages = messages - $4, tokens = tokens - $5 \
@@ -731,10 +794,12 @@ impl Store for BackendStore {
         // Crypto-shredding: without its data keys, nothing ever sealed for the tenant opens.
         delete!(tenant_keys, "DELETE FROM tenant_keys WHERE tenant_id = $1");
         delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
-        sqlx::query("DELETE FROM quota_leases WHERE tenant_id = $1")
-            .bind(&tenant)
-            .execute(&mut *tx)
-            .await?;
+        for table in ["quota_leases", "usage_notices", "tenant_webhooks"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+                .bind(&tenant)
+                .execute(&mut *tx)
+                .await?;
+        }
         delete!(
             usage_counters,
             "DELETE FROM usage_counters WHERE tenant_id = $1"
@@ -1738,10 +1803,13 @@ impl Store for BackendStore {
                     period,
                     lease_id,
                     consumed,
+                    limit,
                 } => {
                     insert_usage_record(&mut tx, ctx, record).await?;
                     if *consumed != Amount::ZERO {
-                        settle_from_lease(&mut tx, ctx, period, lease_id, *consumed).await?;
+                        let used =
+                            settle_from_lease(&mut tx, ctx, period, lease_id, *consumed).await?;
+                        notify_thresholds(&mut tx, ctx, period, used, *consumed, *limit).await?;
                     }
                 }
                 QuotaOp::Release {
@@ -1767,6 +1835,80 @@ impl Store for BackendStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn get_webhook(
+        &self,
+        ctx: &TenantCtx,
+    ) -> Result<Option<(agentplane_core::webhook::Webhook, Vec<u8>)>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<(String, Vec<u8>, i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT url, secret, key_version, fingerprint, created_at, updated_at \
+             FROM tenant_webhooks WHERE tenant_id = $1",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row.map(
+            |(url, secret, key_version, fingerprint, created, updated)| {
+                let webhook = agentplane_core::webhook::Webhook {
+                    tenant_id: ctx.tenant_id(),
+                    url,
+                    fingerprint,
+                    key_version,
+                    created_at: Timestamp::from_millis(created),
+                    updated_at: Timestamp::from_millis(updated),
+                };
+                (webhook, secret)
+            },
+        ))
+    }
+
+    async fn put_webhook(
+        &self,
+        ctx: &TenantCtx,
+        w: &agentplane_core::webhook::Webhook,
+        sealed_secret: &[u8],
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        same_tenant(ctx, w.tenant_id, "webhook")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        sqlx::query(
+            "INSERT INTO tenant_webhooks (tenant_id, url, secret, key_version, fingerprint, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id) DO UPDATE SET \
+             url = excluded.url, secret = excluded.secret, key_version = excluded.key_version, \
+             fingerprint = excluded.fingerprint, updated_at = excluded.updated_at",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(&w.url)
+        .bind(sealed_secret)
+        .bind(w.key_version)
+        .bind(&w.fingerprint)
+        .bind(w.created_at.millis())
+        .bind(w.updated_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_webhook(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let gone = sqlx::query("DELETE FROM tenant_webhooks WHERE tenant_id = $1")
+            .bind(ctx.tenant_id().to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if gone {
+            append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(gone)
     }
 
     async fn renew_quota_leases(

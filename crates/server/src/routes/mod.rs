@@ -13,6 +13,7 @@ mod providers;
 mod settings;
 mod tenants;
 mod usage;
+mod webhooks;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -75,6 +76,9 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.upload_logo" => on(f, branding::upload_logo),
         "admin.get_logo" => on(f, branding::logo),
         "admin.delete_logo" => on(f, branding::delete_logo),
+        "admin.get_webhook" => on(f, webhooks::get),
+        "admin.set_webhook" => on(f, webhooks::put),
+        "admin.delete_webhook" => on(f, webhooks::delete),
         "admin.list_providers" => on(f, providers::list),
         "admin.create_provider" => on(f, providers::create),
         "admin.get_provider" => on(f, providers::get),
