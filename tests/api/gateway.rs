@@ -333,6 +333,12 @@ async fn runs_take_the_tenant_from_the_key(b: Backend) {
     assert_eq!(r["output"], "hello from gpt-a");
     assert_eq!(r["usage"]["total_tokens"], 12);
     assert_eq!(r["trace_id"].as_str().unwrap().len(), 32);
+    // Both tenants have an agent named `helper`: each key runs its own tenant's.
+    let (s, r) = complete(&app, &other.key, hello("helper")).await;
+    assert_eq!(
+        (s, &r["choices"][0]["message"]["content"]),
+        (200, &json!("hello from gpt-b"))
+    );
 
     // Tenant B's key: on A's path, and on A's agent by id through the OpenAI surface.
     let (s, _) = run(
@@ -352,7 +358,7 @@ async fn runs_take_the_tenant_from_the_key(b: Backend) {
     )
     .await;
     assert_eq!(s, 404);
-    assert_eq!(mock.calls(), 1, "no refused run reached the provider");
+    assert_eq!(mock.calls(), 2, "no refused run reached the provider");
 
     // A key scoped to no agent of this tenant's runs nothing; a revoked key is refused at once.
     let (s, k) = status_json(
@@ -403,6 +409,23 @@ async fn runs_take_the_tenant_from_the_key(b: Backend) {
         assert!(s == 400 || s == 422, "{bad} -> {s} {p}");
     }
     assert_eq!(usage(&app, &a.tenant).await["messages"]["used"], 1);
+
+    // An agent's new model applies once the per-process cache (1 s by default) expires.
+    let res = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/tenants/{}/agents/{}", a.tenant, a.agent_id),
+            Some(&a.admin),
+            Some(json!({"model": "gpt-a2"})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (s, r) = complete(&app, &a.key, hello("helper")).await;
+    assert_eq!(
+        (s, &r["choices"][0]["message"]["content"]),
+        (200, &json!("hello from gpt-a2"))
+    );
 }
 
 async fn concurrent_runs_never_overshoot_the_quota_and_lose_none(b: Backend) {

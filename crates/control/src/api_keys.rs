@@ -125,9 +125,10 @@ impl ControlPlane {
         let Some((public, secret)) = split(presented) else {
             return Ok(Err(KeyRejected::Invalid));
         };
-        let Some((key, stored_hash)) = self.store.find_api_key(public).await? else {
+        let Some(found) = self.store.find_api_key(public).await? else {
             return Ok(Err(KeyRejected::Invalid));
         };
+        let (key, stored_hash) = (found.key, found.secret_hash);
         let presented_hash = hash_secret(secret);
         let matches: bool = presented_hash
             .as_bytes()
@@ -137,16 +138,15 @@ impl ControlPlane {
         if !matches || !key.usable_at(now) {
             return Ok(Err(KeyRejected::Invalid));
         }
-        let tenant = match self.store.get_tenant(key.tenant_id).await? {
-            Some(t) if t.status == TenantStatus::Active => t,
-            _ => return Ok(Err(KeyRejected::TenantUnavailable)),
-        };
+        if found.tenant_status != TenantStatus::Active {
+            return Ok(Err(KeyRejected::TenantUnavailable));
+        }
         if let Ok(mut uses) = self.key_uses.0.lock() {
             uses.insert((key.tenant_id, key.id), now);
         }
         Ok(Ok(VerifiedApiKey {
             tenant_id: key.tenant_id,
-            plan_id: tenant.plan_id,
+            plan_id: found.plan_id,
             key_id: key.id,
             scopes: key.scopes,
         }))

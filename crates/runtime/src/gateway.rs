@@ -16,11 +16,11 @@ use agentplane_core::agent::Agent;
 use agentplane_core::api_key::VerifiedApiKey;
 use agentplane_core::authz::TenantCtx;
 use agentplane_core::plan::PlanLimits;
-use agentplane_core::provider::{ProviderAuth, ProviderKind};
+use agentplane_core::provider::{Provider, ProviderAuth, ProviderKind};
 use agentplane_core::quota::{reserve_tokens, Amount, Exhausted};
 use agentplane_core::time::Timestamp;
 use agentplane_core::usage::UsageRecord;
-use agentplane_core::{DomainError, PlanId, UsageRecordId};
+use agentplane_core::{DomainError, PlanId, TenantId, UsageRecordId};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -63,6 +63,9 @@ pub struct RuntimeConfig {
     /// Azure providers may authenticate with an API key (`ALLOW_API_KEY_FALLBACK`); else
     /// they must use an Entra ID identity.
     pub allow_api_key_fallback: bool,
+    /// How long an agent's and its provider's configuration is cached per process (zero:
+    /// read on every run). API keys and plans are never cached this way.
+    pub config_cache: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -70,6 +73,7 @@ impl Default for RuntimeConfig {
         Self {
             default_max_tokens: 1024,
             allow_api_key_fallback: false,
+            config_cache: Duration::from_secs(1),
         }
     }
 }
@@ -224,6 +228,15 @@ pub enum ChatOutput {
     Stream(mpsc::Receiver<Value>),
 }
 
+/// What a run calls: the agent, its provider, the provider's secret.
+struct Target {
+    agent: Agent,
+    provider: Provider,
+    secret: Zeroizing<String>,
+}
+
+type TargetCache = HashMap<(TenantId, String), (Instant, Arc<Target>)>;
+
 /// The runtime plane.
 #[derive(Clone)]
 pub struct Runtime {
@@ -233,6 +246,7 @@ pub struct Runtime {
     limits: Limits,
     /// Plans never change once created: their limits are cached.
     plans: Arc<Mutex<HashMap<PlanId, PlanLimits>>>,
+    targets: Arc<Mutex<TargetCache>>,
     cfg: RuntimeConfig,
 }
 
@@ -260,12 +274,50 @@ impl Runtime {
             quotas,
             limits: Limits::default(),
             plans: Arc::default(),
+            targets: Arc::default(),
             cfg,
         }
     }
 
     pub fn quotas(&self) -> &Quotas {
         &self.quotas
+    }
+
+    /// The agent, its provider and the provider's opened secret, cached for
+    /// `config_cache` (so changes to agents and providers apply within that time).
+    async fn target(&self, ctx: &TenantCtx, agent_ref: &str) -> Result<Arc<Target>, RunError> {
+        let key = (ctx.tenant_id(), agent_ref.to_owned());
+        let ttl = self.cfg.config_cache;
+        if let Some((at, t)) = self.targets.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            if at.elapsed() < ttl {
+                return Ok(t);
+            }
+        }
+        let agent = match self.control.agent_by_ref(ctx, agent_ref).await {
+            Ok(a) => a,
+            Err(ControlError::NotFound(_)) => {
+                return Err(RunError::UnknownAgent(agent_ref.to_owned()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (provider, secret) = self
+            .control
+            .provider_secret(ctx, &agent.provider_id.to_string())
+            .await?;
+        let target = Arc::new(Target {
+            agent,
+            provider,
+            secret: Zeroizing::new(String::from_utf8_lossy(&secret).into_owned()),
+        });
+        if !ttl.is_zero() {
+            if let Ok(mut m) = self.targets.lock() {
+                if m.len() >= 10_000 {
+                    m.clear();
+                }
+                m.insert(key, (Instant::now(), target.clone()));
+            }
+        }
+        Ok(target)
     }
 
     async fn plan_limits(&self, id: &PlanId) -> Result<PlanLimits, RunError> {
@@ -326,14 +378,10 @@ impl Runtime {
         key: &VerifiedApiKey,
         input: &ChatInput,
     ) -> Result<Prepared, RunError> {
-        let unknown = || RunError::UnknownAgent(input.agent.clone());
-        let agent = match self.control.agent_by_ref(ctx, &input.agent).await {
-            Ok(a) => a,
-            Err(ControlError::NotFound(_)) => return Err(unknown()),
-            Err(e) => return Err(e.into()),
-        };
+        let target = self.target(ctx, &input.agent).await?;
+        let (agent, provider) = (&target.agent, &target.provider);
         if !key.scopes.allows_agent(agent.id) || !key.scopes.allows_model(&agent.model) {
-            return Err(unknown());
+            return Err(RunError::UnknownAgent(input.agent.clone()));
         }
         let limits = self.plan_limits(&key.plan_id).await?;
         let permit = self.limits.admit(
@@ -362,11 +410,7 @@ impl Runtime {
                 tokens,
             )
             .await?;
-        let (provider, secret) = self
-            .control
-            .provider_secret(ctx, &agent.provider_id.to_string())
-            .await?;
-        let secret = Zeroizing::new(String::from_utf8_lossy(&secret).into_owned());
+        let secret = target.secret.clone();
         let auth = match provider.auth.clone() {
             ProviderAuth::ApiKey
                 if provider.kind == ProviderKind::AzureOpenai
@@ -420,8 +464,8 @@ impl Runtime {
             body.insert("stream_options".into(), json!({"include_usage": true}));
         }
         Ok(Prepared {
-            agent,
-            provider_name: provider.name,
+            agent: agent.clone(),
+            provider_name: provider.name.clone(),
             target,
             body: Value::Object(body),
             reservation,

@@ -173,6 +173,7 @@ pub fn runtime(
         RuntimeConfig {
             default_max_tokens: g.default_max_tokens,
             allow_api_key_fallback: cfg.allow_api_key_fallback,
+            config_cache: Duration::from_millis(g.config_cache_ms),
         },
     ))
 }

@@ -96,6 +96,7 @@ const ALLOW_PRIVATE_PROVIDER_URLS: &[&str] = &["AGENTPLANE_ALLOW_PRIVATE_PROVIDE
 const QUOTA_LEASE_MS: &[&str] = &["AGENTPLANE_QUOTA_LEASE_MS"];
 const QUOTA_IDLE_MS: &[&str] = &["AGENTPLANE_QUOTA_IDLE_MS"];
 const DEFAULT_MAX_TOKENS: &[&str] = &["AGENTPLANE_DEFAULT_MAX_TOKENS"];
+const GATEWAY_CACHE_MS: &[&str] = &["AGENTPLANE_GATEWAY_CACHE_MS"];
 const UPSTREAM_TIMEOUT_SECS: &[&str] = &["AGENTPLANE_UPSTREAM_TIMEOUT_SECS"];
 const UPSTREAM_MAX_RETRIES: &[&str] = &["AGENTPLANE_UPSTREAM_MAX_RETRIES"];
 const IDENTITY_ENDPOINT: &[&str] = &["IDENTITY_ENDPOINT", "AGENTPLANE_IDENTITY_ENDPOINT"];
@@ -134,6 +135,7 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
     ("gateway.quota_lease_ms", QUOTA_LEASE_MS),
     ("gateway.quota_idle_ms", QUOTA_IDLE_MS),
     ("gateway.default_max_tokens", DEFAULT_MAX_TOKENS),
+    ("gateway.config_cache_ms", GATEWAY_CACHE_MS),
     ("gateway.upstream_timeout_secs", UPSTREAM_TIMEOUT_SECS),
     ("gateway.upstream_max_retries", UPSTREAM_MAX_RETRIES),
     ("gateway.identity_endpoint", IDENTITY_ENDPOINT),
@@ -229,6 +231,10 @@ pub struct GatewayConfig {
     pub quota_idle_ms: u64,
     /// Completion bound when neither the request nor the agent sets `max_tokens`. Default 1024.
     pub default_max_tokens: i64,
+    /// How long each process caches an agent's and its provider's configuration: changes to
+    /// them apply within this time (0: at once, one more database read per run). API keys
+    /// are checked on every request. Default 1 000 ms.
+    pub config_cache_ms: u64,
     /// Whole-call limit of a non-streaming provider call (streams: first byte and each gap).
     /// Default 120 s.
     pub upstream_timeout_secs: u64,
@@ -246,6 +252,7 @@ impl Default for GatewayConfig {
             quota_lease_ms: 30_000,
             quota_idle_ms: 2_000,
             default_max_tokens: 1024,
+            config_cache_ms: 1_000,
             upstream_timeout_secs: 120,
             upstream_max_retries: 2,
             identity_endpoint: None,
@@ -600,6 +607,7 @@ struct FileGateway {
     quota_lease_ms: Option<u64>,
     quota_idle_ms: Option<u64>,
     default_max_tokens: Option<i64>,
+    config_cache_ms: Option<u64>,
     upstream_timeout_secs: Option<u64>,
     upstream_max_retries: Option<u32>,
     identity_endpoint: Option<String>,
@@ -774,6 +782,7 @@ impl FileConfig {
             d.quota_lease_ms = g.quota_lease_ms.unwrap_or(d.quota_lease_ms);
             d.quota_idle_ms = g.quota_idle_ms.unwrap_or(d.quota_idle_ms);
             d.default_max_tokens = g.default_max_tokens.unwrap_or(d.default_max_tokens);
+            d.config_cache_ms = g.config_cache_ms.unwrap_or(d.config_cache_ms);
             d.upstream_timeout_secs = g.upstream_timeout_secs.unwrap_or(d.upstream_timeout_secs);
             d.upstream_max_retries = g.upstream_max_retries.unwrap_or(d.upstream_max_retries);
             if let Some(v) = g.identity_endpoint {
@@ -958,6 +967,9 @@ impl<'a> Env<'a> {
         }
         if let Some(v) = self.parsed(DEFAULT_MAX_TOKENS, "a whole number of tokens")? {
             cfg.gateway.default_max_tokens = v;
+        }
+        if let Some(v) = self.parsed(GATEWAY_CACHE_MS, ms)? {
+            cfg.gateway.config_cache_ms = v;
         }
         if let Some(v) = self.parsed(UPSTREAM_TIMEOUT_SECS, "a whole number of seconds")? {
             cfg.gateway.upstream_timeout_secs = v;
@@ -1580,6 +1592,7 @@ mod tests {
             ("AGENTPLANE_QUOTA_LEASE_MS", "5000"),
             ("AGENTPLANE_QUOTA_IDLE_MS", "300"),
             ("AGENTPLANE_DEFAULT_MAX_TOKENS", "256"),
+            ("AGENTPLANE_GATEWAY_CACHE_MS", "0"),
             ("AGENTPLANE_UPSTREAM_TIMEOUT_SECS", "30"),
             ("AGENTPLANE_UPSTREAM_MAX_RETRIES", "0"),
             ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/msi/token"),
@@ -1599,6 +1612,7 @@ mod tests {
             (5000, 300, 256)
         );
         assert_eq!((g.upstream_timeout_secs, g.upstream_max_retries), (30, 0));
+        assert_eq!(g.config_cache_ms, 0);
         assert_eq!(
             g.identity_endpoint.as_deref(),
             Some("http://127.0.0.1:41000/msi/token")

@@ -202,6 +202,15 @@ pub struct PurgeReport {
     pub audit_pii: u64,
 }
 
+/// A presented API key as the auth layer checks it.
+#[derive(Clone, Debug)]
+pub struct ApiKeyLookup {
+    pub key: agentplane_core::api_key::ApiKey,
+    pub secret_hash: String,
+    pub tenant_status: agentplane_core::tenant::TenantStatus,
+    pub plan_id: PlanId,
+}
+
 /// A request for quota, on behalf of one process's lease.
 #[derive(Clone, Debug)]
 pub struct LeaseRequest {
@@ -488,11 +497,9 @@ pub trait Store: Send + Sync + 'static {
         audit: NewAuditEvent,
     ) -> Result<Option<agentplane_core::api_key::ApiKey>>;
     /// CROSS-TENANT LOOKUP for the auth layer: a presented key's record and secret hash, by its
-    /// public id, before the tenant is known.
-    async fn find_api_key(
-        &self,
-        public_id: &str,
-    ) -> Result<Option<(agentplane_core::api_key::ApiKey, String)>>;
+    /// public id, before the tenant is known, with its tenant's status and plan (one query: the
+    /// gateway's hot path).
+    async fn find_api_key(&self, public_id: &str) -> Result<Option<ApiKeyLookup>>;
     /// Records when keys were last used (batched by the server, never per request).
     async fn touch_api_keys(
         &self,

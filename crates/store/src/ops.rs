@@ -1628,17 +1628,29 @@ impl Store for BackendStore {
         row.map(|r| r.into_key().map(|(k, _)| k)).transpose()
     }
 
-    async fn find_api_key(
-        &self,
-        public_id: &str,
-    ) -> Result<Option<(agentplane_core::api_key::ApiKey, String)>> {
+    async fn find_api_key(&self, public_id: &str) -> Result<Option<ApiKeyLookup>> {
         let mut tx = self.read_platform().await?;
-        let row: Option<ApiKeyRow> = sqlx::query_as("SELECT * FROM api_keys WHERE public_id = $1")
-            .bind(public_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row: Option<ApiKeyTenantRow> = sqlx::query_as(
+            "SELECT k.*, t.status AS tenant_status, t.plan_id AS tenant_plan FROM api_keys k \
+             JOIN tenants t ON t.tenant_id = k.tenant_id WHERE k.public_id = $1",
+        )
+        .bind(public_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
-        row.map(ApiKeyRow::into_key).transpose()
+        row.map(|r| {
+            let tenant_status = agentplane_core::tenant::TenantStatus::parse(&r.tenant_status)
+                .ok_or_else(|| corrupt("tenants.status"))?;
+            let plan_id = PlanId::parse(&r.tenant_plan).map_err(corrupt)?;
+            let (key, secret_hash) = r.key.into_key()?;
+            Ok(ApiKeyLookup {
+                key,
+                secret_hash,
+                tenant_status,
+                plan_id,
+            })
+        })
+        .transpose()
     }
 
     async fn touch_api_keys(

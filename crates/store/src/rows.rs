@@ -504,6 +504,15 @@ pub(crate) struct ApiKeyRow {
     last_used_at: Option<i64>,
 }
 
+/// An API key joined with its tenant's status and plan.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ApiKeyTenantRow {
+    #[sqlx(flatten)]
+    pub(crate) key: ApiKeyRow,
+    pub(crate) tenant_status: String,
+    pub(crate) tenant_plan: String,
+}
+
 impl ApiKeyRow {
     pub(crate) fn into_key(self) -> Result<(agentplane_core::api_key::ApiKey, String)> {
         let key = agentplane_core::api_key::ApiKey {
