@@ -739,6 +739,22 @@ async fn azure_api_keys_need_the_fallback_flag(b: Backend) {
         .unwrap()
         .contains("ALLOW_API_KEY_FALLBACK"));
     assert_eq!(mock.calls(), 0);
+    // Registering an Azure endpoint as an OpenAI-compatible one does not get around it.
+    let g = fixture(
+        &app,
+        "Azure Disguised",
+        "openai",
+        "https://res.openai.azure.com/openai/v1",
+        "gpt",
+        json!({}),
+    )
+    .await;
+    let (s, e) = complete(&app, &g.key, hello("helper")).await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (403, &json!("provider_not_allowed")),
+        "{e}"
+    );
 
     let app = TestApp::spawn_with(b, |env| {
         fast_leases(env);
@@ -948,6 +964,10 @@ async fn azure_managed_identity_needs_no_secret_and_no_fallback(b: Backend) {
         fast_leases(env);
         env.insert("IDENTITY_ENDPOINT".into(), mock.identity_endpoint.clone());
         env.insert("IDENTITY_HEADER".into(), "id-secret".into());
+        env.insert(
+            "AGENTPLANE_MANAGED_IDENTITY_HOSTS".into(),
+            "127.0.0.1".into(),
+        );
     })
     .await;
     let t = app.active_tenant("Entra").await;
@@ -963,6 +983,9 @@ async fn azure_managed_identity_needs_no_secret_and_no_fallback(b: Backend) {
         json!({"name": "x", "kind": "azure_openai", "base_url": mock.azure_base,
                "auth": {"type": "client_credentials", "tenant": "t", "client_id": "c"}}),
         json!({"name": "x", "kind": "azure_openai", "base_url": mock.azure_base, "auth": {"type": "password"}}),
+        // The deployment's identity only goes to the hosts the operator lists.
+        json!({"name": "x", "kind": "azure_openai", "auth": mi,
+               "base_url": mock.azure_base.replace("127.0.0.1", "localhost")}),
     ] {
         let (s, p) = status_json(app.post(&providers, &admin, bad.clone()).await).await;
         assert_eq!(s, 422, "{bad} -> {p}");

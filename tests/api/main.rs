@@ -22,6 +22,7 @@ mod meta;
 mod mock_llm;
 mod plans;
 mod providers;
+mod residency;
 mod rls;
 mod settings;
 mod tenants;

@@ -147,6 +147,7 @@ impl ControlPlane {
         Ok(Ok(VerifiedApiKey {
             tenant_id: key.tenant_id,
             plan_id: found.plan_id,
+            region: found.region,
             key_id: key.id,
             scopes: key.scopes,
         }))

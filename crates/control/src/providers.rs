@@ -123,6 +123,35 @@ fn is_private(ip: IpAddr) -> bool {
 }
 
 impl ControlPlane {
+    /// The deployment's managed identity is the platform's credential, not the tenant's: a
+    /// provider may send its token only to the hosts the operator lists.
+    pub fn check_identity_host(&self, auth: &ProviderAuth, base_url: &str) -> Result<()> {
+        if !matches!(auth, ProviderAuth::ManagedIdentity { .. }) {
+            return Ok(());
+        }
+        let host = Url::parse(base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        if self
+            .cfg
+            .managed_identity_hosts
+            .iter()
+            .any(|p| p.matches(&host))
+        {
+            Ok(())
+        } else {
+            Err(DomainError::invalid(
+                "auth",
+                format!(
+                    "the deployment's managed identity may not be used for {host}: the operator \
+                     lists the hosts it may reach in AGENTPLANE_MANAGED_IDENTITY_HOSTS"
+                ),
+            )
+            .into())
+        }
+    }
+
     async fn check_base_url(&self, raw: &str) -> Result<String> {
         self.check_outbound_url("base_url", raw).await
     }
@@ -176,6 +205,7 @@ impl ControlPlane {
         let secret = secret_for(&req.auth, req.api_key.as_deref())?;
         validate_models(&req.models)?;
         let base_url = self.check_base_url(&req.base_url).await?;
+        self.check_identity_host(&req.auth, &base_url)?;
         let id = ProviderId::new();
         let (sealed, key_version) = self
             .seal_secret(ctx, SECRET_KIND, &id.to_string(), secret.as_bytes())
@@ -306,6 +336,7 @@ impl ControlPlane {
             next.provider.fingerprint = fingerprint_of(s);
             changed.push("api_key");
         }
+        self.check_identity_host(&next.provider.auth, &next.provider.base_url)?;
         let p = &mut next.provider;
         p.version = current.provider.version + 1;
         p.updated_at = Timestamp::now();

@@ -22,6 +22,11 @@ pub struct WorkerConfig {
     pub purge_grace_ms: i64,
     /// Whether provider base URLs may point at private networks (self-hosted models).
     pub allow_private_provider_urls: bool,
+    /// The deployment's regions (data residency); empty: not enforced.
+    pub regions: agentplane_core::residency::Regions,
+    /// The hosts tenants' providers may reach with the deployment's own managed identity
+    /// (its Entra ID token); empty: no provider may use it.
+    pub managed_identity_hosts: Vec<agentplane_core::residency::HostPattern>,
 }
 
 impl Default for WorkerConfig {
@@ -31,6 +36,8 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_millis(500),
             purge_grace_ms: 30 * 24 * 3_600_000,
             allow_private_provider_urls: false,
+            regions: Default::default(),
+            managed_identity_hosts: Vec::new(),
         }
     }
 }

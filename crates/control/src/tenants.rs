@@ -58,6 +58,13 @@ impl ControlPlane {
         let name = validate_tenant_name(&req.name)?;
         let admin_email = Email::parse(&req.admin_email)?;
         let region = validate_region(req.region.as_deref().unwrap_or("default"))?;
+        if !self.cfg.regions.knows(&region) {
+            return Err(agentplane_core::DomainError::invalid(
+                "region",
+                format!("{region} is not one of this deployment's regions"),
+            )
+            .into());
+        }
         let plan_id = PlanId::parse(req.plan_id.as_deref().unwrap_or("free"))?;
         if self.store.get_plan(&plan_id).await?.is_none() {
             return Err(DomainError::invalid("plan_id", format!("no plan '{plan_id}'")).into());

@@ -848,6 +848,21 @@ pub static DELETE_LOGO: ActionSpec = ActionSpec {
     )
 };
 
+pub static GET_RESIDENCY_REPORT: ActionSpec = ActionSpec {
+    entity: "residency",
+    permission: Some(Permission::AuditRead),
+    side_effects: &["audit_log"],
+    description: "Where the tenant's data is stored and processed: its region, storage, \
+                  providers with their residency verdicts, and the audit log's evidence",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.get_residency_report",
+        "residency",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/residency",
+    )
+};
+
 pub static GET_WEBHOOK: ActionSpec = ActionSpec {
     entity: "webhook",
     permission: Some(Permission::SettingsRead),
@@ -1361,6 +1376,7 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &UPLOAD_LOGO,
     &GET_LOGO,
     &DELETE_LOGO,
+    &GET_RESIDENCY_REPORT,
     &GET_WEBHOOK,
     &SET_WEBHOOK,
     &DELETE_WEBHOOK,

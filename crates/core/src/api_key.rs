@@ -62,6 +62,8 @@ pub struct VerifiedApiKey {
     pub tenant_id: TenantId,
     /// The tenant's plan when the key was checked (read with it, so plan changes apply at once).
     pub plan_id: crate::PlanId,
+    /// The tenant's data-residency region.
+    pub region: String,
     pub key_id: ApiKeyId,
     pub scopes: ApiKeyScopes,
 }

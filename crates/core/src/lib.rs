@@ -19,6 +19,7 @@ pub mod page;
 pub mod plan;
 pub mod provider;
 pub mod quota;
+pub mod residency;
 pub mod settings;
 pub mod tenant;
 pub mod time;

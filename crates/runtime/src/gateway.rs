@@ -92,6 +92,9 @@ pub enum RunError {
     /// The provider's configuration is refused by policy.
     #[error("{0}")]
     Policy(String),
+    /// The provider is outside the tenant's data-residency region (the refusal is audited).
+    #[error("the provider {host} is not in the tenant's region {region}")]
+    Residency { region: String, host: String },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("usage could not be recorded: {0}")]
@@ -383,6 +386,17 @@ impl Runtime {
         if !key.scopes.allows_agent(agent.id) || !key.scopes.allows_model(&agent.model) {
             return Err(RunError::UnknownAgent(input.agent.clone()));
         }
+        if self
+            .control
+            .check_residency(ctx, &key.region, provider)
+            .await?
+            .is_err()
+        {
+            return Err(RunError::Residency {
+                region: key.region.clone(),
+                host: agentplane_control::provider_host(provider),
+            });
+        }
         let limits = self.plan_limits(&key.plan_id).await?;
         let permit = self.limits.admit(
             ctx.tenant_id(),
@@ -411,11 +425,17 @@ impl Runtime {
             )
             .await?;
         let secret = target.secret.clone();
+        let host = agentplane_control::provider_host(provider);
+        let azure = provider.kind == ProviderKind::AzureOpenai
+            || agentplane_core::residency::is_azure_host(&host);
+        if let Err(e) = self
+            .control
+            .check_identity_host(&provider.auth, &provider.base_url)
+        {
+            return Err(RunError::Policy(e.to_string()));
+        }
         let auth = match provider.auth.clone() {
-            ProviderAuth::ApiKey
-                if provider.kind == ProviderKind::AzureOpenai
-                    && !self.cfg.allow_api_key_fallback =>
-            {
+            ProviderAuth::ApiKey if azure && !self.cfg.allow_api_key_fallback => {
                 return Err(RunError::Policy(format!(
                     "provider {:?} authenticates to Azure with an API key, which needs \
                      ALLOW_API_KEY_FALLBACK=true (refused in production: use a managed identity)",

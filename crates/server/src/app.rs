@@ -135,6 +135,8 @@ pub fn worker_config(cfg: &Config) -> WorkerConfig {
         purge_grace_ms: i64::try_from(cfg.worker.purge_grace_hours.saturating_mul(3_600_000))
             .unwrap_or(i64::MAX),
         allow_private_provider_urls: cfg.allow_private_provider_urls(),
+        regions: cfg.regions.clone(),
+        managed_identity_hosts: cfg.gateway.managed_identity_hosts.clone(),
     }
 }
 
@@ -146,19 +148,23 @@ pub fn runtime(
 ) -> Result<Runtime, StartError> {
     let g = &cfg.gateway;
     let timeout = Duration::from_secs(g.upstream_timeout_secs);
-    let upstreams = Upstreams::new(UpstreamConfig {
-        request_timeout: timeout,
-        first_byte_timeout: timeout,
-        idle_timeout: timeout,
-        max_retries: g.upstream_max_retries,
-        identity_endpoint: g.identity_endpoint.clone(),
-        identity_header: g
-            .identity_header
-            .as_ref()
-            .map(|s| zeroize::Zeroizing::new(s.expose_secret().to_owned())),
-        ..UpstreamConfig::default()
-    })
-    .map_err(|e| StartError::Upstream(e.to_string()))?;
+    let upstreams =
+        Upstreams::new(UpstreamConfig {
+            request_timeout: timeout,
+            first_byte_timeout: timeout,
+            idle_timeout: timeout,
+            max_retries: g.upstream_max_retries,
+            // Unset: the instance metadata service (Azure VMs, AKS).
+            identity_endpoint: Some(g.identity_endpoint.clone().unwrap_or_else(|| {
+                "http://169.254.169.254/metadata/identity/oauth2/token".to_owned()
+            })),
+            identity_header: g
+                .identity_header
+                .as_ref()
+                .map(|s| zeroize::Zeroizing::new(s.expose_secret().to_owned())),
+            ..UpstreamConfig::default()
+        })
+        .map_err(|e| StartError::Upstream(e.to_string()))?;
     let quotas = Quotas::start(
         store,
         LeaseConfig {

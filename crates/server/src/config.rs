@@ -94,6 +94,8 @@ const TRANSIT_MOUNT: &[&str] = &["AGENTPLANE_TRANSIT_MOUNT"];
 const TRANSIT_KEY: &[&str] = &["AGENTPLANE_TRANSIT_KEY"];
 const ALLOW_PRIVATE_PROVIDER_URLS: &[&str] = &["AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS"];
 const QUOTA_LEASE_MS: &[&str] = &["AGENTPLANE_QUOTA_LEASE_MS"];
+const REGIONS: &[&str] = &["AGENTPLANE_REGIONS"];
+const MANAGED_IDENTITY_HOSTS: &[&str] = &["AGENTPLANE_MANAGED_IDENTITY_HOSTS"];
 const QUOTA_IDLE_MS: &[&str] = &["AGENTPLANE_QUOTA_IDLE_MS"];
 const DEFAULT_MAX_TOKENS: &[&str] = &["AGENTPLANE_DEFAULT_MAX_TOKENS"];
 const GATEWAY_CACHE_MS: &[&str] = &["AGENTPLANE_GATEWAY_CACHE_MS"];
@@ -132,6 +134,8 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
     ("kms.transit_mount", TRANSIT_MOUNT),
     ("kms.transit_key", TRANSIT_KEY),
     ("providers.allow_private_urls", ALLOW_PRIVATE_PROVIDER_URLS),
+    ("regions", REGIONS),
+    ("gateway.managed_identity_hosts", MANAGED_IDENTITY_HOSTS),
     ("gateway.quota_lease_ms", QUOTA_LEASE_MS),
     ("gateway.quota_idle_ms", QUOTA_IDLE_MS),
     ("gateway.default_max_tokens", DEFAULT_MAX_TOKENS),
@@ -219,6 +223,10 @@ pub struct Config {
     pub kms: KmsConfig,
     pub providers: ProvidersConfig,
     pub gateway: GatewayConfig,
+    /// Data residency: the regions and the provider hosts each allows,
+    /// `eu=*.openai.azure.com,api.mistral.ai;us=api.openai.com`. Empty: one region, not
+    /// enforced. Tenants are created only in listed regions.
+    pub regions: agentplane_core::residency::Regions,
 }
 
 /// The execution gateway.
@@ -244,6 +252,9 @@ pub struct GatewayConfig {
     /// Container Apps set it; unset = IMDS) and its header secret (`IDENTITY_HEADER`).
     pub identity_endpoint: Option<String>,
     pub identity_header: Option<SecretString>,
+    /// The hosts providers may reach with the deployment's managed identity (its token is the
+    /// platform's credential), e.g. `*.openai.azure.com`. Empty (default): none.
+    pub managed_identity_hosts: Vec<agentplane_core::residency::HostPattern>,
 }
 
 impl Default for GatewayConfig {
@@ -257,6 +268,7 @@ impl Default for GatewayConfig {
             upstream_max_retries: 2,
             identity_endpoint: None,
             identity_header: None,
+            managed_identity_hosts: Vec::new(),
         }
     }
 }
@@ -354,6 +366,7 @@ impl Default for Config {
             kms: KmsConfig::default(),
             providers: ProvidersConfig::default(),
             gateway: GatewayConfig::default(),
+            regions: Default::default(),
         }
     }
 }
@@ -599,6 +612,7 @@ struct FileConfig {
     kms: Option<FileKms>,
     providers: Option<FileProviders>,
     gateway: Option<FileGateway>,
+    regions: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -612,6 +626,7 @@ struct FileGateway {
     upstream_max_retries: Option<u32>,
     identity_endpoint: Option<String>,
     identity_header: Option<String>,
+    managed_identity_hosts: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -777,6 +792,10 @@ impl FileConfig {
                 cfg.providers.allow_private_urls = Some(v);
             }
         }
+        if let Some(r) = self.regions {
+            cfg.regions = agentplane_core::residency::Regions::parse(&r)
+                .map_err(|e| invalid("regions", &r, e.to_string()))?;
+        }
         if let Some(g) = self.gateway {
             let d = &mut cfg.gateway;
             d.quota_lease_ms = g.quota_lease_ms.unwrap_or(d.quota_lease_ms);
@@ -790,6 +809,10 @@ impl FileConfig {
             }
             if let Some(v) = g.identity_header {
                 d.identity_header = non_empty_secret(v);
+            }
+            if let Some(v) = g.managed_identity_hosts {
+                d.managed_identity_hosts = agentplane_core::residency::parse_hosts(&v)
+                    .map_err(|e| invalid("gateway.managed_identity_hosts", &v, e.to_string()))?;
             }
         }
         Ok(())
@@ -958,6 +981,10 @@ impl<'a> Env<'a> {
         if let Some(v) = self.bool(ALLOW_PRIVATE_PROVIDER_URLS)? {
             cfg.providers.allow_private_urls = Some(v);
         }
+        if let Some((name, v)) = self.get_set(REGIONS)? {
+            cfg.regions = agentplane_core::residency::Regions::parse(v)
+                .map_err(|e| invalid(&name, v, e.to_string()))?;
+        }
         let ms = "a whole number of milliseconds";
         if let Some(v) = self.parsed(QUOTA_LEASE_MS, ms)? {
             cfg.gateway.quota_lease_ms = v;
@@ -982,6 +1009,10 @@ impl<'a> Env<'a> {
         }
         if let Some(v) = self.secret(IDENTITY_HEADER)? {
             cfg.gateway.identity_header = v;
+        }
+        if let Some((name, v)) = self.get_set(MANAGED_IDENTITY_HOSTS)? {
+            cfg.gateway.managed_identity_hosts = agentplane_core::residency::parse_hosts(v)
+                .map_err(|e| invalid(&name, v, e.to_string()))?;
         }
         Ok(())
     }
@@ -1593,6 +1624,11 @@ mod tests {
             ("AGENTPLANE_QUOTA_IDLE_MS", "300"),
             ("AGENTPLANE_DEFAULT_MAX_TOKENS", "256"),
             ("AGENTPLANE_GATEWAY_CACHE_MS", "0"),
+            (
+                "AGENTPLANE_REGIONS",
+                "eu=*.eu.example.com;us=api.openai.com",
+            ),
+            ("AGENTPLANE_MANAGED_IDENTITY_HOSTS", "*.openai.azure.com"),
             ("AGENTPLANE_UPSTREAM_TIMEOUT_SECS", "30"),
             ("AGENTPLANE_UPSTREAM_MAX_RETRIES", "0"),
             ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/msi/token"),
@@ -1613,6 +1649,11 @@ mod tests {
         );
         assert_eq!((g.upstream_timeout_secs, g.upstream_max_retries), (30, 0));
         assert_eq!(g.config_cache_ms, 0);
+        assert!(g.managed_identity_hosts[0].matches("x.openai.azure.com"));
+        assert_eq!(
+            cfg.regions.verdict("eu", "llm.eu.example.com"),
+            agentplane_core::residency::Verdict::Allowed
+        );
         assert_eq!(
             g.identity_endpoint.as_deref(),
             Some("http://127.0.0.1:41000/msi/token")

@@ -311,6 +311,15 @@ impl From<RunError> for ApiError {
                 p.headers.push((header::RETRY_AFTER, retry_after(wait)));
                 p
             }
+            RunError::Residency { region, host } => Self::new(
+                StatusCode::FORBIDDEN,
+                "residency_violation",
+                "Provider outside the tenant's region",
+                format!(
+                    "the tenant's data stays in region {region}; the provider {host} is not allowed there"
+                ),
+            )
+            .with("region", json!(region)),
             RunError::Policy(msg) => Self::new(
                 StatusCode::FORBIDDEN,
                 "provider_not_allowed",

@@ -209,6 +209,7 @@ pub struct ApiKeyLookup {
     pub secret_hash: String,
     pub tenant_status: agentplane_core::tenant::TenantStatus,
     pub plan_id: PlanId,
+    pub region: String,
 }
 
 /// A request for quota, on behalf of one process's lease.

@@ -31,6 +31,11 @@ impl Objects {
         Self { inner }
     }
 
+    /// Where the tenant's objects live (for the residency report).
+    pub fn location(&self, ctx: &TenantCtx) -> String {
+        format!("{} under tenants/{}/", self.inner, ctx.tenant_id())
+    }
+
     fn path(ctx: &TenantCtx, key: &str) -> Result<ObjectPath> {
         let ok = !key.is_empty()
             && key.len() <= 200

@@ -1631,7 +1631,7 @@ impl Store for BackendStore {
     async fn find_api_key(&self, public_id: &str) -> Result<Option<ApiKeyLookup>> {
         let mut tx = self.read_platform().await?;
         let row: Option<ApiKeyTenantRow> = sqlx::query_as(
-            "SELECT k.*, t.status AS tenant_status, t.plan_id AS tenant_plan FROM api_keys k \
+            "SELECT k.*, t.status AS tenant_status, t.plan_id AS tenant_plan, t.region AS tenant_region FROM api_keys k \
              JOIN tenants t ON t.tenant_id = k.tenant_id WHERE k.public_id = $1",
         )
         .bind(public_id)
@@ -1648,6 +1648,7 @@ impl Store for BackendStore {
                 secret_hash,
                 tenant_status,
                 plan_id,
+                region: r.tenant_region,
             })
         })
         .transpose()

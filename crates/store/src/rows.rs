@@ -511,6 +511,7 @@ pub(crate) struct ApiKeyTenantRow {
     pub(crate) key: ApiKeyRow,
     pub(crate) tenant_status: String,
     pub(crate) tenant_plan: String,
+    pub(crate) tenant_region: String,
 }
 
 impl ApiKeyRow {

@@ -70,6 +70,7 @@ impl From<ApiError> for OpenAiError {
         let kind = match (problem.status.as_u16(), problem.code) {
             (_, "quota_exceeded") => "insufficient_quota",
             (400 | 404 | 422, _) => "invalid_request_error",
+            (401, _) => "authentication_error",
             (403, _) => "permission_error",
             (429, _) => "rate_limit_error",
             _ => "api_error",

@@ -65,7 +65,7 @@ pub async fn openapi() -> impl IntoResponse {
         super::settings::features,
         super::branding::get, super::branding::update, super::branding::upload_logo, super::branding::logo,
         super::branding::delete_logo, super::webhooks::get, super::webhooks::put,
-        super::webhooks::delete,
+        super::webhooks::delete, super::tenants::residency,
         super::providers::list, super::providers::create, super::providers::get, super::providers::update,
         super::providers::delete, super::providers::test, super::providers::keys, super::providers::rotate_tenant_key,
         super::providers::rotate_master_key,

@@ -77,6 +77,7 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.get_logo" => on(f, branding::logo),
         "admin.delete_logo" => on(f, branding::delete_logo),
         "admin.get_webhook" => on(f, webhooks::get),
+        "admin.get_residency_report" => on(f, tenants::residency),
         "admin.set_webhook" => on(f, webhooks::put),
         "admin.delete_webhook" => on(f, webhooks::delete),
         "admin.list_providers" => on(f, providers::list),

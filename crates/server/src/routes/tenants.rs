@@ -201,3 +201,14 @@ pub async fn run_next_job(
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }
+
+/// Where the tenant's data is stored and processed, with the audit log's evidence (reading it
+/// is recorded in the audit log).
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/residency", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")), responses((status = 200, body = agentplane_control::ResidencyReport)))]
+pub async fn residency(
+    State(state): State<AppState>,
+    scope: TenantScope,
+) -> Result<Json<agentplane_control::ResidencyReport>, ApiError> {
+    Ok(Json(state.control().residency_report(&scope.ctx).await?))
+}

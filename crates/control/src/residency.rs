@@ -1,0 +1,152 @@
+//! Data residency: where a tenant's data is stored and processed. The gateway refuses to send a
+//! tenant's data to a provider outside its region (and records the refusal); the report lists
+//! the tenant's storage, its providers with their verdicts, and the audit log's evidence.
+
+use crate::{ControlPlane, Result};
+use agentplane_core::audit::{AuditEvent, Chain, NewAuditEvent, Outcome};
+use agentplane_core::authz::TenantCtx;
+use agentplane_core::page::PageRequest;
+use agentplane_core::provider::Provider;
+use agentplane_core::residency::Verdict;
+use agentplane_core::time::Timestamp;
+use agentplane_core::TenantId;
+use agentplane_store::{AuditFilter, Backend};
+use serde::Serialize;
+use serde_json::json;
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ResidencyReport {
+    pub tenant_id: TenantId,
+    pub region: String,
+    /// False when the deployment configures no regions (everything runs in one).
+    pub enforced: bool,
+    /// Provider hosts the region allows.
+    pub allowed_hosts: Vec<String>,
+    pub storage: ResidencyStorage,
+    pub providers: Vec<ProviderResidency>,
+    /// The audit log's record of residency decisions (refused runs, region moves), newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub evidence: Vec<AuditEvent>,
+    pub generated_at: Timestamp,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ResidencyStorage {
+    /// `sqlite` or `postgresql`.
+    pub database: &'static str,
+    pub objects: String,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ProviderResidency {
+    pub provider_id: String,
+    pub name: String,
+    pub host: String,
+    /// `allowed`, `out_of_region`, `unknown_region` or `not_enforced`.
+    pub verdict: &'static str,
+}
+
+fn verdict_str(v: Verdict) -> &'static str {
+    match v {
+        Verdict::NotEnforced => "not_enforced",
+        Verdict::Allowed => "allowed",
+        Verdict::OutOfRegion => "out_of_region",
+        Verdict::UnknownRegion => "unknown_region",
+    }
+}
+
+/// The host a provider's base URL names.
+pub fn provider_host(p: &Provider) -> String {
+    reqwest::Url::parse(&p.base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl ControlPlane {
+    /// May a tenant of `region` send data to `provider`? A refusal is recorded in the tenant's
+    /// audit trail before it is answered.
+    pub async fn check_residency(
+        &self,
+        ctx: &TenantCtx,
+        region: &str,
+        provider: &Provider,
+    ) -> Result<Result<(), Verdict>> {
+        let host = provider_host(provider);
+        let verdict = self.cfg.regions.verdict(region, &host);
+        if matches!(verdict, Verdict::Allowed | Verdict::NotEnforced) {
+            return Ok(Ok(()));
+        }
+        let audit = NewAuditEvent::new(
+            Chain::Tenant(ctx.tenant_id()),
+            "residency.refused",
+            ctx.actor(),
+            Timestamp::now(),
+        )
+        .target("provider", provider.id)
+        .outcome(Outcome::Denied)
+        .data(json!({"region": region, "host": host, "verdict": verdict_str(verdict)}));
+        self.store.append_audit(audit).await?;
+        Ok(Err(verdict))
+    }
+
+    /// Where the tenant's data is stored and processed, with the audit log's evidence (reading
+    /// it is audited like any read of the trail).
+    pub async fn residency_report(&self, ctx: &TenantCtx) -> Result<ResidencyReport> {
+        let tenant = self.tenant(ctx).await?;
+        let regions = &self.cfg.regions;
+        let mut providers = vec![];
+        let mut page = PageRequest::first(agentplane_core::page::MAX_LIMIT);
+        loop {
+            let batch = self.store.list_providers(ctx, &page).await?;
+            for rec in batch.items {
+                let host = provider_host(&rec.provider);
+                providers.push(ProviderResidency {
+                    provider_id: rec.provider.id.to_string(),
+                    name: rec.provider.name,
+                    verdict: verdict_str(regions.verdict(&tenant.region, &host)),
+                    host,
+                });
+            }
+            match batch.next_cursor {
+                Some(c) => {
+                    page = PageRequest::new(Some(&c), Some(agentplane_core::page::MAX_LIMIT))?
+                }
+                None => break,
+            }
+        }
+        let mut evidence = vec![];
+        for action in ["residency.refused", "tenant.create"] {
+            let filter = AuditFilter {
+                action: Some(action.to_owned()),
+                ..AuditFilter::default()
+            };
+            let read = agentplane_audit::read_trail(
+                self.store.as_ref(),
+                ctx,
+                &filter,
+                &PageRequest::first(100),
+                Some("residency report"),
+            )
+            .await?;
+            evidence.extend(read.items);
+        }
+        evidence.sort_by_key(|e| std::cmp::Reverse(e.ts));
+        Ok(ResidencyReport {
+            tenant_id: ctx.tenant_id(),
+            enforced: regions.is_enforced(),
+            allowed_hosts: regions.hosts(&tenant.region),
+            region: tenant.region,
+            storage: ResidencyStorage {
+                database: match self.store.backend() {
+                    Backend::Sqlite => "sqlite",
+                    Backend::Postgres => "postgresql",
+                },
+                objects: self.objects.location(ctx),
+            },
+            providers,
+            evidence,
+            generated_at: Timestamp::now(),
+        })
+    }
+}

@@ -1,0 +1,175 @@
+//! Data residency: a tenant pinned to a region only reaches the provider hosts its region
+//! allows; refusals are clear and audited; the residency report shows storage, providers and
+//! the audit log's evidence.
+
+use crate::both_backends;
+use crate::gateway::{complete, plan_for, usage};
+use crate::helpers::{status_json, Backend, TestApp};
+use crate::mock_llm::MockLlm;
+use serde_json::{json, Value};
+
+both_backends!(a_tenant_in_eu_never_reaches_a_us_provider);
+
+async fn tenant_in(app: &TestApp, name: &str, region: &str) -> (u16, Value) {
+    status_json(
+        app.post(
+            "/v1/tenants",
+            &app.platform_admin(),
+            json!({"name": name, "admin_email": format!("admin@{}.test", name.to_lowercase()), "region": region}),
+        )
+        .await,
+    )
+    .await
+}
+
+async fn a_tenant_in_eu_never_reaches_a_us_provider(b: Backend) {
+    let mock = MockLlm::start().await;
+    let app = TestApp::spawn_with(b, |env| {
+        // The same mock seen through two host names: `localhost` is in eu, 127.0.0.1 in us.
+        env.insert(
+            "AGENTPLANE_REGIONS".into(),
+            "eu=localhost;us=127.0.0.1".into(),
+        );
+        env.insert("AGENTPLANE_QUOTA_IDLE_MS".into(), "200".into());
+    })
+    .await;
+    let (s, p) = tenant_in(&app, "Nowhere", "apac").await;
+    assert_eq!((s, p["field"].as_str()), (422, Some("region")), "{p}");
+    let (s, created) = tenant_in(&app, "Euro", "eu").await;
+    assert_eq!(s, 202, "{created}");
+    let t = created["tenant"]["id"].as_str().unwrap().to_owned();
+    app.run_jobs().await;
+    plan_for(&app, &t, json!({})).await;
+    let admin = app.tenant_user("tenant_admin", &t);
+    let us_base = mock.base.clone();
+    let eu_base = mock.base.replace("127.0.0.1", "localhost");
+    let mut agents = vec![];
+    for (name, base) in [("us-llm", &us_base), ("eu-llm", &eu_base)] {
+        let (s, p) = status_json(
+            app.post(
+                &format!("/v1/tenants/{t}/providers"),
+                &admin,
+                json!({"name": name, "kind": "openai", "base_url": base, "api_key": "sk"}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 201, "{p}");
+        let (s, a) = status_json(
+            app.post(
+                &format!("/v1/tenants/{t}/agents"),
+                &admin,
+                json!({"name": format!("via-{name}"), "provider_id": p["id"], "model": "gpt"}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 201, "{a}");
+        agents.push(a["name"].as_str().unwrap().to_owned());
+    }
+    let (_, k) = status_json(
+        app.post(
+            &format!("/v1/tenants/{t}/api-keys"),
+            &admin,
+            json!({"name": "app"}),
+        )
+        .await,
+    )
+    .await;
+    let key = k["key"].as_str().unwrap();
+    let hello =
+        |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "personal data"}]});
+
+    // The us provider: refused before anything is sent, with a clear error.
+    let (s, e) = complete(&app, key, hello("via-us-llm")).await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (403, &json!("residency_violation")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("region eu"),
+        "{e}"
+    );
+    assert_eq!(mock.calls(), 0, "no byte left for the us provider");
+    // The eu provider works.
+    let (s, body) = complete(&app, key, hello("via-eu-llm")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(mock.calls(), 1);
+    let u = usage(&app, &t).await;
+    assert_eq!(u["messages"]["used"], 1, "only the eu run counted: {u}");
+
+    // The report: region, storage, verdicts, and the refusal as evidence from the audit log.
+    let auditor = app.tenant_user("auditor", &t);
+    let (s, r) = status_json(
+        app.get(&format!("/v1/tenants/{t}/residency"), &auditor)
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (r["region"].as_str(), r["enforced"].as_bool()),
+        (Some("eu"), Some(true))
+    );
+    assert_eq!(r["allowed_hosts"], json!(["localhost"]));
+    let db = if b == Backend::Postgres {
+        "postgresql"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(r["storage"]["database"], db);
+    assert!(r["storage"]["objects"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("tenants/{t}/")));
+    let verdicts: Vec<(String, String)> = r["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["verdict"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        verdicts.contains(&("us-llm".into(), "out_of_region".into())),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts.contains(&("eu-llm".into(), "allowed".into())),
+        "{verdicts:?}"
+    );
+    let refused: Vec<&Value> = r["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "residency.refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{}", r["evidence"]);
+    assert_eq!(refused[0]["outcome"], "denied");
+    assert_eq!(refused[0]["data"]["host"], "127.0.0.1");
+    assert!(r["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "tenant.create" && e["data"]["region"] == "eu"));
+
+    // Another tenant's auditor sees nothing of it; a member without audit rights neither.
+    let (s, o) = tenant_in(&app, "Elsewhere", "us").await;
+    assert_eq!(s, 202, "{o}");
+    let other = o["tenant"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = status_json(
+        app.get(
+            &format!("/v1/tenants/{t}/residency"),
+            &app.tenant_user("auditor", &other),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
