@@ -303,11 +303,11 @@ pub struct RunResult {
     params(("tenant_id" = uuid::Uuid, Path, description = "The key's tenant")),
     request_body = RunRequest,
     responses((status = 200, body = RunResult),
-        (status = 400, description = "malformed body", body = super::meta::Problem),
-        (status = 401, description = "missing, unknown, revoked or expired key", body = super::meta::Problem),
-        (status = 404, description = "another tenant, or no such agent for this key", body = super::meta::Problem),
-        (status = 429, description = "rate, concurrency or monthly quota reached (Retry-After)", body = super::meta::Problem),
-        (status = 502, description = "the provider failed", body = super::meta::Problem)))]
+        (status = 400, description = "malformed body", body = super::meta::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "missing, unknown, revoked or expired key", body = super::meta::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "another tenant, or no such agent for this key", body = super::meta::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate, concurrency or monthly quota reached (Retry-After)", body = super::meta::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "the provider failed", body = super::meta::Problem, content_type = "application/problem+json")))]
 pub async fn run(
     State(state): State<AppState>,
     RunCaller(gw): RunCaller,
