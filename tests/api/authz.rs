@@ -39,7 +39,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{setting_key}", "locale")
         .replace("{provider_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{agent_id}", &uuid::Uuid::now_v7().to_string())
-        .replace("{key_id}", &uuid::Uuid::now_v7().to_string());
+        .replace("{key_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{job_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -343,6 +344,31 @@ async fn send(
             .unwrap()
             .to_owned();
         let path = path.replace(&placeholder, p["id"].as_str().unwrap());
+        return app
+            .call(
+                method(action.method),
+                &path,
+                Some(token),
+                body_for(action, n),
+            )
+            .await;
+    }
+    if action.path.contains("{job_id}") {
+        // A fresh queued job (a key rotation's re-seal), so that a cancel can succeed.
+        let (s, job) = status_json(
+            app.post(
+                &format!("/v1/tenants/{tenant}/keys/rotate?confirm=true"),
+                &app.platform_admin(),
+                json!({}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 202, "preparing a job: {job}");
+        let path = action
+            .path
+            .replace("{tenant_id}", tenant)
+            .replace("{job_id}", job["id"].as_str().unwrap());
         return app
             .call(
                 method(action.method),

@@ -18,6 +18,7 @@ mod conformance;
 mod crash;
 mod gateway;
 mod input;
+mod jobs;
 mod meta;
 mod mock_llm;
 mod plans;

@@ -28,6 +28,7 @@ pub enum ConflictKind {
     DomainTaken,
     NameTaken,
     InUse,
+    AlreadyFinished,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -39,6 +40,7 @@ impl std::fmt::Display for ConflictKind {
             Self::DomainTaken => "this custom domain is already in use",
             Self::NameTaken => "the tenant already has one of this name",
             Self::InUse => "still in use; remove what uses it first",
+            Self::AlreadyFinished => "it already finished",
         })
     }
 }

@@ -8,6 +8,7 @@ mod agents;
 mod api_keys;
 mod branding;
 mod idempotency;
+mod jobs;
 mod keys;
 mod providers;
 mod provisioning;

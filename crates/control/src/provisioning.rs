@@ -68,6 +68,9 @@ pub(crate) enum JobError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Failed(String),
+    /// Cancellation was asked for: the job stops as `cancelled`.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl ControlPlane {
@@ -82,16 +85,25 @@ impl ControlPlane {
         };
         let span = tracing::info_span!("job", job_id = %job.id, tenant_id = %job.tenant_id, kind = job.kind.as_str());
         let _enter = span.enter();
-        let res = match job.kind {
-            JobKind::ProvisionTenant => self.provision(&job).await.map_err(JobError::from),
-            JobKind::PurgeTenant => self.purge(&job).await.map_err(JobError::from),
-            JobKind::ResealTenant => self.reseal(&job).await.map_err(JobError::from),
-            JobKind::NotifyUsage => self.notify_usage(&job).await,
+        let res = if job.cancel_requested {
+            Err(JobError::Cancelled)
+        } else {
+            match job.kind {
+                JobKind::ProvisionTenant => self.provision(&job).await.map_err(JobError::from),
+                JobKind::PurgeTenant => self.purge(&job).await.map_err(JobError::from),
+                JobKind::ResealTenant => self.reseal(&job).await,
+                JobKind::NotifyUsage => self.notify_usage(&job).await,
+            }
         };
         let now = Timestamp::now();
         let (result, error) = match res {
             Ok(()) => ("succeeded", None),
             Err(JobError::Store(StoreError::Conflict(Conflict::LeaseLost))) => ("lease_lost", None),
+            Err(JobError::Cancelled) => match self.store.finish_cancelled(&job, now).await {
+                Ok(()) => ("cancelled", None),
+                Err(StoreError::Conflict(Conflict::LeaseLost)) => ("lease_lost", None),
+                Err(e) => return Err(e.into()),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, attempt = job.attempts, "job failed");
                 self.store.fail_job(&job, &e.to_string(), now).await?;
@@ -181,13 +193,17 @@ impl ControlPlane {
             .await
     }
 
-    async fn reseal(&self, job: &Job) -> Result<(), StoreError> {
+    async fn reseal(&self, job: &Job) -> Result<(), JobError> {
         let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
+        self.beat(job, 0, "re-sealing secrets with the newest data key")
+            .await?;
         let resealed = match self.reseal_tenant(&ctx).await {
             Ok(n) => n,
-            Err(crate::ControlError::Store(e)) => return Err(e),
-            Err(e) => return Err(StoreError::Corrupt(format!("reseal: {e}"))),
+            Err(crate::ControlError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(JobError::Failed(format!("reseal: {e}"))),
         };
+        self.beat(job, 100, &format!("re-sealed {resealed} secrets"))
+            .await?;
         let now = Timestamp::now();
         let audit = NewAuditEvent::new(
             Chain::Tenant(job.tenant_id),
@@ -198,7 +214,7 @@ impl ControlPlane {
         .target("tenant", job.tenant_id)
         .data(json!({"job_id": job.id, "resealed": resealed}));
         self.store.append_audit(audit).await?;
-        self.store.complete_job(job, now).await
+        Ok(self.store.complete_job(job, now).await?)
     }
 
     async fn purge(&self, job: &Job) -> Result<(), StoreError> {

@@ -848,6 +848,61 @@ pub static DELETE_LOGO: ActionSpec = ActionSpec {
     )
 };
 
+const JOB_ID: Param = Param::new("job_id", ParamType::String, true, "the job").format("uuid");
+
+pub static LIST_JOBS: ActionSpec = ActionSpec {
+    entity: "job",
+    permission: Some(Permission::JobsRead),
+    parameters: &[CURSOR, LIMIT],
+    description: "The tenant's background jobs (provisioning, key re-sealing, notifications, \
+                  exports...) with their status and progress",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.list_jobs",
+        "job",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/jobs",
+    )
+};
+
+pub static GET_JOB: ActionSpec = ActionSpec {
+    entity: "job",
+    permission: Some(Permission::JobsRead),
+    parameters: &[JOB_ID],
+    description: "One background job: status, attempts, progress (percent and message), last error",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.get_job",
+        "job",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/jobs/{job_id}",
+    )
+};
+
+pub static CANCEL_JOB: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::JobsCancel),
+    parameters: &[JOB_ID],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "the job has not finished",
+    ],
+    postconditions: &[
+        "a queued job is cancelled; a running one stops at its next heartbeat",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Medium,
+    side_effects: &["audit_log"],
+    description: "Cancel a background job",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.cancel_job",
+        "job",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/jobs/{job_id}/cancel",
+    )
+};
+
 pub static GET_RESIDENCY_REPORT: ActionSpec = ActionSpec {
     entity: "residency",
     permission: Some(Permission::AuditRead),
@@ -1377,6 +1432,9 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &GET_LOGO,
     &DELETE_LOGO,
     &GET_RESIDENCY_REPORT,
+    &LIST_JOBS,
+    &GET_JOB,
+    &CANCEL_JOB,
     &GET_WEBHOOK,
     &SET_WEBHOOK,
     &DELETE_WEBHOOK,

@@ -70,6 +70,8 @@ pub enum Permission {
     AgentsWrite,
     ApiKeysRead,
     ApiKeysWrite,
+    JobsRead,
+    JobsCancel,
 }
 
 impl Permission {
@@ -97,6 +99,8 @@ impl Permission {
             Self::AgentsWrite => "agents.write",
             Self::ApiKeysRead => "api_keys.read",
             Self::ApiKeysWrite => "api_keys.write",
+            Self::JobsRead => "jobs.read",
+            Self::JobsCancel => "jobs.cancel",
         }
     }
 }
@@ -149,6 +153,8 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
     ),
     (P::ApiKeysWrite, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::JobsRead, &[R::PlatformAdmin, R::TenantAdmin, R::Auditor]),
+    (P::JobsCancel, &[R::PlatformAdmin, R::TenantAdmin]),
 ];
 
 pub fn role_grants(role: Role, perm: Permission) -> bool {

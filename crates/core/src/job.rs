@@ -13,6 +13,8 @@ pub enum JobStatus {
     Succeeded,
     /// Gave up after `max_attempts`; kept for inspection.
     Dead,
+    /// Cancelled before it finished.
+    Cancelled,
 }
 
 impl JobStatus {
@@ -22,6 +24,7 @@ impl JobStatus {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -30,6 +33,7 @@ impl JobStatus {
             "running" => Self::Running,
             "succeeded" => Self::Succeeded,
             "dead" => Self::Dead,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }
@@ -90,6 +94,18 @@ pub struct Job {
     pub last_error: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// What the running job last reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+    /// Cancellation was asked for; a running job stops at its next heartbeat.
+    pub cancel_requested: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct JobProgress {
+    /// 0-100.
+    pub percent: i64,
+    pub message: String,
 }
 
 impl Job {
@@ -113,6 +129,8 @@ impl Job {
             last_error: None,
             created_at: run_at,
             updated_at: run_at,
+            progress: None,
+            cancel_requested: false,
         }
     }
 

@@ -167,6 +167,7 @@ impl From<ControlError> for ApiError {
                     ConflictKind::DomainTaken => "domain_taken",
                     ConflictKind::NameTaken => "name_taken",
                     ConflictKind::InUse => "in_use",
+                    ConflictKind::AlreadyFinished => "already_finished",
                 };
                 Self::new(StatusCode::CONFLICT, code, "Conflict", kind.to_string())
             }

@@ -295,6 +295,31 @@ pub trait Store: Send + Sync + 'static {
     /// Claims the next due job (or one whose lease expired) with a fresh lease.
     async fn claim_job(&self, now: Timestamp, lease_ms: i64) -> Result<Option<Job>>;
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+    /// The tenant's jobs, newest id last (ids are time-ordered).
+    async fn list_jobs(&self, ctx: &TenantCtx, page: &PageRequest) -> Result<Page<Job>>;
+    /// One of the tenant's jobs.
+    async fn tenant_job(&self, ctx: &TenantCtx, id: JobId) -> Result<Option<Job>>;
+    /// A running job's heartbeat: renews its lease and records its progress. Answers whether
+    /// cancellation was asked for; `Conflict::LeaseLost` if another worker has it now.
+    async fn heartbeat_job(
+        &self,
+        job: &Job,
+        now: Timestamp,
+        lease_ms: i64,
+        progress: Option<(i64, &str)>,
+    ) -> Result<bool>;
+    /// Asks for a job's cancellation (with its audit event): a queued job is cancelled at once,
+    /// a running one when it next beats. `None` if the tenant has no such job; a finished job
+    /// is answered as it is, unchanged.
+    async fn cancel_job(
+        &self,
+        ctx: &TenantCtx,
+        id: JobId,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Option<Job>>;
+    /// A claimed job that saw its cancellation stops: `cancelled`.
+    async fn finish_cancelled(&self, job: &Job, now: Timestamp) -> Result<()>;
     /// Marks a claimed job done (`Conflict::LeaseLost` if another worker has it now).
     async fn complete_job(&self, job: &Job, now: Timestamp) -> Result<()>;
     /// Records a failed attempt: requeued with backoff, or dead after `max_attempts`.

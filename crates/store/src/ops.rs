@@ -168,6 +168,19 @@ async fn complete_job_tx(tx: &mut Tx<'_>, job: &Job, now: Timestamp) -> Result<(
 }
 
 /// Jobs whose lease ran out on their last attempt are dead: nobody will retry them.
+/// Records that a tenant's job was just claimed (claims favour the tenant served longest ago).
+pub(super) async fn served(tx: &mut Tx<'_>, tenant: TenantId, now: Timestamp) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO job_tenants (tenant_id, last_claimed_at) VALUES ($1, $2) \
+         ON CONFLICT (tenant_id) DO UPDATE SET last_claimed_at = excluded.last_claimed_at",
+    )
+    .bind(tenant.to_string())
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn bury_expired(tx: &mut Tx<'_>, now: Timestamp) -> Result<()> {
     sqlx::query(
         "UPDATE jobs SET status = 'dead', lease_token = NULL, lease_until = NULL, updated_at = $1, \
@@ -794,7 +807,12 @@ impl Store for BackendStore {
         // Crypto-shredding: without its data keys, nothing ever sealed for the tenant opens.
         delete!(tenant_keys, "DELETE FROM tenant_keys WHERE tenant_id = $1");
         delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
-        for table in ["quota_leases", "usage_notices", "tenant_webhooks"] {
+        for table in [
+            "quota_leases",
+            "usage_notices",
+            "tenant_webhooks",
+            "job_tenants",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(&tenant)
                 .execute(&mut *tx)
@@ -1436,6 +1454,123 @@ impl Store for BackendStore {
                 .await?;
         tx.commit().await?;
         row.map(agentplane_core::agent::Agent::try_from).transpose()
+    }
+
+    async fn list_jobs(&self, ctx: &TenantCtx, page: &PageRequest) -> Result<Page<Job>> {
+        let rows: Vec<JobRow> = self
+            .tenant_rows_by_id(
+                ctx,
+                "SELECT * FROM jobs WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                page,
+            )
+            .await?;
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |j: &Job| j.id.to_string(),
+        ))
+    }
+
+    async fn tenant_job(&self, ctx: &TenantCtx, id: JobId) -> Result<Option<Job>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<JobRow> =
+            sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 AND id = $2")
+                .bind(ctx.tenant_id().to_string())
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        row.map(Job::try_from).transpose()
+    }
+
+    async fn heartbeat_job(
+        &self,
+        job: &Job,
+        now: Timestamp,
+        lease_ms: i64,
+        progress: Option<(i64, &str)>,
+    ) -> Result<bool> {
+        let mut tx = self.write_tenant(job.tenant_id).await?;
+        let (pct, msg) = progress.map_or((None, None), |(p, m)| (Some(p.clamp(0, 100)), Some(m)));
+        let cancel: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_until = $4, updated_at = $5, \
+             progress_pct = COALESCE($6, progress_pct), progress_message = COALESCE($7, progress_message) \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND lease_token = $3 \
+             RETURNING cancel_requested",
+        )
+        .bind(job.tenant_id.to_string())
+        .bind(job.id.to_string())
+        .bind(&job.lease_token)
+        .bind(now.plus_millis(lease_ms).millis())
+        .bind(now.millis())
+        .bind(pct)
+        .bind(msg)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        cancel
+            .map(|c| c != 0)
+            .ok_or(StoreError::Conflict(Conflict::LeaseLost))
+    }
+
+    async fn cancel_job(
+        &self,
+        ctx: &TenantCtx,
+        id: JobId,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Option<Job>> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let row: Option<JobRow> = sqlx::query_as(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $3, \
+             status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END \
+             WHERE tenant_id = $1 AND id = $2 AND status IN ('queued', 'running') AND cancel_requested = 0 \
+             RETURNING *",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(id.to_string())
+        .bind(now.millis())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let job = match row {
+            Some(r) => {
+                append_audit(&mut tx, audit).await?;
+                Some(Job::try_from(r)?)
+            }
+            None => {
+                let r: Option<JobRow> =
+                    sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 AND id = $2")
+                        .bind(ctx.tenant_id().to_string())
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                r.map(Job::try_from).transpose()?
+            }
+        };
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn finish_cancelled(&self, job: &Job, now: Timestamp) -> Result<()> {
+        let mut tx = self.write_tenant(job.tenant_id).await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', lease_token = NULL, lease_until = NULL, updated_at = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND lease_token = $3",
+        )
+        .bind(job.tenant_id.to_string())
+        .bind(job.id.to_string())
+        .bind(&job.lease_token)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(Conflict::LeaseLost))
+        }
     }
 
     async fn list_agents(

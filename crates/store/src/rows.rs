@@ -95,6 +95,9 @@ pub(crate) struct JobRow {
     last_error: Option<String>,
     created_at: i64,
     updated_at: i64,
+    progress_pct: Option<i64>,
+    progress_message: Option<String>,
+    cancel_requested: i64,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -114,6 +117,13 @@ impl TryFrom<JobRow> for Job {
             last_error: r.last_error,
             created_at: Timestamp::from_millis(r.created_at),
             updated_at: Timestamp::from_millis(r.updated_at),
+            progress: r
+                .progress_pct
+                .map(|percent| agentplane_core::job::JobProgress {
+                    percent,
+                    message: r.progress_message.unwrap_or_default(),
+                }),
+            cancel_requested: r.cancel_requested != 0,
         })
     }
 }

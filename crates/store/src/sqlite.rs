@@ -92,10 +92,10 @@ impl SqliteStore {
         let row: Option<crate::rows::JobRow> = sqlx::query_as(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_token = $1, \
              lease_until = $2, updated_at = $3 \
-             WHERE id = (SELECT id FROM jobs \
-                         WHERE (status = 'queued' AND run_at <= $3) \
-                            OR (status = 'running' AND lease_until < $3) \
-                         ORDER BY run_at, id LIMIT 1) \
+             WHERE id = (SELECT j.id FROM jobs j LEFT JOIN job_tenants t ON t.tenant_id = j.tenant_id \
+                         WHERE (j.status = 'queued' AND j.run_at <= $3) \
+                            OR (j.status = 'running' AND j.lease_until < $3) \
+                         ORDER BY COALESCE(t.last_claimed_at, 0), j.run_at, j.id LIMIT 1) \
              RETURNING *",
         )
         .bind(uuid::Uuid::new_v4().to_string())
@@ -103,7 +103,11 @@ impl SqliteStore {
         .bind(now.millis())
         .fetch_optional(&mut *tx)
         .await?;
+        let job = row.map(Job::try_from).transpose()?;
+        if let Some(j) = &job {
+            ops::served(&mut tx, j.tenant_id, now).await?;
+        }
         tx.commit().await?;
-        row.map(Job::try_from).transpose()
+        Ok(job)
     }
 }

@@ -7,6 +7,7 @@ mod api_keys;
 mod audit;
 mod branding;
 mod gateway;
+mod jobs;
 mod meta;
 mod plans;
 mod providers;
@@ -78,6 +79,9 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.delete_logo" => on(f, branding::delete_logo),
         "admin.get_webhook" => on(f, webhooks::get),
         "admin.get_residency_report" => on(f, tenants::residency),
+        "admin.list_jobs" => on(f, jobs::list),
+        "admin.get_job" => on(f, jobs::get),
+        "admin.cancel_job" => on(f, jobs::cancel),
         "admin.set_webhook" => on(f, webhooks::put),
         "admin.delete_webhook" => on(f, webhooks::delete),
         "admin.list_providers" => on(f, providers::list),

@@ -1,0 +1,53 @@
+use super::PageParams;
+use crate::extract::{Query, TenantScope};
+use crate::problem::ApiError;
+use crate::state::AppState;
+use agentplane_core::job::Job;
+use agentplane_core::page::Page;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct JobPath {
+    pub job_id: String,
+}
+
+/// The tenant's background jobs, oldest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/jobs", tag = "jobs", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), PageParams), responses((status = 200, body = Page<Job>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Query(q): Query<PageParams>,
+) -> Result<Json<Page<Job>>, ApiError> {
+    Ok(Json(
+        state.control().list_jobs(&scope.ctx, &q.page()?).await?,
+    ))
+}
+
+/// One job: status, attempts, progress, last error.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/jobs/{job_id}", tag = "jobs", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("job_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = Job)))]
+pub async fn get(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<JobPath>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(state.control().job(&scope.ctx, &p.job_id).await?))
+}
+
+/// Cancel a job: a queued one at once, a running one at its next heartbeat.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/jobs/{job_id}/cancel", tag = "jobs", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("job_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = Job), (status = 409, description = "the job already finished")))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<JobPath>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(
+        state.control().cancel_job(&scope.ctx, &p.job_id).await?,
+    ))
+}

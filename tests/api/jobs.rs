@@ -1,0 +1,161 @@
+//! The durable job queue as tenants see it: fair across tenants, progress readable over the
+//! API, cancellation of queued and running jobs.
+
+use crate::both_backends;
+use crate::helpers::{status_json, Backend, TestApp};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+both_backends!(
+    one_tenants_backlog_does_not_starve_another,
+    jobs_report_progress_and_can_be_cancelled
+);
+
+async fn rotate(app: &TestApp, tenant: &str) -> Value {
+    let (s, job) = status_json(
+        app.post(
+            &format!("/v1/tenants/{tenant}/keys/rotate?confirm=true"),
+            &app.platform_admin(),
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{job}");
+    job
+}
+
+async fn one_tenants_backlog_does_not_starve_another(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let busy = app.active_tenant("Busy").await;
+    let quiet = app.active_tenant("Quiet").await;
+    for _ in 0..12 {
+        rotate(&app, &busy).await;
+    }
+    let quiet_job = rotate(&app, &quiet).await;
+    // The quiet tenant's one job runs second, not after the busy tenant's twelve.
+    let first = app.control.run_next_job().await.unwrap().unwrap();
+    let second = app.control.run_next_job().await.unwrap().unwrap();
+    assert_eq!(first.job.tenant_id.to_string(), busy);
+    assert_eq!(second.job.id.to_string(), quiet_job["id"].as_str().unwrap());
+    assert_eq!(app.run_jobs().await, 11, "the rest still runs");
+}
+
+async fn jobs_report_progress_and_can_be_cancelled(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let t = app.active_tenant("Worky").await;
+    let admin = app.tenant_user("tenant_admin", &t);
+    let jobs = format!("/v1/tenants/{t}/jobs");
+
+    // Progress: a finished re-seal says what it did.
+    let job = rotate(&app, &t).await;
+    let id = job["id"].as_str().unwrap();
+    app.run_jobs().await;
+    let (s, j) = status_json(app.get(&format!("{jobs}/{id}"), &admin).await).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["status"], "succeeded");
+    assert_eq!(j["progress"]["percent"], 100);
+    assert!(
+        j["progress"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("re-sealed"),
+        "{j}"
+    );
+    let (s, _) = status_json(
+        app.post(&format!("{jobs}/{id}/cancel"), &admin, json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 409, "a finished job cannot be cancelled");
+
+    // A queued job is cancelled at once and never runs.
+    let queued = rotate(&app, &t).await;
+    let qid = queued["id"].as_str().unwrap();
+    let (s, j) = status_json(
+        app.post(&format!("{jobs}/{qid}/cancel"), &admin, json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((s, j["status"].as_str()), (200, Some("cancelled")), "{j}");
+    assert_eq!(app.run_jobs().await, 0);
+    let (_, j) = status_json(app.get(&format!("{jobs}/{qid}"), &admin).await).await;
+    assert_eq!(
+        (j["status"].as_str(), j["attempts"].as_i64()),
+        (Some("cancelled"), Some(0))
+    );
+
+    // A running job stops at its next heartbeat.
+    let running = rotate(&app, &t).await;
+    let store = app.control.store().clone();
+    let claimed = store
+        .claim_job(agentplane_core::time::Timestamp::now(), 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id.to_string(), running["id"].as_str().unwrap());
+    let now = agentplane_core::time::Timestamp::now;
+    assert!(!store
+        .heartbeat_job(&claimed, now(), 60_000, Some((40, "working")))
+        .await
+        .unwrap());
+    let (_, j) = status_json(app.get(&format!("{jobs}/{}", claimed.id), &admin).await).await;
+    assert_eq!(
+        (j["status"].as_str(), j["progress"]["percent"].as_i64()),
+        (Some("running"), Some(40))
+    );
+    let (s, j) = status_json(
+        app.post(&format!("{jobs}/{}/cancel", claimed.id), &admin, json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, j["cancel_requested"].as_bool()),
+        (200, Some(true)),
+        "{j}"
+    );
+    assert!(
+        store
+            .heartbeat_job(&claimed, now(), 60_000, None)
+            .await
+            .unwrap(),
+        "the beat says stop"
+    );
+    store.finish_cancelled(&claimed, now()).await.unwrap();
+    let (_, j) = status_json(app.get(&format!("{jobs}/{}", claimed.id), &admin).await).await;
+    assert_eq!(j["status"], "cancelled");
+
+    // The list shows them all; another tenant sees none of them; members may not look.
+    let (s, page) = status_json(app.get(&jobs, &admin).await).await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&id) && ids.contains(&qid));
+    let other = app.active_tenant("Nosy").await;
+    let (s, _) = status_json(
+        app.get(
+            &format!("/v1/tenants/{other}/jobs/{id}"),
+            &app.tenant_user("tenant_admin", &other),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 404, "another tenant's job id is not found");
+    let (s, _) = status_json(app.get(&jobs, &app.tenant_user("member", &t)).await).await;
+    assert_eq!(s, 403);
+    let (s, _) = status_json(
+        app.call(
+            Method::POST,
+            &format!("{jobs}/{qid}/cancel"),
+            Some(&app.tenant_user("auditor", &t)),
+            Some(json!({})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 403, "auditors read jobs, never cancel them");
+}
