@@ -251,6 +251,13 @@ impl Server {
         }
         let router = self.router();
         let stop = shutdown.clone();
+        // Streams write small frames: without TCP_NODELAY each one after the first waits for
+        // the client's delayed ACK (up to 40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let res = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
