@@ -50,6 +50,7 @@ impl Inner {
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(cfg.connect_timeout)
+            .tcp_nodelay(true)
             .build()
             .map_err(|e| UpstreamError::Connect(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
