@@ -99,6 +99,9 @@ pub enum RunError {
     Upstream(#[from] UpstreamError),
     #[error("usage could not be recorded: {0}")]
     Metering(String),
+    /// Concurrent runs kept taking what grants added (retry).
+    #[error("the quota is contended")]
+    QuotaBusy,
     #[error(transparent)]
     Control(#[from] ControlError),
 }
@@ -108,6 +111,7 @@ impl From<QuotaError> for RunError {
         match e {
             QuotaError::Exhausted(x) => Self::Quota(x),
             QuotaError::Store(s) => Self::Control(s.into()),
+            QuotaError::Busy => Self::QuotaBusy,
         }
     }
 }

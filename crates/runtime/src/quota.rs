@@ -49,6 +49,9 @@ pub enum QuotaError {
     Exhausted(Exhausted),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Grants kept being taken by concurrent runs (not seen in practice; retry).
+    #[error("the quota is contended; retry")]
+    Busy,
 }
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -242,13 +245,32 @@ impl Quotas {
             return Ok(r);
         }
         let _granting = pool.granting.lock().await;
-        if let Some(r) = self.take(ctx, &period, &pool, limit, need) {
-            return Ok(r);
+        // Runs admitted from memory meanwhile may take what a grant added: grant again (a grant
+        // that finds nothing left answers which quota is exhausted).
+        for _ in 0..8 {
+            if let Some(r) = self.take(ctx, &period, &pool, limit, need) {
+                return Ok(r);
+            }
+            self.grant(ctx, &period, &pool, limit, need).await?;
         }
+        self.take(ctx, &period, &pool, limit, need)
+            .ok_or(QuotaError::Busy)
+    }
+
+    /// Adds to the pool's lease what the store grants for `need` (restarting the lease first if
+    /// the plan changed or it may have expired).
+    async fn grant(
+        &self,
+        ctx: &TenantCtx,
+        period: &str,
+        pool: &Arc<Pool>,
+        limit: Amount,
+        need: Amount,
+    ) -> Result<(), QuotaError> {
         let (lease_id, top_up) = {
             let mut s = lock(&pool.state);
             if s.limit != limit || Instant::now() >= s.valid_until {
-                self.restart(ctx, &period, &mut s, limit);
+                self.restart(ctx, period, &mut s, limit);
             }
             let top_up = Amount::new(
                 (need.messages - s.avail.messages).max(0),
@@ -259,7 +281,7 @@ impl Quotas {
         let started = Instant::now();
         let now = Timestamp::now();
         let req = LeaseRequest {
-            period: period.clone(),
+            period: period.to_owned(),
             lease_id: lease_id.clone(),
             holder: self.inner.holder.clone(),
             need: top_up,
@@ -273,22 +295,14 @@ impl Quotas {
             .grant_quota(ctx, &req)
             .await?
             .map_err(QuotaError::Exhausted)?;
-        {
-            let mut s = lock(&pool.state);
-            if s.lease_id == lease_id {
-                s.avail.messages += granted.messages;
-                s.avail.tokens += granted.tokens;
-                s.has_lease = true;
-                s.valid_until = started + self.inner.cfg.ttl * 2 / 3;
-            }
+        let mut s = lock(&pool.state);
+        if s.lease_id == lease_id {
+            s.avail.messages += granted.messages;
+            s.avail.tokens += granted.tokens;
+            s.has_lease = true;
+            s.valid_until = started + self.inner.cfg.ttl * 2 / 3;
         }
-        self.take(ctx, &period, &pool, limit, need)
-            .ok_or(QuotaError::Exhausted(Exhausted {
-                quota: agentplane_core::quota::QuotaKind::MonthlyMessages,
-                used: 0,
-                reserved: 0,
-                limit: limit.messages,
-            }))
+        Ok(())
     }
 
     fn take(

@@ -327,6 +327,13 @@ impl From<RunError> for ApiError {
                 "Provider refused by policy",
                 msg,
             ),
+            RunError::QuotaBusy => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "quota_contended",
+                "Quota contended",
+                "concurrent runs took the quota as fast as it was granted; retry",
+            )
+            .header(header::RETRY_AFTER, "1"),
             RunError::Metering(msg) => {
                 tracing::error!(error = %msg, "run not metered");
                 Self::new(
