@@ -144,6 +144,21 @@ async fn usage_thresholds_call_the_signed_webhook_once_each(b: Backend) {
         );
     }
 
+    // A tenant-key rotation re-seals the signing secret; the secret itself stays the same.
+    let (s, _) = status_json(
+        app.post(
+            &format!("/v1/tenants/{}/keys/rotate?confirm=true", f.tenant),
+            &f.admin,
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202);
+    app.run_jobs().await;
+    let (_, got) = status_json(app.get(&hook, &f.admin).await).await;
+    assert_eq!(got["key_version"], 2, "{got}");
+
     // The 5th crosses 100%; the endpoint fails once and the queue retries it.
     rx.fail.store(1, Ordering::SeqCst);
     assert_eq!(complete(&app, &f.key, crate::gateway_hello()).await.0, 200);

@@ -244,6 +244,9 @@ impl ControlPlane {
                 None => break,
             }
         }
+        if self.reseal_webhook_secret(ctx, active).await? {
+            resealed += 1;
+        }
         Ok(resealed)
     }
 

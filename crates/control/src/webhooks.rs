@@ -105,6 +105,24 @@ impl ControlPlane {
         Ok(CreatedWebhook { webhook, secret })
     }
 
+    /// Re-seals the webhook's signing secret with the tenant's `active` data key (the re-seal
+    /// job after a tenant-key rotation); answers whether there was one to re-seal.
+    pub(crate) async fn reseal_webhook_secret(&self, ctx: &TenantCtx, active: i64) -> Result<bool> {
+        let Some((w, sealed)) = self.store.get_webhook(ctx).await? else {
+            return Ok(false);
+        };
+        if w.key_version >= active {
+            return Ok(false);
+        }
+        let id = ctx.tenant_id().to_string();
+        let key = self.open_secret(ctx, SECRET_KIND, &id, &sealed).await?;
+        let (resealed, version) = self.seal_secret(ctx, SECRET_KIND, &id, &key).await?;
+        Ok(self
+            .store
+            .reseal_webhook(ctx, w.key_version, &resealed, version)
+            .await?)
+    }
+
     pub async fn delete_webhook(&self, ctx: &TenantCtx) -> Result<()> {
         let audit = NewAuditEvent::new(
             Chain::Tenant(ctx.tenant_id()),

@@ -558,6 +558,15 @@ pub trait Store: Send + Sync + 'static {
         sealed_secret: &[u8],
         audit: NewAuditEvent,
     ) -> Result<()>;
+    /// Replaces the webhook's sealed secret if it is still sealed with `old_key_version`
+    /// (tenant-key rotation); answers whether it did.
+    async fn reseal_webhook(
+        &self,
+        ctx: &TenantCtx,
+        old_key_version: i64,
+        sealed: &[u8],
+        key_version: i64,
+    ) -> Result<bool>;
     /// Removes the tenant's webhook (with its audit event); false if there was none.
     async fn delete_webhook(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool>;
     /// Extends every lease `holder` holds (the process is alive).

@@ -2043,6 +2043,29 @@ impl Store for BackendStore {
         Ok(())
     }
 
+    async fn reseal_webhook(
+        &self,
+        ctx: &TenantCtx,
+        old_key_version: i64,
+        sealed: &[u8],
+        key_version: i64,
+    ) -> Result<bool> {
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let n = sqlx::query(
+            "UPDATE tenant_webhooks SET secret = $3, key_version = $4 \
+             WHERE tenant_id = $1 AND key_version = $2",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(old_key_version)
+        .bind(sealed)
+        .bind(key_version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     async fn delete_webhook(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool> {
         let audit = scoped(ctx, audit)?;
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
