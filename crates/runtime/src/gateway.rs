@@ -390,6 +390,14 @@ impl Runtime {
         if !key.scopes.allows_agent(agent.id) || !key.scopes.allows_model(&agent.model) {
             return Err(RunError::UnknownAgent(input.agent.clone()));
         }
+        // The plan's limits come first: a refused request (below) still counts against the
+        // rate, so a client cannot flood the audit trail with residency refusals.
+        let limits = self.plan_limits(&key.plan_id).await?;
+        let permit = self.limits.admit(
+            ctx.tenant_id(),
+            limits.requests_per_minute,
+            limits.max_concurrent_runs,
+        )?;
         if self
             .control
             .check_residency(ctx, &key.region, provider)
@@ -401,12 +409,6 @@ impl Runtime {
                 host: agentplane_control::provider_host(provider),
             });
         }
-        let limits = self.plan_limits(&key.plan_id).await?;
-        let permit = self.limits.admit(
-            ctx.tenant_id(),
-            limits.requests_per_minute,
-            limits.max_concurrent_runs,
-        )?;
         let agent_max = agent
             .params
             .max_tokens
