@@ -40,7 +40,10 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{provider_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{agent_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{key_id}", &uuid::Uuid::now_v7().to_string())
-        .replace("{job_id}", &uuid::Uuid::now_v7().to_string());
+        .replace("{job_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{user_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{invitation_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{role_name}", "no-such-role");
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -61,6 +64,14 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
         "admin.update_provider" => Some(json!({"models": ["m1"]})),
         "admin.update_agent" => Some(json!({"model": format!("model-{n}")})),
         "admin.create_api_key" => Some(json!({"name": format!("key {n}")})),
+        "admin.update_user" => Some(json!({"roles": ["auditor"]})),
+        "admin.create_role" => Some(json!({
+            "name": format!("r{}", uuid::Uuid::new_v4().simple()), "permissions": ["agents.read"]
+        })),
+        "admin.update_role" => Some(json!({"description": format!("changed {n}")})),
+        "admin.invite_user" => Some(json!({
+            "email": format!("i{}@people.test", uuid::Uuid::new_v4().simple())
+        })),
         "admin.set_webhook" => Some(json!({"url": format!("http://127.0.0.1:9/hook{n}")})),
         "admin.rollback_tenant_setting" => Some(json!({"version": 1})),
         "admin.create_plan" => Some(json!({
@@ -344,6 +355,74 @@ async fn send(
             .unwrap()
             .to_owned();
         let path = path.replace(&placeholder, p["id"].as_str().unwrap());
+        return app
+            .call(
+                method(action.method),
+                &path,
+                Some(token),
+                body_for(action, n),
+            )
+            .await;
+    }
+    if ["{user_id}", "{role_name}", "{invitation_id}"]
+        .iter()
+        .any(|p| action.path.contains(p))
+    {
+        // A fresh user (invited and accepted), custom role or invitation per call.
+        let op = app.platform_admin();
+        let (placeholder, id) = if action.path.contains("{role_name}") {
+            let create = REGISTRY
+                .iter()
+                .find(|a| a.intent == "admin.create_role")
+                .unwrap();
+            let (s, r) = status_json(
+                app.call(
+                    Method::POST,
+                    &path_for(create, tenant),
+                    Some(&op),
+                    body_for(create, n),
+                )
+                .await,
+            )
+            .await;
+            assert_eq!(s, 201, "preparing a role: {r}");
+            ("{role_name}", r["name"].as_str().unwrap().to_owned())
+        } else {
+            let email = format!("u{}@people.test", uuid::Uuid::new_v4().simple());
+            let (s, inv) = status_json(
+                app.post(
+                    &format!("/v1/tenants/{tenant}/invitations"),
+                    &op,
+                    json!({"email": email}),
+                )
+                .await,
+            )
+            .await;
+            assert_eq!(s, 201, "preparing an invitation: {inv}");
+            if action.path.contains("{invitation_id}") {
+                ("{invitation_id}", inv["id"].as_str().unwrap().to_owned())
+            } else {
+                let (s, t) = status_json(
+                    app.call(
+                        Method::POST,
+                        "/v1/auth/invitations/accept",
+                        None,
+                        Some(json!({"token": inv["token"]})),
+                    )
+                    .await,
+                )
+                .await;
+                assert_eq!(s, 200, "accepting an invitation: {t}");
+                ("{user_id}", t["user_id"].as_str().unwrap().to_owned())
+            }
+        };
+        let mut path = action
+            .path
+            .replace("{tenant_id}", tenant)
+            .replace(placeholder, &id);
+        if action.confirmation_required {
+            path.push_str("?confirm=true");
+        }
         return app
             .call(
                 method(action.method),

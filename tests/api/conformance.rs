@@ -361,9 +361,14 @@ async fn provisioning_effects_happen_once(b: Backend) {
         tenant_id: t.id,
         user_id: UserId::new(),
         email: "a@b.test".into(),
+        name: None,
         roles: vec!["tenant_admin".into()],
+        custom_roles: vec![],
         status: "active".into(),
+        has_password: false,
         created_at: now,
+        updated_at: now,
+        last_sign_in_at: None,
     };
     let p = Provisioning {
         settings: vec![("locale".into(), json!("en"))],

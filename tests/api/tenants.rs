@@ -77,7 +77,8 @@ async fn create_provisions_defaults_quota_and_first_admin(b: Backend) {
     let (_, users) = status_json(app.get(&format!("/v1/tenants/{id}/users"), &tadmin).await).await;
     let users = users["items"].as_array().unwrap();
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0]["email"], "Ann@acme.test");
+    // E-mail addresses are normalised to lower case.
+    assert_eq!(users[0]["email"], "ann@acme.test");
     assert_eq!(users[0]["roles"], json!(["tenant_admin"]));
 
     let (_, usage) = status_json(

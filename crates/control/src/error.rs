@@ -18,6 +18,53 @@ pub enum ControlError {
     Store(StoreError),
     #[error(transparent)]
     Crypto(#[from] agentplane_crypto::CryptoError),
+    /// Sign-in, token and invitation failures.
+    #[error("{0}")]
+    Auth(AuthFailure),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why an identity request was refused. The messages say no more than the caller may know
+/// (an unknown e-mail and a wrong password read the same).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    InvalidCredentials,
+    /// Local (password) sign-in is turned off for the tenant.
+    LocalSignInDisabled,
+    InvalidRefreshToken,
+    /// A refresh token was used twice: its whole session was revoked.
+    RefreshTokenReused,
+    InvalidInvitation,
+    /// An access token that is not (or no longer) valid.
+    InvalidAccessToken(&'static str),
+    /// Too many failed attempts; retry after this many seconds.
+    Throttled(u64),
+    /// The tenant named by the host, the path and the body disagree, or none names one.
+    TenantUnresolved(&'static str),
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InvalidCredentials => f.write_str("wrong e-mail or password"),
+            Self::LocalSignInDisabled => {
+                f.write_str("password sign-in is turned off for this tenant; use its SSO")
+            }
+            Self::InvalidRefreshToken => f.write_str("the refresh token is invalid or expired"),
+            Self::RefreshTokenReused => f.write_str(
+                "the refresh token was already used; the session was revoked for safety",
+            ),
+            Self::InvalidInvitation => {
+                f.write_str("the invitation is invalid, expired, revoked or already used")
+            }
+            Self::InvalidAccessToken(why) => write!(f, "access token rejected: {why}"),
+            Self::Throttled(secs) => {
+                write!(f, "too many failed sign-ins; retry in {secs} s")
+            }
+            Self::TenantUnresolved(why) => f.write_str(why),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +76,7 @@ pub enum ConflictKind {
     NameTaken,
     InUse,
     AlreadyFinished,
+    LastAdmin,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -41,6 +89,7 @@ impl std::fmt::Display for ConflictKind {
             Self::NameTaken => "the tenant already has one of this name",
             Self::InUse => "still in use; remove what uses it first",
             Self::AlreadyFinished => "it already finished",
+            Self::LastAdmin => "the tenant must keep at least one active tenant_admin",
         })
     }
 }
@@ -53,6 +102,7 @@ impl From<StoreError> for ControlError {
             StoreError::Conflict(Conflict::Version) => {
                 Self::Conflict(ConflictKind::ConcurrentUpdate)
             }
+            StoreError::Conflict(Conflict::LastAdmin) => Self::Conflict(ConflictKind::LastAdmin),
             StoreError::InvalidCursor => Self::Invalid(DomainError::invalid(
                 "cursor",
                 "is not a cursor this server issued",

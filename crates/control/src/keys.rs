@@ -32,6 +32,10 @@ impl Keys {
             cache: Arc::new(KeyCache::new()),
         }
     }
+
+    pub(crate) fn kms(&self) -> &Arc<dyn Kms> {
+        &self.kms
+    }
 }
 
 /// What a master-key rotation did.
@@ -40,6 +44,8 @@ pub struct MasterRotation {
     pub kms: String,
     pub kek_version: u32,
     pub keys_rewrapped: usize,
+    /// The access-token signing keys re-wrapped too (their data keys are the platform's).
+    pub signing_keys_rewrapped: usize,
     pub tenants: usize,
     pub elapsed_ms: u64,
 }
@@ -313,16 +319,26 @@ impl ControlPlane {
         for r in results {
             keys_rewrapped += usize::from(r?);
         }
+        let signing_keys_rewrapped = self.rewrap_signing_keys(platform, kek_version).await?;
         let report = MasterRotation {
             kms: self.keys.kms.name(),
             kek_version,
             keys_rewrapped,
+            signing_keys_rewrapped,
             tenants,
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
-        let audit = NewAuditEvent::new(Chain::Platform, "keys.rotate_master", platform.actor(), Timestamp::now())
-            .target("kms", &report.kms)
-            .data(json!({"kek_version": kek_version, "keys_rewrapped": keys_rewrapped, "tenants": tenants}));
+        let audit = NewAuditEvent::new(
+            Chain::Platform,
+            "keys.rotate_master",
+            platform.actor(),
+            Timestamp::now(),
+        )
+        .target("kms", &report.kms)
+        .data(
+            json!({"kek_version": kek_version, "keys_rewrapped": keys_rewrapped,
+                "signing_keys_rewrapped": signing_keys_rewrapped, "tenants": tenants}),
+        );
         self.store.append_audit(audit).await?;
         Ok(report)
     }

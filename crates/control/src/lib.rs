@@ -8,6 +8,7 @@ mod agents;
 mod api_keys;
 mod branding;
 mod idempotency;
+pub mod identity;
 mod jobs;
 mod keys;
 mod providers;
@@ -18,10 +19,11 @@ mod tenants;
 mod webhooks;
 
 pub mod error;
+pub mod mail;
 pub use agents::{CreateAgent, UpdateAgent};
 pub use api_keys::{CreateApiKey, CreatedApiKey, KeyRejected};
 pub use branding::BrandingPatch;
-pub use error::ControlError;
+pub use error::{AuthFailure, ControlError};
 pub use idempotency::{IdempotencyKey, Replayable};
 pub use keys::{Keys, MasterRotation};
 pub use providers::{CreateProvider, ProbeResult, UpdateProvider};
@@ -51,6 +53,7 @@ pub struct ControlPlane {
     keys: Keys,
     key_uses: api_keys::KeyUses,
     cfg: WorkerConfig,
+    identity: Arc<identity::IdentityState>,
 }
 
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
@@ -69,13 +72,20 @@ pub struct CreatePlan {
 }
 
 impl ControlPlane {
-    pub fn new(store: Arc<dyn Store>, objects: Objects, keys: Keys, cfg: WorkerConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        objects: Objects,
+        keys: Keys,
+        cfg: WorkerConfig,
+        identity: identity::IdentityConfig,
+    ) -> Self {
         Self {
             store,
             objects,
             keys,
             key_uses: Default::default(),
             cfg,
+            identity: Arc::new(identity::IdentityState::new(identity)),
         }
     }
 

@@ -8,7 +8,6 @@ use agentplane_core::authz::{Role, TenantCtx};
 use agentplane_core::job::{Job, JobKind};
 use agentplane_core::tenant::{Email, TenantStatus, Transition};
 use agentplane_core::time::Timestamp;
-use agentplane_core::UserId;
 use agentplane_store::{Conflict, Member, Provisioning, StoreError};
 use serde::Serialize;
 use serde_json::json;
@@ -93,6 +92,10 @@ impl ControlPlane {
                 JobKind::PurgeTenant => self.purge(&job).await.map_err(JobError::from),
                 JobKind::ResealTenant => self.reseal(&job).await,
                 JobKind::NotifyUsage => self.notify_usage(&job).await,
+                JobKind::SendInvitation => self
+                    .send_invitation(&job)
+                    .await
+                    .map_err(|e| JobError::Failed(e.to_string())),
             }
         };
         let now = Timestamp::now();
@@ -153,13 +156,25 @@ impl ControlPlane {
             .ok_or_else(|| {
                 StoreError::Corrupt("provisioning job without a valid admin_email".into())
             })?;
+        let email = email.as_str().to_lowercase();
+        // The person may be known already (a member of another tenant): same user id.
+        let user_id = self
+            .store
+            .find_user_by_email(&email)
+            .await?
+            .unwrap_or_default();
         let admin = Member {
             tenant_id: tenant.id,
-            user_id: UserId::new(),
-            email: email.as_str().to_owned(),
+            user_id,
+            email,
+            name: None,
             roles: vec![Role::TenantAdmin.as_str().to_owned()],
+            custom_roles: Vec::new(),
             status: "active".into(),
+            has_password: false,
             created_at: now,
+            updated_at: now,
+            last_sign_in_at: None,
         };
         let p = Provisioning {
             settings: default_settings(),

@@ -628,6 +628,290 @@ pub static LIST_USERS: ActionSpec = ActionSpec {
     )
 };
 
+const USER_ID: Param = Param::new("user_id", ParamType::String, true, "the user").format("uuid");
+
+pub static GET_USER: ActionSpec = ActionSpec {
+    permission: Some(Permission::UsersRead),
+    parameters: &[USER_ID],
+    preconditions: &["caller must have tenant_admin role"],
+    description: "Show one user of the tenant: roles, custom roles, status, last sign-in",
+    ..spec(
+        "admin.get_user",
+        "user",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/users/{user_id}",
+    )
+};
+
+pub static UPDATE_USER: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::UsersWrite),
+    parameters: &[
+        USER_ID,
+        Param::new(
+            "roles",
+            ParamType::Array,
+            false,
+            "built-in roles: tenant_admin, auditor, member",
+        ),
+        Param::new(
+            "custom_roles",
+            ParamType::Array,
+            false,
+            "names of the tenant's custom roles",
+        ),
+        Param::new("status", ParamType::String, false, "membership status").one_of(&[
+            "active",
+            "inactive",
+            "suspended",
+        ]),
+        Param::new(
+            "name",
+            ParamType::String,
+            false,
+            "display name in this tenant",
+        ),
+    ],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "the tenant keeps at least one active tenant_admin",
+    ],
+    postconditions: &[
+        "the user's next request is judged by the new roles",
+        "a user no longer active is signed out",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Medium,
+    side_effects: &["audit_log", "access_changed"],
+    description: "Change a user's roles, custom roles, status or name in this tenant",
+    ..spec(
+        "admin.update_user",
+        "user",
+        Method::Patch,
+        "/v1/tenants/{tenant_id}/users/{user_id}",
+    )
+};
+
+pub static REMOVE_USER: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::UsersWrite),
+    parameters: &[USER_ID, CONFIRM],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "the tenant keeps at least one active tenant_admin",
+    ],
+    postconditions: &[
+        "the membership is gone and its sessions are revoked",
+        "the person's memberships of other tenants are untouched",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log", "access_revoked"],
+    description: "Remove a user from the tenant, signing them out at once",
+    ..spec(
+        "admin.remove_user",
+        "user",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/users/{user_id}",
+    )
+};
+
+const ROLE_NAME: Param = Param::new(
+    "role_name",
+    ParamType::String,
+    true,
+    "the custom role's name",
+);
+
+pub static LIST_ROLES: ActionSpec = ActionSpec {
+    permission: Some(Permission::RolesRead),
+    description: "List the built-in and custom roles of the tenant with their permissions",
+    ..spec(
+        "admin.list_roles",
+        "role",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/roles",
+    )
+};
+
+pub static CREATE_ROLE: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::RolesWrite),
+    parameters: &[
+        Param::new("name", ParamType::String, true, "a-z, 0-9, '_', '-'"),
+        Param::new(
+            "description",
+            ParamType::String,
+            false,
+            "what the role is for",
+        ),
+        Param::new(
+            "permissions",
+            ParamType::Array,
+            true,
+            "tenant permissions (docs/permissions.md)",
+        ),
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["role created", "audit log entry created"],
+    risk_level: Risk::Medium,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Create a custom role made of named permissions",
+    ..spec(
+        "admin.create_role",
+        "role",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/roles",
+    )
+};
+
+pub static UPDATE_ROLE: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::RolesWrite),
+    parameters: &[
+        ROLE_NAME,
+        Param::new(
+            "description",
+            ParamType::String,
+            false,
+            "what the role is for",
+        ),
+        Param::new(
+            "permissions",
+            ParamType::Array,
+            false,
+            "the new permission set",
+        ),
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "every holder's next request is judged by the new permissions",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Medium,
+    side_effects: &["audit_log", "access_changed"],
+    description: "Change a custom role's permissions or description",
+    ..spec(
+        "admin.update_role",
+        "role",
+        Method::Patch,
+        "/v1/tenants/{tenant_id}/roles/{role_name}",
+    )
+};
+
+pub static DELETE_ROLE: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::RolesWrite),
+    parameters: &[ROLE_NAME, CONFIRM],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "no user holds the role",
+    ],
+    postconditions: &["role deleted", "audit log entry created"],
+    risk_level: Risk::Medium,
+    confirmation_required: true,
+    side_effects: &["audit_log"],
+    description: "Delete a custom role no user holds",
+    ..spec(
+        "admin.delete_role",
+        "role",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/roles/{role_name}",
+    )
+};
+
+pub static LIST_INVITATIONS: ActionSpec = ActionSpec {
+    permission: Some(Permission::UsersRead),
+    parameters: &[CURSOR, LIMIT],
+    preconditions: &["caller must have tenant_admin role"],
+    description: "List the tenant's invitations and their state",
+    ..spec(
+        "admin.list_invitations",
+        "invitation",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/invitations",
+    )
+};
+
+pub static INVITE_USER: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::UsersWrite),
+    parameters: &[
+        Param::new("email", ParamType::String, true, "who is invited"),
+        Param::new(
+            "roles",
+            ParamType::Array,
+            false,
+            "built-in roles (default member)",
+        ),
+        Param::new("custom_roles", ParamType::Array, false, "custom role names"),
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "a single-use invitation bound to this tenant and e-mail is mailed",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Medium,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["audit_log", "email_sent"],
+    description: "Invite someone by e-mail to join the tenant with the given roles",
+    ..spec(
+        "admin.invite_user",
+        "invitation",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/invitations",
+    )
+};
+
+pub static REVOKE_INVITATION: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::UsersWrite),
+    parameters: &[
+        Param::new("invitation_id", ParamType::String, true, "the invitation").format("uuid"),
+    ],
+    preconditions: &["caller must have tenant_admin role", "not accepted yet"],
+    postconditions: &[
+        "the invitation can no longer be accepted",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Low,
+    side_effects: &["audit_log"],
+    description: "Revoke an invitation that was not accepted yet",
+    ..spec(
+        "admin.revoke_invitation",
+        "invitation",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/invitations/{invitation_id}",
+    )
+};
+
+pub static ROTATE_SIGNING_KEY: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::SigningKeysRotate),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have platform_admin role"],
+    postconditions: &[
+        "new access tokens are signed with a new key, published in the JWKS",
+        "tokens signed with the old key stay valid until they expire",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Rotate the key that signs Agentplane's access tokens",
+    ..spec(
+        "admin.rotate_signing_key",
+        "signing_key",
+        Method::Post,
+        "/v1/admin/signing-keys/rotate",
+    )
+};
+
 const SETTING_KEY: Param = Param::new(
     "setting_key",
     ParamType::String,
@@ -1421,6 +1705,17 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &RUN_NEXT_JOB,
     &LIST_AUDIT_EVENTS,
     &LIST_USERS,
+    &GET_USER,
+    &UPDATE_USER,
+    &REMOVE_USER,
+    &LIST_ROLES,
+    &CREATE_ROLE,
+    &UPDATE_ROLE,
+    &DELETE_ROLE,
+    &LIST_INVITATIONS,
+    &INVITE_USER,
+    &REVOKE_INVITATION,
+    &ROTATE_SIGNING_KEY,
     &LIST_TENANT_SETTINGS,
     &UPDATE_TENANT_SETTINGS,
     &GET_SETTING_HISTORY,

@@ -54,11 +54,15 @@ pub enum Permission {
     TenantsManage,
     UsageExportAll,
     JobsRun,
+    SigningKeysRotate,
     // Tenant permissions.
     TenantRead,
     UsageRead,
     AuditRead,
     UsersRead,
+    UsersWrite,
+    RolesRead,
+    RolesWrite,
     SettingsRead,
     SettingsWrite,
     BrandingWrite,
@@ -84,10 +88,14 @@ impl Permission {
             Self::TenantsManage => "tenants.manage",
             Self::UsageExportAll => "usage.export_all",
             Self::JobsRun => "jobs.run",
+            Self::SigningKeysRotate => "signing_keys.rotate",
             Self::TenantRead => "tenant.read",
             Self::UsageRead => "usage.read",
             Self::AuditRead => "audit.read",
             Self::UsersRead => "users.read",
+            Self::UsersWrite => "users.write",
+            Self::RolesRead => "roles.read",
+            Self::RolesWrite => "roles.write",
             Self::SettingsRead => "settings.read",
             Self::SettingsWrite => "settings.write",
             Self::BrandingWrite => "branding.write",
@@ -103,6 +111,21 @@ impl Permission {
             Self::JobsCancel => "jobs.cancel",
         }
     }
+
+    /// Every permission, in declaration order.
+    pub fn all() -> impl Iterator<Item = Permission> {
+        PERMISSION_MATRIX.iter().map(|(p, _)| *p)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::all().find(|p| p.as_str() == s)
+    }
+
+    /// Whether a tenant's custom role may hold it: tenant permissions that `tenant_admin`
+    /// holds. Platform permissions never leave the platform operators.
+    pub fn tenant_grantable(self) -> bool {
+        role_grants(Role::TenantAdmin, self)
+    }
 }
 
 use Permission as P;
@@ -117,6 +140,7 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
     (P::TenantsManage, &[R::PlatformAdmin]),
     (P::UsageExportAll, &[R::PlatformAdmin]),
     (P::JobsRun, &[R::PlatformAdmin]),
+    (P::SigningKeysRotate, &[R::PlatformAdmin]),
     (
         P::TenantRead,
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor, R::Member],
@@ -130,6 +154,12 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
     ),
     (P::UsersRead, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::UsersWrite, &[R::PlatformAdmin, R::TenantAdmin]),
+    (
+        P::RolesRead,
+        &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
+    ),
+    (P::RolesWrite, &[R::PlatformAdmin, R::TenantAdmin]),
     (
         P::SettingsRead,
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
@@ -193,6 +223,22 @@ pub struct Principal {
     pub tenant_access: TenantAccess,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// Permissions granted beyond `roles` by the tenant's custom roles (Agentplane sessions).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub extra_permissions: BTreeSet<Permission>,
+    /// The custom roles that granted `extra_permissions`, by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub custom_roles: Vec<String>,
+    /// The Agentplane session an access token belongs to (sign-out ends it).
+    #[serde(skip)]
+    pub session: Option<SessionRef>,
+}
+
+/// The Agentplane session behind an access token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRef {
+    pub tenant_id: TenantId,
+    pub session_id: String,
 }
 
 impl Principal {
@@ -208,7 +254,12 @@ impl Principal {
     }
 
     pub fn has(&self, perm: Permission) -> bool {
-        self.roles.iter().any(|r| role_grants(*r, perm))
+        self.roles.iter().any(|r| role_grants(*r, perm)) || self.extra_permissions.contains(&perm)
+    }
+
+    /// Every permission the principal holds, from its roles and custom roles.
+    pub fn permissions(&self) -> BTreeSet<Permission> {
+        Permission::all().filter(|p| self.has(*p)).collect()
     }
 
     /// The one gate to a tenant's data: tenant access first (a miss looks like a missing
@@ -300,6 +351,32 @@ impl TenantCtx {
         &self.actor
     }
 
+    /// The auth layer checking an Agentplane access token: its signature, issuer, audience
+    /// and expiry were verified, and it names this tenant. Used only to read whether the
+    /// token's session is still live and what the membership grants now.
+    pub fn for_verified_token(tenant_id: TenantId, user: &str) -> Self {
+        Self {
+            tenant_id,
+            actor: Actor::User {
+                subject: user.to_owned(),
+                roles: Vec::new(),
+            },
+        }
+    }
+
+    /// The sign-in path of one tenant (password check, invitation acceptance, refresh): the
+    /// tenant was resolved from the request; what is read or written is that of the person
+    /// signing in, and the audit names them.
+    pub fn for_sign_in(tenant_id: TenantId, subject: &str) -> Self {
+        Self {
+            tenant_id,
+            actor: Actor::User {
+                subject: subject.to_owned(),
+                roles: Vec::new(),
+            },
+        }
+    }
+
     /// An app calling the gateway with a tenant API key: the key was found by its public id,
     /// its secret matched, and it is neither revoked nor expired (checked by the auth layer).
     pub fn for_api_key(key: &crate::api_key::VerifiedApiKey) -> Self {
@@ -365,6 +442,9 @@ mod tests {
             scopes: vec![],
             tenant_access: access,
             issuer: None,
+            extra_permissions: BTreeSet::new(),
+            custom_roles: vec![],
+            session: None,
         }
     }
 

@@ -73,6 +73,14 @@ uuid_id!(
     JobId
 );
 uuid_id!(
+    /// An invitation to join a tenant.
+    InvitationId
+);
+uuid_id!(
+    /// A sign-in session (one family of refresh tokens).
+    SessionId
+);
+uuid_id!(
     /// One event of an audit chain.
     AuditEventId
 );

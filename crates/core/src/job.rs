@@ -53,6 +53,9 @@ pub enum JobKind {
     /// Calls the tenant's webhook: usage crossed 80% or 100% of a quota.
     #[serde(rename = "usage.notify")]
     NotifyUsage,
+    /// Mails an invitation's link to the invited address.
+    #[serde(rename = "invitation.send")]
+    SendInvitation,
 }
 
 impl JobKind {
@@ -62,6 +65,7 @@ impl JobKind {
             Self::PurgeTenant => "tenant.purge",
             Self::ResealTenant => "tenant.reseal",
             Self::NotifyUsage => "usage.notify",
+            Self::SendInvitation => "invitation.send",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -70,6 +74,7 @@ impl JobKind {
             "tenant.purge" => Self::PurgeTenant,
             "tenant.reseal" => Self::ResealTenant,
             "usage.notify" => Self::NotifyUsage,
+            "invitation.send" => Self::SendInvitation,
             _ => return None,
         })
     }

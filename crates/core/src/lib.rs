@@ -13,6 +13,7 @@ pub mod audit;
 pub mod authz;
 pub mod branding;
 pub mod error;
+pub mod identity;
 pub mod ids;
 pub mod job;
 pub mod page;
@@ -60,5 +61,6 @@ where
 
 pub use error::DomainError;
 pub use ids::{
-    AgentId, ApiKeyId, AuditEventId, JobId, PlanId, ProviderId, TenantId, UsageRecordId, UserId,
+    AgentId, ApiKeyId, AuditEventId, InvitationId, JobId, PlanId, ProviderId, SessionId, TenantId,
+    UsageRecordId, UserId,
 };

@@ -26,6 +26,9 @@ impl Timestamp {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
+    pub fn plus_secs(self, secs: u64) -> Self {
+        self.plus_millis(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
+    }
     pub fn plus_millis(self, ms: i64) -> Self {
         Self(self.0.saturating_add(ms))
     }

@@ -32,6 +32,9 @@ pub enum StartError {
     Kms(#[from] agentplane_crypto::CryptoError),
     #[error("provider HTTP client: {0}")]
     Upstream(String),
+    #[error("outbound mail: {0}")]
+    Mail(String),
+
     #[error("cannot create the data directory {path}")]
     DataDir {
         path: String,
@@ -106,7 +109,36 @@ pub async fn control_plane(
         open_objects(cfg)?,
         keys,
         worker_config(cfg),
+        identity_config(cfg)?,
     ))
+}
+
+/// Sign-in and sessions, from the configuration (validated already).
+pub fn identity_config(
+    cfg: &Config,
+) -> Result<agentplane_control::identity::IdentityConfig, StartError> {
+    let id = &cfg.identity;
+    let mailer = match (&id.smtp_url, &id.mail_from) {
+        (Some(url), Some(from)) => Some(
+            agentplane_control::mail::Mailer::from_url(url.expose_secret(), from)
+                .map_err(|e| StartError::Mail(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    Ok(agentplane_control::identity::IdentityConfig {
+        issuer: id
+            .public_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{}", cfg.listen)),
+        base_domain: id.base_domain.as_ref().map(|d| d.to_ascii_lowercase()),
+        access_ttl_secs: id.access_token_ttl_secs,
+        session_ttl_secs: id.session_ttl_secs,
+        invitation_ttl_secs: id.invitation_ttl_secs,
+        signing_key_rotate_secs: id.signing_key_rotate_days * 86_400,
+        leeway_secs: cfg.jwt.leeway_secs,
+        mailer,
+    })
 }
 
 /// The object store: `data_dir/objects` on the local filesystem.
@@ -201,6 +233,11 @@ impl Server {
         let dev_secret = cfg.dev_secret()?;
         let verifier = JwtVerifier::from_config(&cfg.jwt, dev_secret).await?;
         let control = control_plane(cfg, store.clone()).await?;
+        // Without its KMS the server still serves what needs no new key (the gateway,
+        // reads); sign-in retries the key on its next request.
+        if let Err(e) = control.ensure_signing_key().await {
+            tracing::warn!(error = %e, "no access-token signing key yet: sign-in will retry");
+        }
         let runtime = runtime(cfg, control.clone(), store)?;
         Ok(Self {
             state: AppState::new(control, runtime, verifier),

@@ -103,6 +103,14 @@ const UPSTREAM_TIMEOUT_SECS: &[&str] = &["AGENTPLANE_UPSTREAM_TIMEOUT_SECS"];
 const UPSTREAM_MAX_RETRIES: &[&str] = &["AGENTPLANE_UPSTREAM_MAX_RETRIES"];
 const IDENTITY_ENDPOINT: &[&str] = &["IDENTITY_ENDPOINT", "AGENTPLANE_IDENTITY_ENDPOINT"];
 const IDENTITY_HEADER: &[&str] = &["IDENTITY_HEADER", "AGENTPLANE_IDENTITY_HEADER"];
+const PUBLIC_URL: &[&str] = &["AGENTPLANE_PUBLIC_URL"];
+const BASE_DOMAIN: &[&str] = &["AGENTPLANE_BASE_DOMAIN"];
+const ACCESS_TOKEN_TTL_SECS: &[&str] = &["AGENTPLANE_ACCESS_TOKEN_TTL_SECS"];
+const SESSION_TTL_SECS: &[&str] = &["AGENTPLANE_SESSION_TTL_SECS"];
+const INVITATION_TTL_SECS: &[&str] = &["AGENTPLANE_INVITATION_TTL_SECS"];
+const SIGNING_KEY_ROTATE_DAYS: &[&str] = &["AGENTPLANE_SIGNING_KEY_ROTATE_DAYS"];
+const SMTP_URL: &[&str] = &["AGENTPLANE_SMTP_URL"];
+const MAIL_FROM: &[&str] = &["AGENTPLANE_MAIL_FROM"];
 
 /// Every configuration field and the environment variables that set it (primary first).
 /// Secrets additionally accept each name with a `_FILE` suffix.
@@ -144,6 +152,14 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
     ("gateway.upstream_max_retries", UPSTREAM_MAX_RETRIES),
     ("gateway.identity_endpoint", IDENTITY_ENDPOINT),
     ("gateway.identity_header", IDENTITY_HEADER),
+    ("identity.public_url", PUBLIC_URL),
+    ("identity.base_domain", BASE_DOMAIN),
+    ("identity.access_token_ttl_secs", ACCESS_TOKEN_TTL_SECS),
+    ("identity.session_ttl_secs", SESSION_TTL_SECS),
+    ("identity.invitation_ttl_secs", INVITATION_TTL_SECS),
+    ("identity.signing_key_rotate_days", SIGNING_KEY_ROTATE_DAYS),
+    ("identity.smtp_url", SMTP_URL),
+    ("identity.mail_from", MAIL_FROM),
 ];
 
 /// Deployment profile. `dev` allows conveniences (a generated JWT secret on loopback);
@@ -227,6 +243,46 @@ pub struct Config {
     /// `eu=*.openai.azure.com,api.mistral.ai;us=api.openai.com`. Empty: one region, not
     /// enforced. Tenants are created only in listed regions.
     pub regions: agentplane_core::residency::Regions,
+    pub identity: IdentitySettings,
+}
+
+/// Sign-in, sessions and invitations.
+#[derive(Clone, Debug)]
+pub struct IdentitySettings {
+    /// The deployment's public URL: the `iss` of access tokens and the base of invitation
+    /// links. Default `http://<listen>`; must be https in production.
+    pub public_url: Option<String>,
+    /// `acme.<base_domain>` names tenant `acme` at sign-in. Default: none.
+    pub base_domain: Option<String>,
+    /// Access-token lifetime, 60-3600 s. Default 600.
+    pub access_token_ttl_secs: u64,
+    /// Session lifetime from sign-in, 1 hour to 90 days. Default 30 days.
+    pub session_ttl_secs: u64,
+    /// Invitation lifetime, 1 hour to 30 days. Default 7 days.
+    pub invitation_ttl_secs: u64,
+    /// Signing-key rotation interval, 1-365 days. Default 30.
+    pub signing_key_rotate_days: u64,
+    /// Outbound SMTP (`smtp://host:25`, `smtp://user:pass@host:587?tls=required`,
+    /// `smtps://host:465`); secret, also `AGENTPLANE_SMTP_URL_FILE`. Unset: invitations are
+    /// handed to the inviting admin.
+    pub smtp_url: Option<SecretString>,
+    /// The sender of mail, `Name <addr@example.com>`. Required with `smtp_url`.
+    pub mail_from: Option<String>,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            base_domain: None,
+            access_token_ttl_secs: 600,
+            session_ttl_secs: 30 * 86_400,
+            invitation_ttl_secs: 7 * 86_400,
+            signing_key_rotate_days: 30,
+            smtp_url: None,
+            mail_from: None,
+        }
+    }
 }
 
 /// The execution gateway.
@@ -367,6 +423,7 @@ impl Default for Config {
             providers: ProvidersConfig::default(),
             gateway: GatewayConfig::default(),
             regions: Default::default(),
+            identity: IdentitySettings::default(),
         }
     }
 }
@@ -613,6 +670,21 @@ struct FileConfig {
     providers: Option<FileProviders>,
     gateway: Option<FileGateway>,
     regions: Option<String>,
+    identity: Option<FileIdentity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    public_url: Option<String>,
+    base_domain: Option<String>,
+    access_token_ttl_secs: Option<u64>,
+    session_ttl_secs: Option<u64>,
+    invitation_ttl_secs: Option<u64>,
+    signing_key_rotate_days: Option<u64>,
+    smtp_url: Option<String>,
+    smtp_url_file: Option<PathBuf>,
+    mail_from: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -795,6 +867,27 @@ impl FileConfig {
         if let Some(r) = self.regions {
             cfg.regions = agentplane_core::residency::Regions::parse(&r)
                 .map_err(|e| invalid("regions", &r, e.to_string()))?;
+        }
+        if let Some(i) = self.identity {
+            let d = &mut cfg.identity;
+            if let Some(v) = i.public_url {
+                d.public_url = non_empty(v);
+            }
+            if let Some(v) = i.base_domain {
+                d.base_domain = non_empty(v);
+            }
+            d.access_token_ttl_secs = i.access_token_ttl_secs.unwrap_or(d.access_token_ttl_secs);
+            d.session_ttl_secs = i.session_ttl_secs.unwrap_or(d.session_ttl_secs);
+            d.invitation_ttl_secs = i.invitation_ttl_secs.unwrap_or(d.invitation_ttl_secs);
+            d.signing_key_rotate_days = i
+                .signing_key_rotate_days
+                .unwrap_or(d.signing_key_rotate_days);
+            if let Some(v) = file_secret("identity.smtp_url", i.smtp_url, i.smtp_url_file)? {
+                d.smtp_url = v;
+            }
+            if let Some(v) = i.mail_from {
+                d.mail_from = non_empty(v);
+            }
         }
         if let Some(g) = self.gateway {
             let d = &mut cfg.gateway;
@@ -1014,6 +1107,32 @@ impl<'a> Env<'a> {
             cfg.gateway.managed_identity_hosts = agentplane_core::residency::parse_hosts(v)
                 .map_err(|e| invalid(&name, v, e.to_string()))?;
         }
+        let id = &mut cfg.identity;
+        if let Some(v) = self.optional(PUBLIC_URL)? {
+            id.public_url = v;
+        }
+        if let Some(v) = self.optional(BASE_DOMAIN)? {
+            id.base_domain = v;
+        }
+        let secs = "a whole number of seconds";
+        if let Some(v) = self.parsed(ACCESS_TOKEN_TTL_SECS, secs)? {
+            id.access_token_ttl_secs = v;
+        }
+        if let Some(v) = self.parsed(SESSION_TTL_SECS, secs)? {
+            id.session_ttl_secs = v;
+        }
+        if let Some(v) = self.parsed(INVITATION_TTL_SECS, secs)? {
+            id.invitation_ttl_secs = v;
+        }
+        if let Some(v) = self.parsed(SIGNING_KEY_ROTATE_DAYS, "a whole number of days")? {
+            id.signing_key_rotate_days = v;
+        }
+        if let Some(v) = self.secret(SMTP_URL)? {
+            id.smtp_url = v;
+        }
+        if let Some(v) = self.optional(MAIL_FROM)? {
+            id.mail_from = v;
+        }
         Ok(())
     }
 }
@@ -1182,6 +1301,79 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::Zero { name });
             }
+        }
+        let id = &self.identity;
+        for (name, v, min, max) in [
+            (
+                "AGENTPLANE_ACCESS_TOKEN_TTL_SECS",
+                id.access_token_ttl_secs,
+                60,
+                3_600,
+            ),
+            (
+                "AGENTPLANE_SESSION_TTL_SECS",
+                id.session_ttl_secs,
+                3_600,
+                90 * 86_400,
+            ),
+            (
+                "AGENTPLANE_INVITATION_TTL_SECS",
+                id.invitation_ttl_secs,
+                3_600,
+                30 * 86_400,
+            ),
+            (
+                "AGENTPLANE_SIGNING_KEY_ROTATE_DAYS",
+                id.signing_key_rotate_days,
+                1,
+                365,
+            ),
+        ] {
+            if !(min..=max).contains(&v) {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    min: min as i64,
+                    max: max as i64,
+                });
+            }
+        }
+        if let Some(url) = &id.public_url {
+            let ok = url.starts_with("https://")
+                || (url.starts_with("http://") && self.profile != Profile::Production);
+            if !ok || url.trim_end_matches('/').contains(['?', '#', ' ']) {
+                return Err(invalid(
+                    "AGENTPLANE_PUBLIC_URL",
+                    url,
+                    "must be an https:// URL (http:// only outside production), without query or fragment",
+                ));
+            }
+        }
+        if let Some(d) = &id.base_domain {
+            let ok = !d.is_empty()
+                && d.split('.').count() >= 2
+                && d.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if !ok {
+                return Err(invalid(
+                    "AGENTPLANE_BASE_DOMAIN",
+                    d,
+                    "must be a domain name such as agentplane.example.com",
+                ));
+            }
+        }
+        match (&id.smtp_url, &id.mail_from) {
+            (Some(url), Some(from)) => {
+                agentplane_control::mail::Mailer::from_url(url.expose_secret(), from)
+                    .map_err(|e| invalid("AGENTPLANE_SMTP_URL", "(secret)", e.to_string()))?;
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "AGENTPLANE_MAIL_FROM",
+                    "",
+                    "is required when AGENTPLANE_SMTP_URL is set",
+                ));
+            }
+            _ => {}
         }
         if !(1..=1_000_000).contains(&self.gateway.default_max_tokens) {
             return Err(ConfigError::OutOfRange {
@@ -1633,6 +1825,17 @@ mod tests {
             ("AGENTPLANE_UPSTREAM_MAX_RETRIES", "0"),
             ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/msi/token"),
             ("IDENTITY_HEADER", "id-header-secret"),
+            ("AGENTPLANE_PUBLIC_URL", "https://agentplane.example.com/"),
+            ("AGENTPLANE_BASE_DOMAIN", "agentplane.example.com"),
+            ("AGENTPLANE_ACCESS_TOKEN_TTL_SECS", "300"),
+            ("AGENTPLANE_SESSION_TTL_SECS", "7200"),
+            ("AGENTPLANE_INVITATION_TTL_SECS", "3600"),
+            ("AGENTPLANE_SIGNING_KEY_ROTATE_DAYS", "7"),
+            (
+                "AGENTPLANE_SMTP_URL",
+                "smtp://mail:pw@smtp.example.com:587?tls=required",
+            ),
+            ("AGENTPLANE_MAIL_FROM", "Agentplane <noreply@example.com>"),
         ];
         // This list covers every field of ENV_VARS.
         for (field, names) in ENV_VARS {
@@ -1659,6 +1862,31 @@ mod tests {
             Some("http://127.0.0.1:41000/msi/token")
         );
         assert_eq!(secret_of(&g.identity_header), Some("id-header-secret"));
+        let id = &cfg.identity;
+        assert_eq!(
+            (id.public_url.as_deref(), id.base_domain.as_deref()),
+            (
+                Some("https://agentplane.example.com/"),
+                Some("agentplane.example.com")
+            )
+        );
+        assert_eq!(
+            (
+                id.access_token_ttl_secs,
+                id.session_ttl_secs,
+                id.invitation_ttl_secs,
+                id.signing_key_rotate_days
+            ),
+            (300, 7200, 3600, 7)
+        );
+        assert_eq!(
+            secret_of(&id.smtp_url),
+            Some("smtp://mail:pw@smtp.example.com:587?tls=required")
+        );
+        assert_eq!(
+            id.mail_from.as_deref(),
+            Some("Agentplane <noreply@example.com>")
+        );
         assert_eq!(cfg.profile, Profile::Production);
         assert_eq!(cfg.listen, "[::1]:7000".parse().unwrap());
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
@@ -1959,6 +2187,32 @@ mod tests {
             Ok(()) => panic!("accepted: {cfg:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn identity_settings_are_checked_at_start() {
+        let mut cfg = valid_production();
+        cfg.identity.public_url = Some("http://agentplane.example.com".into());
+        assert!(refused(&cfg).to_string().contains("AGENTPLANE_PUBLIC_URL"));
+        cfg.identity.public_url = Some("https://agentplane.example.com".into());
+        cfg.validate().unwrap();
+        cfg.identity.access_token_ttl_secs = 86_400;
+        assert!(refused(&cfg)
+            .to_string()
+            .contains("AGENTPLANE_ACCESS_TOKEN_TTL_SECS"));
+        cfg.identity.access_token_ttl_secs = 600;
+        cfg.identity.smtp_url = Some(SecretString::from("smtp://127.0.0.1:25"));
+        assert!(refused(&cfg).to_string().contains("AGENTPLANE_MAIL_FROM"));
+        cfg.identity.mail_from = Some("not an address".into());
+        let e = refused(&cfg).to_string();
+        assert!(
+            e.contains("AGENTPLANE_SMTP_URL") && !e.contains("127.0.0.1"),
+            "{e}"
+        );
+        cfg.identity.mail_from = Some("Agentplane <noreply@example.com>".into());
+        cfg.validate().unwrap();
+        cfg.identity.base_domain = Some("bad domain".into());
+        assert!(refused(&cfg).to_string().contains("AGENTPLANE_BASE_DOMAIN"));
     }
 
     #[test]

@@ -30,7 +30,13 @@ impl FromRequestParts<AppState> for Authenticated {
             return Ok(Self(p.clone()));
         }
         let token = crate::auth::bearer_token(&parts.headers)?;
-        let principal = state.verifier().verify(token).await?;
+        // Agentplane's own session tokens are verified by the control plane (and re-read
+        // the membership); everything else by the operators' identity provider.
+        let principal = if state.control().issued_here(token) {
+            state.control().verify_access_token(token).await?
+        } else {
+            state.verifier().verify(token).await?
+        };
         parts.extensions.insert(principal.clone());
         Ok(Self(principal))
     }

@@ -4,7 +4,7 @@
 
 use crate::auth::AuthError;
 use agentplane_control::error::ConflictKind;
-use agentplane_control::ControlError;
+use agentplane_control::{AuthFailure, ControlError};
 use agentplane_core::authz::AuthzError;
 use agentplane_core::DomainError;
 use agentplane_runtime::gateway::RunError;
@@ -168,6 +168,7 @@ impl From<ControlError> for ApiError {
                     ConflictKind::NameTaken => "name_taken",
                     ConflictKind::InUse => "in_use",
                     ConflictKind::AlreadyFinished => "already_finished",
+                    ConflictKind::LastAdmin => "last_admin",
                 };
                 Self::new(StatusCode::CONFLICT, code, "Conflict", kind.to_string())
             }
@@ -179,6 +180,62 @@ impl From<ControlError> for ApiError {
             ),
             ControlError::Store(s) => s.into(),
             ControlError::Crypto(c) => c.into(),
+            ControlError::Auth(f) => f.into(),
+            ControlError::Internal(msg) => {
+                tracing::error!(error = %msg, "internal error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<AuthFailure> for ApiError {
+    fn from(f: AuthFailure) -> Self {
+        let detail = f.to_string();
+        let unauthorized = |code| {
+            Self::new(
+                StatusCode::UNAUTHORIZED,
+                code,
+                "Unauthenticated",
+                detail.clone(),
+            )
+            .header(header::WWW_AUTHENTICATE, "Bearer")
+        };
+        match f {
+            AuthFailure::Throttled(secs) => {
+                let mut p = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "sign_in_throttled",
+                    "Too many failed sign-ins",
+                    detail,
+                );
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    p.headers.push((header::RETRY_AFTER, v));
+                }
+                p
+            }
+            AuthFailure::InvalidCredentials => unauthorized("invalid_credentials"),
+            AuthFailure::InvalidRefreshToken => unauthorized("invalid_refresh_token"),
+            AuthFailure::RefreshTokenReused => unauthorized("refresh_token_reused"),
+            AuthFailure::InvalidAccessToken(_) => unauthorized("unauthenticated"),
+            AuthFailure::InvalidInvitation => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_invitation",
+                "Invalid invitation",
+                detail,
+            ),
+            AuthFailure::LocalSignInDisabled => Self::new(
+                StatusCode::FORBIDDEN,
+                "local_sign_in_disabled",
+                "Password sign-in disabled",
+                detail,
+            ),
+            AuthFailure::TenantUnresolved(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "tenant_unresolved",
+                "Tenant not named",
+                detail,
+            ),
         }
     }
 }

@@ -42,6 +42,8 @@ pub enum Conflict {
     Name,
     /// A reference to a missing resource, or a resource still referenced.
     Reference,
+    /// The change would leave the tenant without an active `tenant_admin`.
+    LastAdmin,
 }
 
 impl std::fmt::Display for Conflict {
@@ -55,6 +57,7 @@ impl std::fmt::Display for Conflict {
             Self::Domain => "custom domain in use",
             Self::Name => "name in use",
             Self::Reference => "missing or still-referenced resource",
+            Self::LastAdmin => "the tenant's last active tenant_admin",
         })
     }
 }

@@ -15,6 +15,7 @@
 //! `sqlite.rs` and `postgres.rs`.
 
 mod error;
+pub mod identity;
 pub mod objects;
 mod postgres;
 mod rows;
@@ -73,9 +74,16 @@ pub struct Member {
     pub tenant_id: TenantId,
     pub user_id: UserId,
     pub email: String,
+    /// Display name in this tenant.
+    pub name: Option<String>,
     pub roles: Vec<String>,
+    pub custom_roles: Vec<String>,
     pub status: String,
+    /// Whether the membership has a local password (never the hash itself).
+    pub has_password: bool,
     pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_sign_in_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -251,7 +259,7 @@ pub enum QuotaOp {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: identity::IdentityStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A round trip to the database.
     async fn ping(&self) -> Result<()>;
@@ -280,6 +288,8 @@ pub trait Store: Send + Sync + 'static {
         page: &PageRequest,
     ) -> Result<Page<Tenant>>;
     async fn slug_taken(&self, slug: &Slug) -> Result<bool>;
+    /// The tenant with this slug (sign-in's tenant discovery).
+    async fn tenant_by_slug(&self, slug: &Slug) -> Result<Option<Tenant>>;
     /// Writes `tenant` if its stored version is still `expected_version` (else
     /// `Conflict::Version`), with an optional job to enqueue and the audit event.
     async fn update_tenant(

@@ -25,7 +25,7 @@ macro_rules! audit_select {
     };
 }
 
-fn to_json(v: &impl serde::Serialize) -> Result<String> {
+pub(super) fn to_json(v: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string(v).map_err(corrupt)
 }
 
@@ -85,7 +85,7 @@ pub(super) async fn append_audit(tx: &mut Tx<'_>, ev: NewAuditEvent) -> Result<A
     Ok(AuditEvent { pii, ..event })
 }
 
-async fn insert_job(tx: &mut Tx<'_>, job: &Job) -> Result<()> {
+pub(super) async fn insert_job(tx: &mut Tx<'_>, job: &Job) -> Result<()> {
     sqlx::query(
         "INSERT INTO jobs (tenant_id, id, kind, payload, status, attempts, max_attempts, run_at, \
          lease_token, lease_until, last_error, created_at, updated_at) \
@@ -374,7 +374,7 @@ async fn settle_from_lease(
     .await
 }
 
-fn scoped(ctx: &TenantCtx, ev: NewAuditEvent) -> Result<NewAuditEvent> {
+pub(super) fn scoped(ctx: &TenantCtx, ev: NewAuditEvent) -> Result<NewAuditEvent> {
     if ev.chain == agentplane_core::audit::Chain::Tenant(ctx.tenant_id()) {
         Ok(ev)
     } else {
@@ -382,7 +382,7 @@ fn scoped(ctx: &TenantCtx, ev: NewAuditEvent) -> Result<NewAuditEvent> {
     }
 }
 
-fn same_tenant(ctx: &TenantCtx, tenant: TenantId, what: &'static str) -> Result<()> {
+pub(super) fn same_tenant(ctx: &TenantCtx, tenant: TenantId, what: &'static str) -> Result<()> {
     if ctx.tenant_id() == tenant {
         Ok(())
     } else {
@@ -390,11 +390,11 @@ fn same_tenant(ctx: &TenantCtx, tenant: TenantId, what: &'static str) -> Result<
     }
 }
 
-fn after_key(page: &PageRequest) -> String {
+pub(super) fn after_key(page: &PageRequest) -> String {
     page.after.clone().unwrap_or_default()
 }
 
-fn overfetch(page: &PageRequest) -> i64 {
+pub(super) fn overfetch(page: &PageRequest) -> i64 {
     i64::from(page.limit) + 1
 }
 
@@ -430,7 +430,7 @@ fn range_bounds(range: TimeRange) -> (i64, i64) {
     )
 }
 
-fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>> {
+pub(super) fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>> {
     rows.into_iter().map(T::try_from).collect()
 }
 
@@ -595,6 +595,16 @@ impl Store for BackendStore {
         ))
     }
 
+    async fn tenant_by_slug(&self, slug: &Slug) -> Result<Option<Tenant>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<TenantRow> = sqlx::query_as("SELECT * FROM tenants WHERE slug = $1")
+            .bind(slug.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(Tenant::try_from).transpose()
+    }
+
     async fn slug_taken(&self, slug: &Slug) -> Result<bool> {
         let mut tx = self.read_platform().await?;
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE slug = $1")
@@ -737,13 +747,17 @@ impl Store for BackendStore {
         .execute(&mut *tx)
         .await?;
         let admin = &p.first_admin;
+        let email = admin.email.to_lowercase();
+        let user_id =
+            super::identity_ops::upsert_user(&mut tx, admin.user_id, &email, admin.created_at)
+                .await?;
         sqlx::query(
-            "INSERT INTO memberships (tenant_id, user_id, email, roles, status, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, email) DO NOTHING",
+            "INSERT INTO memberships (tenant_id, user_id, email, roles, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (tenant_id, email) DO NOTHING",
         )
         .bind(&tenant)
-        .bind(admin.user_id.to_string())
-        .bind(&admin.email)
+        .bind(&user_id)
+        .bind(&email)
         .bind(to_json(&admin.roles)?)
         .bind(&admin.status)
         .bind(admin.created_at.millis())
@@ -812,6 +826,10 @@ impl Store for BackendStore {
             "usage_notices",
             "tenant_webhooks",
             "job_tenants",
+            "refresh_tokens",
+            "sessions",
+            "invitations",
+            "tenant_roles",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(&tenant)

@@ -18,11 +18,18 @@ use std::time::Duration;
 #[allow(clippy::duplicate_mod)] // compiled once per backend, on purpose
 mod ops;
 
+#[path = "identity_ops.rs"]
+#[allow(clippy::duplicate_mod)]
+mod identity_ops;
+
 type Db = sqlx::Postgres;
 type BackendStore = PgStore;
 
 const SELECT_SETTING_FOR_UPDATE: &str =
     "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2 FOR UPDATE";
+
+/// Serialises changes to one tenant's memberships (the last-admin rule reads several rows).
+const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1 FOR UPDATE";
 
 const SELECT_COUNTER_FOR_UPDATE: &str =
     "SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2 FOR UPDATE";

@@ -10,11 +10,11 @@ use agentplane_core::time::Timestamp;
 use agentplane_core::usage::{UsageCounter, UsageRecord};
 use agentplane_core::PlanId;
 
-fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T> {
+pub(crate) fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T> {
     s.parse().map_err(|_| corrupt(format!("{what}: {s:?}")))
 }
 
-fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| corrupt(format!("{what}: {e}")))
 }
 
@@ -133,9 +133,14 @@ pub(crate) struct MemberRow {
     tenant_id: String,
     user_id: String,
     email: String,
+    name: Option<String>,
     roles: String,
+    custom_roles: String,
     status: String,
+    password_hash: Option<String>,
     created_at: i64,
+    updated_at: i64,
+    last_sign_in_at: Option<i64>,
 }
 
 impl TryFrom<MemberRow> for Member {
@@ -145,9 +150,14 @@ impl TryFrom<MemberRow> for Member {
             tenant_id: parse(&r.tenant_id, "memberships.tenant_id")?,
             user_id: parse(&r.user_id, "memberships.user_id")?,
             email: r.email,
+            name: r.name,
             roles: json(&r.roles, "memberships.roles")?,
+            custom_roles: json(&r.custom_roles, "memberships.custom_roles")?,
             status: r.status,
+            has_password: r.password_hash.is_some(),
             created_at: Timestamp::from_millis(r.created_at),
+            updated_at: Timestamp::from_millis(r.updated_at),
+            last_sign_in_at: r.last_sign_in_at.map(Timestamp::from_millis),
         })
     }
 }

@@ -18,12 +18,19 @@ use std::time::Duration;
 #[allow(clippy::duplicate_mod)] // compiled once per backend, on purpose
 mod ops;
 
+#[path = "identity_ops.rs"]
+#[allow(clippy::duplicate_mod)]
+mod identity_ops;
+
 type Db = sqlx::Sqlite;
 type BackendStore = SqliteStore;
 
 /// The single writer connection serialises writers: no row lock needed.
 const SELECT_SETTING_FOR_UPDATE: &str =
     "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2";
+
+/// The single writer serialises membership changes already.
+const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1";
 
 const SELECT_COUNTER_FOR_UPDATE: &str =
     "SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2";

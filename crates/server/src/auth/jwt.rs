@@ -443,6 +443,9 @@ fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, AuthE
         scopes,
         tenant_access,
         issuer: claims.get("iss").and_then(Value::as_str).map(str::to_owned),
+        extra_permissions: BTreeSet::new(),
+        custom_roles: Vec::new(),
+        session: None,
     })
 }
 

@@ -74,6 +74,11 @@ pub async fn openapi() -> impl IntoResponse {
         super::agents::versions,
         super::api_keys::list, super::api_keys::create, super::api_keys::revoke, super::gateway::models,
         super::gateway::chat_completions, super::gateway::run,
+        super::users::get, super::users::update, super::users::remove, super::users::list_roles,
+        super::users::create_role, super::users::update_role, super::users::delete_role,
+        super::users::list_invitations, super::users::invite, super::users::revoke_invitation,
+        super::auth::token, super::auth::tenant_token, super::auth::accept_invitation,
+        super::auth::logout, super::auth::me, super::auth::jwks, super::auth::rotate_signing_key,
     ),
     components(schemas(Problem, super::usage::ExportFormat)),
     modifiers(&BearerAuth, &ProblemResponses)

@@ -5,6 +5,7 @@
 mod agents;
 mod api_keys;
 mod audit;
+mod auth;
 mod branding;
 mod gateway;
 mod jobs;
@@ -14,6 +15,7 @@ mod providers;
 mod settings;
 mod tenants;
 mod usage;
+mod users;
 mod webhooks;
 
 use crate::problem::ApiError;
@@ -63,6 +65,17 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.delete_tenant" => on(f, tenants::delete),
         "admin.purge_tenant" => on(f, tenants::purge),
         "admin.list_users" => on(f, tenants::list_users),
+        "admin.get_user" => on(f, users::get),
+        "admin.update_user" => on(f, users::update),
+        "admin.remove_user" => on(f, users::remove),
+        "admin.list_roles" => on(f, users::list_roles),
+        "admin.create_role" => on(f, users::create_role),
+        "admin.update_role" => on(f, users::update_role),
+        "admin.delete_role" => on(f, users::delete_role),
+        "admin.list_invitations" => on(f, users::list_invitations),
+        "admin.invite_user" => on(f, users::invite),
+        "admin.revoke_invitation" => on(f, users::revoke_invitation),
+        "admin.rotate_signing_key" => on(f, auth::rotate_signing_key),
         "admin.get_tenant_usage" => on(f, usage::tenant_usage),
         "admin.export_usage" => on(f, usage::export),
         "admin.run_next_job" => on(f, tenants::run_next_job),
@@ -113,7 +126,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/axag/manifest", get(meta::manifest))
         .route("/v1/models", get(gateway::models))
         .route("/v1/chat/completions", post(gateway::chat_completions))
-        .route("/v1/tenants/{tenant_id}/runs", post(gateway::run));
+        .route("/v1/tenants/{tenant_id}/runs", post(gateway::run))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/v1/auth/token", post(auth::token))
+        .route("/v1/auth/{tenant}/token", post(auth::tenant_token))
+        .route("/v1/auth/invitations/accept", post(auth::accept_invitation))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/me", get(auth::me));
     for spec in REGISTRY {
         match action_route(spec) {
             Some(mr) => r = r.route(spec.path, mr),

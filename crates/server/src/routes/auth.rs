@@ -1,0 +1,121 @@
+//! Sign-in, sessions and the signing keys' JWKS. These routes are not admin actions: the
+//! caller has no token yet (sign-in, refresh, invitation acceptance) or acts on their own
+//! session only (sign-out, who am I).
+
+use crate::extract::{Authenticated, Body, PlatformScope};
+use crate::problem::ApiError;
+use crate::state::AppState;
+use agentplane_control::identity::{TenantHints, TokenPair, WhoAmI};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+pub struct TenantPath {
+    pub tenant: String,
+}
+
+fn host(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Tokens are credentials: never cached.
+fn no_store(body: TokenPair) -> Response {
+    let mut res = Json(body).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Sign in (`grant_type: password`, with `tenant`, `email`, `password`) or refresh
+/// (`grant_type: refresh_token`). The tenant may also come from the subdomain.
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth",
+    request_body = agentplane_control::identity::PasswordGrant, responses((status = 200, body = TokenPair)))]
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(raw): Body<Value>,
+) -> Result<Response, ApiError> {
+    let hints = TenantHints {
+        host: host(&headers),
+        ..Default::default()
+    };
+    Ok(no_store(state.control().token(hints, raw).await?))
+}
+
+/// Sign in to the tenant named by the path (its slug or id).
+#[utoipa::path(post, path = "/v1/auth/{tenant}/token", tag = "auth",
+    params(("tenant" = String, Path, description = "the tenant's slug or id")),
+    request_body = agentplane_control::identity::PasswordGrant, responses((status = 200, body = TokenPair)))]
+pub async fn tenant_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<TenantPath>,
+    Body(raw): Body<Value>,
+) -> Result<Response, ApiError> {
+    let hints = TenantHints {
+        host: host(&headers),
+        path: Some(p.tenant),
+        body: None,
+    };
+    Ok(no_store(state.control().token(hints, raw).await?))
+}
+
+/// Accept an invitation: joins its tenant (creating or linking the account) and signs in.
+#[utoipa::path(post, path = "/v1/auth/invitations/accept", tag = "auth",
+    request_body = agentplane_control::identity::AcceptInvitation, responses((status = 200, body = TokenPair)))]
+pub async fn accept_invitation(
+    State(state): State<AppState>,
+    Body(raw): Body<Value>,
+) -> Result<Response, ApiError> {
+    Ok(no_store(state.control().accept_invitation(raw).await?))
+}
+
+/// Sign out: the session's access and refresh tokens stop working at once.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "signed out")))]
+pub async fn logout(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<StatusCode, ApiError> {
+    state.control().sign_out(&principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller, the tenant their token reaches, and what they may do there.
+#[utoipa::path(get, path = "/v1/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = WhoAmI)))]
+pub async fn me(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> Result<Json<WhoAmI>, ApiError> {
+    Ok(Json(state.control().who_am_i(&principal).await?))
+}
+
+/// The public keys that verify Agentplane's access tokens (RFC 7517).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "JWKS")))]
+pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let mut res = Json(state.control().jwks()?).into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    Ok(res)
+}
+
+/// Rotate the access-token signing key (`?confirm=true`).
+#[utoipa::path(post, path = "/v1/admin/signing-keys/rotate", tag = "auth", security(("bearer" = [])),
+    params(("confirm" = bool, Query)), responses((status = 200, description = "the new key id and the JWKS")))]
+pub async fn rotate_signing_key(
+    State(state): State<AppState>,
+    scope: PlatformScope,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.control().rotate_signing_key(&scope.ctx).await?))
+}

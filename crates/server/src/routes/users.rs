@@ -1,0 +1,200 @@
+//! A tenant's people: users (memberships), custom roles and invitations.
+
+use super::PageParams;
+use crate::extract::{Body, Query, TenantScope};
+use crate::problem::ApiError;
+use crate::state::AppState;
+use agentplane_control::identity::{InvitationCreated, RoleView};
+use agentplane_core::page::Page;
+use agentplane_store::identity::{CustomRole, Invitation};
+use agentplane_store::Member;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+pub struct UserPath {
+    pub user_id: String,
+}
+
+#[derive(Deserialize)]
+pub struct RolePath {
+    pub role_name: String,
+}
+
+#[derive(Deserialize)]
+pub struct InvitationPath {
+    pub invitation_id: String,
+}
+
+/// One user of the tenant.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/users/{user_id}", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("user_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = Member)))]
+pub async fn get(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<UserPath>,
+) -> Result<Json<Member>, ApiError> {
+    Ok(Json(
+        state.control().get_member(&scope.ctx, &p.user_id).await?,
+    ))
+}
+
+/// Change a user's roles, custom roles, status or name. Takes effect on their next request.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/users/{user_id}", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("user_id" = uuid::Uuid, Path)),
+    request_body = agentplane_control::identity::UpdateUser, responses((status = 200, body = Member)))]
+pub async fn update(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<UserPath>,
+    Body(raw): Body<Value>,
+) -> Result<Json<Member>, ApiError> {
+    let caller = scope.principal.permissions();
+    Ok(Json(
+        state
+            .control()
+            .update_member(&scope.ctx, &caller, &p.user_id, raw)
+            .await?,
+    ))
+}
+
+/// Remove a user from the tenant (`?confirm=true`); their sessions end at once.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/users/{user_id}", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("user_id" = uuid::Uuid, Path), ("confirm" = bool, Query)),
+    responses((status = 204, description = "removed")))]
+pub async fn remove(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<UserPath>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .control()
+        .remove_member(&scope.ctx, &p.user_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The built-in and custom roles with their permissions.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/roles", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")), responses((status = 200, body = [RoleView])))]
+pub async fn list_roles(
+    State(state): State<AppState>,
+    scope: TenantScope,
+) -> Result<Json<Vec<RoleView>>, ApiError> {
+    Ok(Json(state.control().list_roles(&scope.ctx).await?))
+}
+
+/// Create a custom role (within the caller's own permissions).
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/roles", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")),
+    request_body = agentplane_control::identity::CreateRole, responses((status = 201, body = CustomRole)))]
+pub async fn create_role(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Body(raw): Body<Value>,
+) -> Result<(StatusCode, Json<CustomRole>), ApiError> {
+    let caller = scope.principal.permissions();
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .control()
+                .create_role(&scope.ctx, &caller, raw)
+                .await?,
+        ),
+    ))
+}
+
+/// Change a custom role; its holders' next requests use the new permissions.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/roles/{role_name}", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("role_name" = String, Path)),
+    request_body = agentplane_control::identity::UpdateRole, responses((status = 200, body = CustomRole)))]
+pub async fn update_role(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<RolePath>,
+    Body(raw): Body<Value>,
+) -> Result<Json<CustomRole>, ApiError> {
+    let caller = scope.principal.permissions();
+    Ok(Json(
+        state
+            .control()
+            .update_role(&scope.ctx, &caller, &p.role_name, raw)
+            .await?,
+    ))
+}
+
+/// Delete a custom role nobody holds (`?confirm=true`).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/roles/{role_name}", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("role_name" = String, Path), ("confirm" = bool, Query)),
+    responses((status = 204, description = "deleted")))]
+pub async fn delete_role(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<RolePath>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .control()
+        .delete_role(&scope.ctx, &p.role_name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tenant's invitations (never their tokens).
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/invitations", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), PageParams), responses((status = 200, body = Page<Invitation>)))]
+pub async fn list_invitations(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Query(q): Query<PageParams>,
+) -> Result<Json<Page<Invitation>>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .list_invitations(&scope.ctx, &q.page()?)
+            .await?,
+    ))
+}
+
+/// Invite someone by e-mail. With SMTP configured the link is mailed (a durable job);
+/// without, it is in this answer, once.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/invitations", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")),
+    request_body = agentplane_control::identity::InviteUser, responses((status = 201, body = InvitationCreated)))]
+pub async fn invite(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Body(raw): Body<Value>,
+) -> Result<(StatusCode, Json<InvitationCreated>), ApiError> {
+    let caller = scope.principal.permissions();
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .control()
+                .invite_user(&scope.ctx, &caller, raw)
+                .await?,
+        ),
+    ))
+}
+
+/// Revoke a pending invitation.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/invitations/{invitation_id}", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("invitation_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = Invitation)))]
+pub async fn revoke_invitation(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<InvitationPath>,
+) -> Result<Json<Invitation>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .revoke_invitation(&scope.ctx, &p.invitation_id)
+            .await?,
+    ))
+}

@@ -1,0 +1,953 @@
+//! [`IdentityStore`] for one backend (compiled once per backend, like `ops.rs`).
+
+use super::ops::{
+    after_key, append_audit, convert, insert_job, overfetch, same_tenant, scoped, to_json,
+};
+use super::{BackendStore, Db, LOCK_TENANT};
+use crate::error::{corrupt, is_unique_violation};
+use crate::identity::*;
+use crate::rows::{json, parse, MemberRow};
+use crate::{Conflict, Member, Result, StoreError};
+use agentplane_core::audit::NewAuditEvent;
+use agentplane_core::authz::{PlatformCtx, TenantCtx};
+use agentplane_core::job::Job;
+use agentplane_core::page::{Page, PageRequest};
+use agentplane_core::time::Timestamp;
+use agentplane_core::{InvitationId, SessionId, TenantId, UserId};
+use async_trait::async_trait;
+use sqlx::Transaction;
+
+type Tx<'a> = Transaction<'a, Db>;
+
+/// The person with this (normalised) e-mail: inserted with `candidate` as id unless known.
+pub(super) async fn upsert_user(
+    tx: &mut Tx<'_>,
+    candidate: UserId,
+    email: &str,
+    now: Timestamp,
+) -> Result<String> {
+    sqlx::query(
+        "INSERT INTO users (user_id, email, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(candidate.to_string())
+    .bind(email)
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await?;
+    let (id,): (String,) = sqlx::query_as("SELECT user_id FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+async fn member_in(tx: &mut Tx<'_>, tenant: &str, user: &str) -> Result<Option<Member>> {
+    let row: Option<MemberRow> =
+        sqlx::query_as("SELECT * FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+            .bind(tenant)
+            .bind(user)
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.map(Member::try_from).transpose()
+}
+
+fn is_active_admin(m: &Member) -> bool {
+    m.status == "active" && m.roles.iter().any(|r| r == "tenant_admin")
+}
+
+/// Refuses a change that leaves the tenant without an active `tenant_admin` (the tenant row
+/// is locked first, so two admins demoting each other cannot both pass).
+async fn keep_an_admin(tx: &mut Tx<'_>, tenant: &str, changed: &str) -> Result<()> {
+    sqlx::query(LOCK_TENANT)
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (others,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM memberships WHERE tenant_id = $1 AND user_id <> $2 \
+         AND status = 'active' AND roles LIKE '%\"tenant_admin\"%'",
+    )
+    .bind(tenant)
+    .bind(changed)
+    .fetch_one(&mut **tx)
+    .await?;
+    if others == 0 {
+        return Err(StoreError::Conflict(Conflict::LastAdmin));
+    }
+    Ok(())
+}
+
+async fn revoke_user_sessions(
+    tx: &mut Tx<'_>,
+    tenant: &str,
+    user: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<u64> {
+    let res = sqlx::query(
+        "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+         WHERE tenant_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(now.millis())
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+async fn insert_session(tx: &mut Tx<'_>, tenant: &str, s: &NewSession) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sessions (tenant_id, id, user_id, method, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(tenant)
+    .bind(s.id.to_string())
+    .bind(s.user_id.to_string())
+    .bind(&s.method)
+    .bind(s.created_at.millis())
+    .bind(s.expires_at.millis())
+    .execute(&mut **tx)
+    .await?;
+    insert_refresh(tx, tenant, &s.id.to_string(), &s.refresh, s.created_at).await?;
+    sqlx::query(
+        "UPDATE memberships SET last_sign_in_at = $3 WHERE tenant_id = $1 AND user_id = $2",
+    )
+    .bind(tenant)
+    .bind(s.user_id.to_string())
+    .bind(s.created_at.millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_refresh(
+    tx: &mut Tx<'_>,
+    tenant: &str,
+    session: &str,
+    r: &NewRefresh,
+    now: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (id, tenant_id, session_id, secret_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&r.id)
+    .bind(tenant)
+    .bind(session)
+    .bind(&r.secret_hash)
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The custom roles named must exist in the tenant.
+async fn check_custom_roles(tx: &mut Tx<'_>, tenant: &str, names: &[String]) -> Result<()> {
+    for name in names {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM tenant_roles WHERE tenant_id = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if found.is_none() {
+            return Err(StoreError::Conflict(Conflict::Reference));
+        }
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct RoleRow {
+    name: String,
+    description: String,
+    permissions: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<RoleRow> for CustomRole {
+    type Error = StoreError;
+    fn try_from(r: RoleRow) -> Result<Self> {
+        Ok(CustomRole {
+            permissions: json(&r.permissions, "tenant_roles.permissions")?,
+            name: r.name,
+            description: r.description,
+            created_at: Timestamp::from_millis(r.created_at),
+            updated_at: Timestamp::from_millis(r.updated_at),
+        })
+    }
+}
+
+const INVITATION_COLUMNS: &str = "tenant_id, id, email, roles, custom_roles, invited_by, \
+     created_at, expires_at, accepted_at, accepted_by, revoked_at";
+
+#[derive(sqlx::FromRow)]
+struct InvitationRow {
+    tenant_id: String,
+    id: String,
+    email: String,
+    roles: String,
+    custom_roles: String,
+    invited_by: String,
+    created_at: i64,
+    expires_at: i64,
+    accepted_at: Option<i64>,
+    accepted_by: Option<String>,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<InvitationRow> for Invitation {
+    type Error = StoreError;
+    fn try_from(r: InvitationRow) -> Result<Self> {
+        Ok(Invitation {
+            tenant_id: parse(&r.tenant_id, "invitations.tenant_id")?,
+            id: parse(&r.id, "invitations.id")?,
+            email: r.email,
+            roles: json(&r.roles, "invitations.roles")?,
+            custom_roles: json(&r.custom_roles, "invitations.custom_roles")?,
+            invited_by: r.invited_by,
+            created_at: Timestamp::from_millis(r.created_at),
+            expires_at: Timestamp::from_millis(r.expires_at),
+            accepted_at: r.accepted_at.map(Timestamp::from_millis),
+            accepted_by: r
+                .accepted_by
+                .map(|u| parse(&u, "invitations.accepted_by"))
+                .transpose()?,
+            revoked_at: r.revoked_at.map(Timestamp::from_millis),
+        })
+    }
+}
+
+async fn invitation_in(tx: &mut Tx<'_>, tenant: &str, id: &str) -> Result<Option<Invitation>> {
+    let sql =
+        format!("SELECT {INVITATION_COLUMNS} FROM invitations WHERE tenant_id = $1 AND id = $2");
+    let row: Option<InvitationRow> = sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(Invitation::try_from).transpose()
+}
+
+#[derive(sqlx::FromRow)]
+struct SigningKeyRow {
+    kid: String,
+    generation: i64,
+    public_x: String,
+    wrapped_key: String,
+    sealed_private: Vec<u8>,
+    created_at: i64,
+    retired_at: Option<i64>,
+}
+
+#[async_trait]
+impl IdentityStore for BackendStore {
+    async fn get_member(&self, ctx: &TenantCtx, user: UserId) -> Result<Option<Member>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let m = member_in(&mut tx, &ctx.tenant_id().to_string(), &user.to_string()).await?;
+        tx.commit().await?;
+        Ok(m)
+    }
+
+    async fn update_member(
+        &self,
+        ctx: &TenantCtx,
+        user: UserId,
+        change: &MemberChange,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Option<Member>> {
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let user = user.to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let Some(before) = member_in(&mut tx, &tenant, &user).await? else {
+            return Ok(None);
+        };
+        let mut after = before.clone();
+        if let Some(roles) = &change.roles {
+            after.roles.clone_from(roles);
+        }
+        if let Some(custom) = &change.custom_roles {
+            check_custom_roles(&mut tx, &tenant, custom).await?;
+            after.custom_roles.clone_from(custom);
+        }
+        if let Some(status) = &change.status {
+            after.status.clone_from(status);
+        }
+        if let Some(name) = &change.name {
+            after.name = Some(name.clone());
+        }
+        if is_active_admin(&before) && !is_active_admin(&after) {
+            keep_an_admin(&mut tx, &tenant, &user).await?;
+        }
+        sqlx::query(
+            "UPDATE memberships SET roles = $3, custom_roles = $4, status = $5, name = $6, \
+             updated_at = $7 WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(&tenant)
+        .bind(&user)
+        .bind(to_json(&after.roles)?)
+        .bind(to_json(&after.custom_roles)?)
+        .bind(&after.status)
+        .bind(&after.name)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        if after.status != "active" {
+            revoke_user_sessions(&mut tx, &tenant, &user, "membership_inactive", now).await?;
+        }
+        append_audit(&mut tx, audit).await?;
+        let m = member_in(&mut tx, &tenant, &user).await?;
+        tx.commit().await?;
+        Ok(m)
+    }
+
+    async fn remove_member(
+        &self,
+        ctx: &TenantCtx,
+        user: UserId,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let user = user.to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let Some(before) = member_in(&mut tx, &tenant, &user).await? else {
+            return Ok(false);
+        };
+        if is_active_admin(&before) {
+            keep_an_admin(&mut tx, &tenant, &user).await?;
+        }
+        sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+            .bind(&tenant)
+            .bind(&user)
+            .execute(&mut *tx)
+            .await?;
+        revoke_user_sessions(&mut tx, &tenant, &user, "membership_removed", now).await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_roles(&self, ctx: &TenantCtx) -> Result<Vec<CustomRole>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<RoleRow> = sqlx::query_as(
+            "SELECT name, description, permissions, created_at, updated_at FROM tenant_roles \
+             WHERE tenant_id = $1 ORDER BY name",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        convert(rows)
+    }
+
+    async fn insert_role(
+        &self,
+        ctx: &TenantCtx,
+        role: &CustomRole,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "INSERT INTO tenant_roles (tenant_id, name, description, permissions, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(&role.name)
+        .bind(&role.description)
+        .bind(to_json(&role.permissions)?)
+        .bind(role.created_at.millis())
+        .bind(role.updated_at.millis())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            r => r?,
+        };
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_role(
+        &self,
+        ctx: &TenantCtx,
+        role: &CustomRole,
+        audit: NewAuditEvent,
+    ) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "UPDATE tenant_roles SET description = $3, permissions = $4, updated_at = $5 \
+             WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(&role.name)
+        .bind(&role.description)
+        .bind(to_json(&role.permissions)?)
+        .bind(role.updated_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_role(&self, ctx: &TenantCtx, name: &str, audit: NewAuditEvent) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        sqlx::query(LOCK_TENANT)
+            .bind(&tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+        // Role names are [a-z0-9_-]: no LIKE wildcard but '_', escaped here.
+        let pattern = format!("%\"{}\"%", name.replace('_', "\\_"));
+        let (holders,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM memberships WHERE tenant_id = $1 AND custom_roles LIKE $2 ESCAPE '\\'",
+        )
+        .bind(&tenant)
+        .bind(&pattern)
+        .fetch_one(&mut *tx)
+        .await?;
+        if holders > 0 {
+            return Err(StoreError::Conflict(Conflict::Reference));
+        }
+        let res = sqlx::query("DELETE FROM tenant_roles WHERE tenant_id = $1 AND name = $2")
+            .bind(&tenant)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_invitation(
+        &self,
+        ctx: &TenantCtx,
+        inv: &NewInvitation,
+        job: Option<&Job>,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let i = &inv.invitation;
+        same_tenant(ctx, i.tenant_id, "invitation")?;
+        if let Some(job) = job {
+            same_tenant(ctx, job.tenant_id, "job")?;
+        }
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        check_custom_roles(&mut tx, &tenant, &i.custom_roles).await?;
+        sqlx::query(
+            "INSERT INTO invitations (tenant_id, id, email, roles, custom_roles, token_hash, \
+             sealed_token, key_version, invited_by, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&tenant)
+        .bind(i.id.to_string())
+        .bind(&i.email)
+        .bind(to_json(&i.roles)?)
+        .bind(to_json(&i.custom_roles)?)
+        .bind(&inv.token_hash)
+        .bind(&inv.sealed_token)
+        .bind(inv.key_version)
+        .bind(&i.invited_by)
+        .bind(i.created_at.millis())
+        .bind(i.expires_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        if let Some(job) = job {
+            insert_job(&mut tx, job).await?;
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_invitations(
+        &self,
+        ctx: &TenantCtx,
+        page: &PageRequest,
+    ) -> Result<Page<Invitation>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let sql = format!(
+            "SELECT {INVITATION_COLUMNS} FROM invitations WHERE tenant_id = $1 AND id > $2 \
+             ORDER BY id LIMIT $3"
+        );
+        let rows: Vec<InvitationRow> = sqlx::query_as(&sql)
+            .bind(ctx.tenant_id().to_string())
+            .bind(after_key(page))
+            .bind(overfetch(page))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            |i: &Invitation| i.id.to_string(),
+        ))
+    }
+
+    async fn invitation_token(
+        &self,
+        ctx: &TenantCtx,
+        id: InvitationId,
+    ) -> Result<Option<(Invitation, Option<(Vec<u8>, i64)>)>> {
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let Some(inv) = invitation_in(&mut tx, &tenant, &id.to_string()).await? else {
+            return Ok(None);
+        };
+        let (sealed, version): (Option<Vec<u8>>, Option<i64>) = sqlx::query_as(
+            "SELECT sealed_token, key_version FROM invitations WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(&tenant)
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((inv, sealed.zip(version))))
+    }
+
+    async fn revoke_invitation(
+        &self,
+        ctx: &TenantCtx,
+        id: InvitationId,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Option<Invitation>> {
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        if invitation_in(&mut tx, &tenant, &id.to_string())
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let res = sqlx::query(
+            "UPDATE invitations SET revoked_at = $3, sealed_token = NULL \
+             WHERE tenant_id = $1 AND id = $2 AND accepted_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(&tenant)
+        .bind(id.to_string())
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::Conflict(Conflict::Version));
+        }
+        append_audit(&mut tx, audit).await?;
+        let inv = invitation_in(&mut tx, &tenant, &id.to_string()).await?;
+        tx.commit().await?;
+        Ok(inv)
+    }
+
+    async fn find_invitation(&self, token_hash: &str) -> Result<Option<Invitation>> {
+        let mut tx = self.read_platform().await?;
+        let sql = format!("SELECT {INVITATION_COLUMNS} FROM invitations WHERE token_hash = $1");
+        let row: Option<InvitationRow> = sqlx::query_as(&sql)
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(Invitation::try_from).transpose()
+    }
+
+    async fn accept_invitation(
+        &self,
+        ctx: &TenantCtx,
+        id: InvitationId,
+        acc: &Acceptance,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Member> {
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let inv = invitation_in(&mut tx, &tenant, &id.to_string())
+            .await?
+            .ok_or(StoreError::Conflict(Conflict::Version))?;
+        let user = upsert_user(&mut tx, acc.new_user_id, &inv.email, now).await?;
+        let spent = sqlx::query(
+            "UPDATE invitations SET accepted_at = $3, accepted_by = $4, sealed_token = NULL \
+             WHERE tenant_id = $1 AND id = $2 AND accepted_at IS NULL AND revoked_at IS NULL \
+             AND expires_at > $3",
+        )
+        .bind(&tenant)
+        .bind(id.to_string())
+        .bind(now.millis())
+        .bind(&user)
+        .execute(&mut *tx)
+        .await?;
+        if spent.rows_affected() == 0 {
+            return Err(StoreError::Conflict(Conflict::Version));
+        }
+        // A custom role deleted since the invitation was sent is dropped, not a failure.
+        let mut custom = Vec::new();
+        for name in &inv.custom_roles {
+            if check_custom_roles(&mut tx, &tenant, std::slice::from_ref(name))
+                .await
+                .is_ok()
+            {
+                custom.push(name.clone());
+            }
+        }
+        // An existing membership (the first admin, a re-invited user) takes the invitation's
+        // roles and becomes active; otherwise one is created.
+        sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, email, name, roles, custom_roles, status, \
+             password_hash, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $8) \
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET roles = excluded.roles, \
+             custom_roles = excluded.custom_roles, status = 'active', \
+             name = COALESCE(excluded.name, memberships.name), \
+             password_hash = COALESCE(excluded.password_hash, memberships.password_hash), \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&tenant)
+        .bind(&user)
+        .bind(&inv.email)
+        .bind(&acc.name)
+        .bind(to_json(&inv.roles)?)
+        .bind(to_json(&custom)?)
+        .bind(&acc.password_hash)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        let mut session = acc.session.clone();
+        session.user_id = parse(&user, "users.user_id")?;
+        insert_session(&mut tx, &tenant, &session).await?;
+        append_audit(&mut tx, audit.target("user", &user)).await?;
+        let m = member_in(&mut tx, &tenant, &user)
+            .await?
+            .ok_or_else(|| corrupt("membership vanished in its own transaction"))?;
+        tx.commit().await?;
+        Ok(m)
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserId>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<(String,)> = sqlx::query_as("SELECT user_id FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(|(id,)| parse(&id, "users.user_id")).transpose()
+    }
+
+    async fn local_credential(
+        &self,
+        ctx: &TenantCtx,
+        email: &str,
+    ) -> Result<Option<LocalCredential>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT user_id, status, password_hash FROM memberships WHERE tenant_id = $1 AND email = $2",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(email)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(|(user, status, password_hash)| {
+            Ok(LocalCredential {
+                user_id: parse(&user, "memberships.user_id")?,
+                status,
+                password_hash,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_password(
+        &self,
+        ctx: &TenantCtx,
+        user: UserId,
+        password_hash: &str,
+        audit: NewAuditEvent,
+    ) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "UPDATE memberships SET password_hash = $3 WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(user.to_string())
+        .bind(password_hash)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_session(
+        &self,
+        ctx: &TenantCtx,
+        session: &NewSession,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        insert_session(&mut tx, &ctx.tenant_id().to_string(), session).await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_refresh(&self, id: &str) -> Result<Option<RefreshLookup>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<(String, String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT tenant_id, session_id, secret_hash, used_at FROM refresh_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(|(tenant, session, secret_hash, used_at)| {
+            Ok(RefreshLookup {
+                tenant_id: parse::<TenantId>(&tenant, "refresh_tokens.tenant_id")?,
+                session_id: parse::<SessionId>(&session, "refresh_tokens.session_id")?,
+                secret_hash,
+                used: used_at.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn rotate_refresh(
+        &self,
+        ctx: &TenantCtx,
+        old: &str,
+        new: &NewRefresh,
+        now: Timestamp,
+        reuse_audit: NewAuditEvent,
+    ) -> Result<Rotation> {
+        let reuse_audit = scoped(ctx, reuse_audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT session_id FROM refresh_tokens WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(&tenant)
+        .bind(old)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((session,)) = row else {
+            return Ok(Rotation::Ended);
+        };
+        let spent = sqlx::query(
+            "UPDATE refresh_tokens SET used_at = $3 WHERE tenant_id = $1 AND id = $2 AND used_at IS NULL",
+        )
+        .bind(&tenant)
+        .bind(old)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        if spent.rows_affected() == 0 {
+            // A spent token came back: whoever holds the family may be an attacker.
+            let revoked = sqlx::query(
+                "UPDATE sessions SET revoked_at = $3, revoked_reason = 'refresh_token_reused' \
+                 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+            )
+            .bind(&tenant)
+            .bind(&session)
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?;
+            if revoked.rows_affected() > 0 {
+                append_audit(&mut tx, reuse_audit).await?;
+            }
+            tx.commit().await?;
+            return Ok(Rotation::Reused);
+        }
+        let live: Option<(String,)> = sqlx::query_as(
+            "SELECT s.user_id FROM sessions s JOIN memberships m \
+             ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id \
+             WHERE s.tenant_id = $1 AND s.id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3 \
+             AND m.status = 'active'",
+        )
+        .bind(&tenant)
+        .bind(&session)
+        .bind(now.millis())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user,)) = live else {
+            tx.commit().await?;
+            return Ok(Rotation::Ended);
+        };
+        insert_refresh(&mut tx, &tenant, &session, new, now).await?;
+        tx.commit().await?;
+        Ok(Rotation::Rotated {
+            user_id: parse(&user, "sessions.user_id")?,
+        })
+    }
+
+    async fn revoke_session(
+        &self,
+        ctx: &TenantCtx,
+        session: SessionId,
+        reason: &str,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(session.to_string())
+        .bind(now.millis())
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn session_grant(
+        &self,
+        ctx: &TenantCtx,
+        session: SessionId,
+        user: UserId,
+        now: Timestamp,
+    ) -> Result<Option<SessionGrant>> {
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT m.email, m.roles, m.custom_roles FROM sessions s JOIN memberships m \
+             ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id \
+             WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
+             AND s.expires_at > $4 AND m.status = 'active'",
+        )
+        .bind(&tenant)
+        .bind(session.to_string())
+        .bind(user.to_string())
+        .bind(now.millis())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((email, roles, custom)) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let roles: Vec<String> = json(&roles, "memberships.roles")?;
+        let custom_roles: Vec<String> = json(&custom, "memberships.custom_roles")?;
+        let mut custom_permissions = Vec::new();
+        if !custom_roles.is_empty() {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT name, permissions FROM tenant_roles WHERE tenant_id = $1")
+                    .bind(&tenant)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for (name, perms) in rows {
+                if custom_roles.contains(&name) {
+                    let perms: Vec<String> = json(&perms, "tenant_roles.permissions")?;
+                    custom_permissions.extend(perms);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(SessionGrant {
+            email,
+            roles,
+            custom_roles,
+            custom_permissions,
+        }))
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        let mut tx = self.read_platform().await?;
+        let rows: Vec<SigningKeyRow> =
+            sqlx::query_as("SELECT * FROM signing_keys ORDER BY generation")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SigningKeyRecord {
+                kid: r.kid,
+                generation: r.generation,
+                public_x: r.public_x,
+                wrapped_key: r.wrapped_key,
+                sealed_private: r.sealed_private,
+                created_at: Timestamp::from_millis(r.created_at),
+                retired_at: r.retired_at.map(Timestamp::from_millis),
+            })
+            .collect())
+    }
+
+    async fn insert_signing_key(
+        &self,
+        _platform: &PlatformCtx,
+        key: &SigningKeyRecord,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<()> {
+        let mut tx = self.write_platform().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
+            .bind(key.created_at.millis())
+            .execute(&mut *tx)
+            .await?;
+        let res = sqlx::query(
+            "INSERT INTO signing_keys (kid, generation, public_x, wrapped_key, sealed_private, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&key.kid)
+        .bind(key.generation)
+        .bind(&key.public_x)
+        .bind(&key.wrapped_key)
+        .bind(&key.sealed_private)
+        .bind(key.created_at.millis())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(Conflict::Version))
+            }
+            r => r?,
+        };
+        if let Some(audit) = audit {
+            append_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rewrap_signing_key(
+        &self,
+        _platform: &PlatformCtx,
+        kid: &str,
+        wrapped_key: &str,
+    ) -> Result<()> {
+        let mut tx = self.write_platform().await?;
+        sqlx::query("UPDATE signing_keys SET wrapped_key = $2 WHERE kid = $1")
+            .bind(kid)
+            .bind(wrapped_key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
