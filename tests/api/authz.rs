@@ -43,7 +43,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{job_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{user_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{invitation_id}", &uuid::Uuid::now_v7().to_string())
-        .replace("{role_name}", "no-such-role");
+        .replace("{role_name}", "no-such-role")
+        .replace("{delegation_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -362,6 +363,23 @@ async fn send(
                 Some(token),
                 body_for(action, n),
             )
+            .await;
+    }
+    if action.intent == "admin.create_delegation" || action.path.contains("{delegation_id}") {
+        // A delegation for the tenant's first admin, issued by the operator.
+        let op = app.platform_admin();
+        let (_, users) =
+            status_json(app.get(&format!("/v1/tenants/{tenant}/users"), &op).await).await;
+        let body = json!({"user_id": users["items"][0]["user_id"], "agent": format!("agent {n}")});
+        let path = format!("/v1/tenants/{tenant}/delegations");
+        if action.intent == "admin.create_delegation" {
+            return app.post(&path, token, body).await;
+        }
+        let (s, d) = status_json(app.post(&path, &op, body).await).await;
+        assert_eq!(s, 201, "preparing a delegation: {d}");
+        let path = format!("{path}/{}", d["id"].as_str().unwrap());
+        return app
+            .call(method(action.method), &path, Some(token), None)
             .await;
     }
     if ["{user_id}", "{role_name}", "{invitation_id}"]

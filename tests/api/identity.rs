@@ -21,6 +21,7 @@ both_backends!(
     no_password_or_token_is_stored_readable,
     enforced_sso_refuses_password_sign_in,
     bad_identity_input_is_refused_and_changes_nothing,
+    a_delegated_token_acts_for_one_person_in_one_tenant_and_never_wider,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -984,4 +985,158 @@ async fn bad_identity_input_is_refused_and_changes_nothing(b: Backend) {
         .await;
         assert!(matches!(s, 400 | 401 | 422), "{body} -> {s} {p}");
     }
+}
+
+async fn a_delegated_token_acts_for_one_person_in_one_tenant_and_never_wider(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let a = app.active_tenant("Deleg").await;
+    let other = app.active_tenant("Elsewhere").await;
+    let admin = app.tenant_user("tenant_admin", &a);
+    let pat = join(
+        &app,
+        &a,
+        "pat@deleg.test",
+        json!({"roles": ["tenant_admin"]}),
+    )
+    .await;
+    let person = pat["user_id"].as_str().unwrap().to_owned();
+    let delegations = format!("/v1/tenants/{a}/delegations");
+    // Settings read and write: the agent may change the locale for Pat, nothing else.
+    let (s, d) = status_json(
+        app.post(
+            &delegations,
+            &admin,
+            json!({"user_id": person, "agent": "Support Copilot", "permissions": ["settings.read", "settings.write", "tenant.read"], "ttl_secs": 600}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 201, "{d}");
+    let token = d["access_token"].as_str().unwrap().to_owned();
+    assert!(d["expires_in"].as_u64().unwrap() <= 600);
+    let (s, me) = status_json(app.get("/v1/auth/me", &token).await).await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(
+        me["permissions"],
+        json!(["tenant.read", "settings.read", "settings.write"])
+    );
+    let (s, _) = status_json(
+        app.call(
+            Method::PUT,
+            &format!("/v1/tenants/{a}/settings/locale?confirm=true"),
+            Some(&token),
+            Some(json!({"setting_value": "de"})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Outside the ceiling, though Pat holds it.
+    let (s, _) = status_json(app.get(&format!("/v1/tenants/{a}/users"), &token).await).await;
+    assert_eq!(s, 403);
+    // Another tenant: as if it did not exist.
+    let (s, _) = status_json(app.get(&format!("/v1/tenants/{other}"), &token).await).await;
+    assert_eq!(s, 404);
+    // The audit event names the person and the agent; filtering by the person finds it.
+    let (_, events) = status_json(
+        app.get(
+            &format!("/v1/tenants/{a}/audit?actor_id={person}&action=settings.update"),
+            &admin,
+        )
+        .await,
+    )
+    .await;
+    let ev = &events["items"][0];
+    assert_eq!(ev["actor_kind"], "delegated", "{events}");
+    assert_eq!(ev["actor_id"], format!("{person}/agent:Support Copilot"));
+    // Demoting Pat narrows the agent at once: what Pat lost, the agent lost.
+    let (s, _) = status_json(
+        app.call(
+            Method::PATCH,
+            &format!("/v1/tenants/{a}/users/{person}"),
+            Some(&admin),
+            Some(json!({"roles": ["auditor"]})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = status_json(
+        app.call(
+            Method::PUT,
+            &format!("/v1/tenants/{a}/settings/locale?confirm=true"),
+            Some(&token),
+            Some(json!({"setting_value": "fr"})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 403, "Pat no longer holds settings.write");
+    let (s, _) = status_json(app.get(&format!("/v1/tenants/{a}/settings"), &token).await).await;
+    assert_eq!(s, 200);
+    // A ceiling beyond the person is refused; so is a label that could forge an actor id.
+    for body in [
+        json!({"user_id": person, "agent": "x", "permissions": ["users.write"]}),
+        json!({"user_id": person, "agent": "x/agent:y"}),
+        json!({"user_id": uuid::Uuid::now_v7(), "agent": "x"}),
+        json!({"user_id": person, "agent": "x", "ttl_secs": 99_999_999}),
+    ] {
+        let (s, p) = status_json(app.post(&delegations, &admin, body.clone()).await).await;
+        assert_eq!(s, 422, "{body} -> {p}");
+    }
+    // Revocation: refused from the next request on; the token is never listed.
+    let (_, list) = status_json(app.get(&delegations, &admin).await).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(!list.to_string().contains(&token));
+    let (s, _) = status_json(
+        app.call(
+            Method::DELETE,
+            &format!("{delegations}/{}", d["id"].as_str().unwrap()),
+            Some(&admin),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = status_json(app.get(&format!("/v1/tenants/{a}/settings"), &token).await).await;
+    assert_eq!(s, 401);
+    // A delegation endpoint cannot revoke a person's sign-in session.
+    let (s, _) = status_json(
+        app.call(
+            Method::DELETE,
+            &format!("{delegations}/{}", uuid::Uuid::now_v7()),
+            Some(&admin),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 404);
+    // Removing the person ends every token acting for them.
+    let (_, d2) = status_json(
+        app.post(
+            &delegations,
+            &admin,
+            json!({"user_id": person, "agent": "Second"}),
+        )
+        .await,
+    )
+    .await;
+    let t2 = d2["access_token"].as_str().unwrap().to_owned();
+    let (s, _) = status_json(app.get(&format!("/v1/tenants/{a}/settings"), &t2).await).await;
+    assert_eq!(s, 200);
+    let (s, _) = status_json(
+        app.call(
+            Method::DELETE,
+            &format!("/v1/tenants/{a}/users/{person}?confirm=true"),
+            Some(&admin),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = status_json(app.get(&format!("/v1/tenants/{a}/settings"), &t2).await).await;
+    assert_eq!(s, 401);
 }

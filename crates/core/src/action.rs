@@ -888,6 +888,86 @@ pub static REVOKE_INVITATION: ActionSpec = ActionSpec {
     )
 };
 
+pub static LIST_DELEGATIONS: ActionSpec = ActionSpec {
+    permission: Some(Permission::UsersRead),
+    preconditions: &["caller must have tenant_admin role"],
+    description: "List the delegated tokens issued for agents acting for the tenant's people",
+    ..spec(
+        "admin.list_delegations",
+        "delegation",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/delegations",
+    )
+};
+
+pub static CREATE_DELEGATION: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::UsersWrite),
+    parameters: &[
+        Param::new(
+            "user_id",
+            ParamType::String,
+            true,
+            "the person the agent acts for",
+        )
+        .format("uuid"),
+        Param::new(
+            "agent",
+            ParamType::String,
+            true,
+            "the agent's label, named in every audit event",
+        ),
+        Param::new(
+            "permissions",
+            ParamType::Array,
+            false,
+            "at most these of the person's permissions (default: all of them)",
+        ),
+        Param::new("ttl_secs", ParamType::Integer, false, "lifetime").range(60, 2_592_000),
+    ],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "the person is an active member",
+        "the permissions are held by the person and the caller",
+    ],
+    postconditions: &[
+        "a token bound to this tenant, never wider than the person, expiring",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    idempotent: false,
+    side_effects: &["audit_log", "credential_issued"],
+    description: "Issue a token with which an AI agent acts for a person of the tenant",
+    ..spec(
+        "admin.create_delegation",
+        "delegation",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/delegations",
+    )
+};
+
+pub static REVOKE_DELEGATION: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::UsersWrite),
+    parameters: &[
+        Param::new("delegation_id", ParamType::String, true, "the delegation").format("uuid"),
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "the token is refused from the next request on",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Medium,
+    side_effects: &["audit_log", "access_revoked"],
+    description: "Revoke a delegated token, with immediate effect",
+    ..spec(
+        "admin.revoke_delegation",
+        "delegation",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/delegations/{delegation_id}",
+    )
+};
+
 pub static ROTATE_SIGNING_KEY: ActionSpec = ActionSpec {
     action_type: ActionType::Write,
     scope: Scope::Platform,
@@ -1715,6 +1795,9 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &LIST_INVITATIONS,
     &INVITE_USER,
     &REVOKE_INVITATION,
+    &LIST_DELEGATIONS,
+    &CREATE_DELEGATION,
+    &REVOKE_DELEGATION,
     &ROTATE_SIGNING_KEY,
     &LIST_TENANT_SETTINGS,
     &UPDATE_TENANT_SETTINGS,

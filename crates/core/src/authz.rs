@@ -232,6 +232,13 @@ pub struct Principal {
     /// The Agentplane session an access token belongs to (sign-out ends it).
     #[serde(skip)]
     pub session: Option<SessionRef>,
+    /// A delegated token: the AI agent acting for `subject`. Audit events name both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// A delegated token's ceiling: the principal holds a permission only if this set has it
+    /// too (`None`: no ceiling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<BTreeSet<Permission>>,
 }
 
 /// The Agentplane session behind an access token.
@@ -254,7 +261,9 @@ impl Principal {
     }
 
     pub fn has(&self, perm: Permission) -> bool {
-        self.roles.iter().any(|r| role_grants(*r, perm)) || self.extra_permissions.contains(&perm)
+        let held = self.roles.iter().any(|r| role_grants(*r, perm))
+            || self.extra_permissions.contains(&perm);
+        held && self.ceiling.as_ref().is_none_or(|c| c.contains(&perm))
     }
 
     /// Every permission the principal holds, from its roles and custom roles.
@@ -296,9 +305,18 @@ impl Principal {
     }
 
     pub fn actor(&self) -> Actor {
-        Actor::User {
-            subject: self.subject.clone(),
-            roles: self.roles.iter().map(|r| r.as_str()).collect(),
+        let roles = self.roles.iter().map(|r| r.as_str()).collect();
+        match &self.agent {
+            Some(agent) => Actor::Delegated {
+                person: self.subject.clone(),
+                agent: agent.clone(),
+                roles,
+                id: format!("{}/agent:{agent}", self.subject),
+            },
+            None => Actor::User {
+                subject: self.subject.clone(),
+                roles,
+            },
         }
     }
 }
@@ -317,6 +335,14 @@ pub enum Actor {
     ApiKey {
         key_id: String,
     },
+    /// An AI agent acting for a person with a delegated token: `id` is
+    /// `<person>/agent:<agent>`, so every event names both.
+    Delegated {
+        person: String,
+        agent: String,
+        roles: Vec<&'static str>,
+        id: String,
+    },
 }
 
 impl Actor {
@@ -325,6 +351,7 @@ impl Actor {
             Self::User { .. } => "user",
             Self::System { .. } => "system",
             Self::ApiKey { .. } => "api_key",
+            Self::Delegated { .. } => "delegated",
         }
     }
     pub fn id(&self) -> &str {
@@ -332,6 +359,7 @@ impl Actor {
             Self::User { subject, .. } => subject,
             Self::System { component } => component,
             Self::ApiKey { key_id } => key_id,
+            Self::Delegated { id, .. } => id,
         }
     }
 }
@@ -445,6 +473,8 @@ mod tests {
             extra_permissions: BTreeSet::new(),
             custom_roles: vec![],
             session: None,
+            agent: None,
+            ceiling: None,
         }
     }
 

@@ -144,6 +144,31 @@ pub fn parse_role_permissions(names: &[String]) -> Result<BTreeSet<Permission>, 
     Ok(perms)
 }
 
+/// An AI agent's label on a delegated token: 1-64 of letters, digits, ` `, `.`, `_`, `-`,
+/// starting with a letter or digit (it is part of audit actor ids).
+pub fn validate_agent_label(raw: &str) -> Result<String, DomainError> {
+    let v = raw.trim();
+    let ok = (1..=64).contains(&v.len())
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(DomainError::invalid(
+            "agent",
+            "must be 1 to 64 letters, digits, spaces, '.', '_' or '-'",
+        ))
+    }
+}
+
+/// The actor of a delegated token (RFC 8693 `act`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActClaim {
+    /// `agent:<label>`.
+    pub sub: String,
+}
+
 /// The claims of an Agentplane access token (`typ` `at+jwt`, signed EdDSA).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -158,6 +183,12 @@ pub struct AccessClaims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// Delegated tokens: the agent acting for `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActClaim>,
+    /// Delegated tokens: the permissions they may use at most, space-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 #[cfg(test)]

@@ -83,11 +83,35 @@ pub struct NewRefresh {
 pub struct NewSession {
     pub id: SessionId,
     pub user_id: UserId,
-    /// `password`, `invitation`, `oidc`, ...
+    /// `password`, `invitation`, `oidc`, `delegation`, ...
     pub method: String,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
-    pub refresh: NewRefresh,
+    /// `None` for delegated tokens, which are not refreshed.
+    pub refresh: Option<NewRefresh>,
+    /// Delegated tokens: the agent, the permission ceiling and who issued it.
+    pub delegation: Option<NewDelegation>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewDelegation {
+    pub agent: String,
+    /// `None`: the person's permissions, whatever they are at each request.
+    pub permissions: Option<Vec<String>>,
+    pub created_by: String,
+}
+
+/// A delegated token's session, as admins list it (never the token).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Delegation {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub agent: String,
+    pub permissions: Option<Vec<String>>,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
 }
 
 /// Accepting an invitation: the person (found by e-mail, or created with `new_user_id`),
@@ -135,6 +159,9 @@ pub struct SessionGrant {
     pub roles: Vec<String>,
     pub custom_roles: Vec<String>,
     pub custom_permissions: Vec<String>,
+    /// Delegated tokens: the agent and the ceiling.
+    pub agent: Option<String>,
+    pub ceiling: Option<Vec<String>>,
 }
 
 /// An access-token signing key. `sealed_private` is sealed with a data key that the KMS
@@ -282,6 +309,16 @@ pub trait IdentityStore: Send + Sync {
         user: UserId,
         now: Timestamp,
     ) -> Result<Option<SessionGrant>>;
+
+    async fn list_delegations(&self, ctx: &TenantCtx) -> Result<Vec<Delegation>>;
+    /// Revokes a delegated token's session (not a sign-in session): false if none.
+    async fn revoke_delegation(
+        &self,
+        ctx: &TenantCtx,
+        id: SessionId,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Option<Delegation>>;
 
     // --- Signing keys (platform) ---
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;

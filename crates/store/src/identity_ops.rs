@@ -98,9 +98,10 @@ async fn revoke_user_sessions(
 }
 
 async fn insert_session(tx: &mut Tx<'_>, tenant: &str, s: &NewSession) -> Result<()> {
+    let d = s.delegation.as_ref();
     sqlx::query(
-        "INSERT INTO sessions (tenant_id, id, user_id, method, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO sessions (tenant_id, id, user_id, method, created_at, expires_at, agent, \
+         permissions, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(tenant)
     .bind(s.id.to_string())
@@ -108,9 +109,22 @@ async fn insert_session(tx: &mut Tx<'_>, tenant: &str, s: &NewSession) -> Result
     .bind(&s.method)
     .bind(s.created_at.millis())
     .bind(s.expires_at.millis())
+    .bind(d.map(|d| d.agent.clone()))
+    .bind(
+        d.and_then(|d| d.permissions.as_ref())
+            .map(to_json)
+            .transpose()?,
+    )
+    .bind(d.map(|d| d.created_by.clone()))
     .execute(&mut **tx)
     .await?;
-    insert_refresh(tx, tenant, &s.id.to_string(), &s.refresh, s.created_at).await?;
+    if let Some(r) = &s.refresh {
+        insert_refresh(tx, tenant, &s.id.to_string(), r, s.created_at).await?;
+    }
+    if d.is_some() {
+        // Issuing a token for someone is not their sign-in.
+        return Ok(());
+    }
     sqlx::query(
         "UPDATE memberships SET last_sign_in_at = $3 WHERE tenant_id = $1 AND user_id = $2",
     )
@@ -230,6 +244,37 @@ async fn invitation_in(tx: &mut Tx<'_>, tenant: &str, id: &str) -> Result<Option
         .fetch_optional(&mut **tx)
         .await?;
     row.map(Invitation::try_from).transpose()
+}
+
+#[derive(sqlx::FromRow)]
+struct DelegationRow {
+    id: String,
+    user_id: String,
+    agent: Option<String>,
+    permissions: Option<String>,
+    created_by: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<DelegationRow> for Delegation {
+    type Error = StoreError;
+    fn try_from(r: DelegationRow) -> Result<Self> {
+        Ok(Delegation {
+            id: parse(&r.id, "sessions.id")?,
+            user_id: parse(&r.user_id, "sessions.user_id")?,
+            agent: r.agent.unwrap_or_default(),
+            permissions: r
+                .permissions
+                .map(|p| json(&p, "sessions.permissions"))
+                .transpose()?,
+            created_by: r.created_by.unwrap_or_default(),
+            created_at: Timestamp::from_millis(r.created_at),
+            expires_at: Timestamp::from_millis(r.expires_at),
+            revoked_at: r.revoked_at.map(Timestamp::from_millis),
+        })
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -837,8 +882,8 @@ impl IdentityStore for BackendStore {
     ) -> Result<Option<SessionGrant>> {
         let tenant = ctx.tenant_id().to_string();
         let mut tx = self.read_tenant(ctx.tenant_id()).await?;
-        let row: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT m.email, m.roles, m.custom_roles FROM sessions s JOIN memberships m \
+        let row: Option<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT m.email, m.roles, m.custom_roles, s.agent, s.permissions FROM sessions s JOIN memberships m \
              ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id \
              WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3 AND s.revoked_at IS NULL \
              AND s.expires_at > $4 AND m.status = 'active'",
@@ -849,7 +894,7 @@ impl IdentityStore for BackendStore {
         .bind(now.millis())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((email, roles, custom)) = row else {
+        let Some((email, roles, custom, agent, ceiling)) = row else {
             tx.commit().await?;
             return Ok(None);
         };
@@ -875,7 +920,58 @@ impl IdentityStore for BackendStore {
             roles,
             custom_roles,
             custom_permissions,
+            agent,
+            ceiling: ceiling
+                .map(|c| json(&c, "sessions.permissions"))
+                .transpose()?,
         }))
+    }
+
+    async fn list_delegations(&self, ctx: &TenantCtx) -> Result<Vec<Delegation>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<DelegationRow> = sqlx::query_as(
+            "SELECT id, user_id, agent, permissions, created_by, created_at, expires_at, revoked_at \
+             FROM sessions WHERE tenant_id = $1 AND agent IS NOT NULL ORDER BY id",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        convert(rows)
+    }
+
+    async fn revoke_delegation(
+        &self,
+        ctx: &TenantCtx,
+        id: SessionId,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<Option<Delegation>> {
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "UPDATE sessions SET revoked_at = $3, revoked_reason = 'delegation_revoked' \
+             WHERE tenant_id = $1 AND id = $2 AND agent IS NOT NULL AND revoked_at IS NULL",
+        )
+        .bind(&tenant)
+        .bind(id.to_string())
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() > 0 {
+            append_audit(&mut tx, audit).await?;
+        }
+        let row: Option<DelegationRow> = sqlx::query_as(
+            "SELECT id, user_id, agent, permissions, created_by, created_at, expires_at, revoked_at \
+             FROM sessions WHERE tenant_id = $1 AND id = $2 AND agent IS NOT NULL",
+        )
+        .bind(&tenant)
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(Delegation::try_from).transpose()
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {

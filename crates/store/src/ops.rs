@@ -2267,7 +2267,7 @@ impl Store for BackendStore {
 const AUDIT_LIST_SQL: &str = concat!(
     audit_select!(),
     "WHERE e.tenant_id = $1 AND e.seq < $2 AND ($3 IS NULL OR e.action = $3) \
-     AND ($4 IS NULL OR e.actor_id = $4) AND e.ts >= $5 AND e.ts < $6 \
+     AND ($4 IS NULL OR e.actor_id = $4 OR e.actor_id LIKE $4 || '/agent:%') AND e.ts >= $5 AND e.ts < $6 \
      ORDER BY e.seq DESC LIMIT $7"
 );
 

@@ -112,7 +112,7 @@ fn role_permissions(role: Role) -> BTreeSet<Permission> {
 impl ControlPlane {
     /// The permissions `roles` and `custom` would grant (unknown custom roles grant none:
     /// the store refuses them).
-    async fn granted_by(
+    pub(super) async fn granted_by(
         &self,
         ctx: &TenantCtx,
         roles: &BTreeSet<Role>,
@@ -131,7 +131,10 @@ impl ControlPlane {
     }
 
     /// Nobody grants more than they hold.
-    fn within(caller: &BTreeSet<Permission>, granted: &BTreeSet<Permission>) -> Result<()> {
+    pub(super) fn within(
+        caller: &BTreeSet<Permission>,
+        granted: &BTreeSet<Permission>,
+    ) -> Result<()> {
         match granted.iter().find(|p| !caller.contains(p)) {
             None => Ok(()),
             Some(p) => Err(DomainError::invalid(

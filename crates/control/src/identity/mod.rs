@@ -13,11 +13,13 @@
 //! - Nobody grants more than they hold: the roles given by an invitation, a role change or
 //!   a custom role must be within the caller's own permissions.
 
+mod delegations;
 mod members;
 pub(crate) mod password;
 mod sessions;
 pub(crate) mod signer;
 
+pub use delegations::{CreateDelegation, DelegationCreated};
 pub use members::{CreateRole, InvitationCreated, InviteUser, RoleView, UpdateRole, UpdateUser};
 pub use sessions::{AcceptInvitation, PasswordGrant, TenantHints, TokenPair, WhoAmI};
 

@@ -93,7 +93,11 @@ pub struct WhoAmI {
     pub tenant_name: Option<String>,
     pub roles: Vec<Role>,
     pub custom_roles: Vec<String>,
-    pub permissions: Vec<Permission>,
+    /// As named in docs/permissions.md (`agents.read`, ...).
+    pub permissions: Vec<String>,
+    /// A delegated token's agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 fn new_refresh() -> (String, NewRefresh) {
@@ -201,6 +205,8 @@ impl ControlPlane {
             iat: now.millis() / 1000,
             exp: now.millis() / 1000 + i64::try_from(cfg.access_ttl_secs).unwrap_or(600),
             jti: uuid::Uuid::now_v7().to_string(),
+            act: None,
+            scope: None,
         };
         Ok(TokenPair {
             access_token: self.sign_access(&claims).await?,
@@ -222,7 +228,8 @@ impl ControlPlane {
                 method: method.into(),
                 created_at: now,
                 expires_at: now.plus_secs(self.identity.cfg.session_ttl_secs),
-                refresh,
+                refresh: Some(refresh),
+                delegation: None,
             },
         )
     }
@@ -511,6 +518,18 @@ impl ControlPlane {
             .filter_map(|p| Permission::parse(p))
             .filter(|p| p.tenant_grantable())
             .collect();
+        // A delegated token names its agent in the token and in its session: both must agree.
+        let agent = match (&claims.act, &grant.agent) {
+            (None, None) => None,
+            (Some(act), Some(agent)) if act.sub == format!("agent:{agent}") => Some(agent.clone()),
+            _ => return Err(bad("delegation mismatch")),
+        };
+        // No ceiling stored: the person's permissions (agent tokens never widen them).
+        let ceiling = grant.ceiling.as_ref().map(|c| {
+            c.iter()
+                .filter_map(|p| Permission::parse(p))
+                .collect::<BTreeSet<_>>()
+        });
         Ok(Principal {
             subject: claims.sub,
             roles,
@@ -524,6 +543,8 @@ impl ControlPlane {
                 tenant_id: tenant,
                 session_id: claims.sid,
             }),
+            agent,
+            ceiling,
         })
     }
 
@@ -543,7 +564,12 @@ impl ControlPlane {
             tenant_name: tenant.as_ref().map(|t| t.name.clone()),
             roles: principal.roles.iter().copied().collect(),
             custom_roles: principal.custom_roles.clone(),
-            permissions: principal.permissions().into_iter().collect(),
+            permissions: principal
+                .permissions()
+                .into_iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            agent: principal.agent.clone(),
         })
     }
 }

@@ -446,6 +446,8 @@ fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, AuthE
         extra_permissions: BTreeSet::new(),
         custom_roles: Vec::new(),
         session: None,
+        agent: None,
+        ceiling: None,
     })
 }
 

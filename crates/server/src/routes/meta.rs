@@ -77,6 +77,7 @@ pub async fn openapi() -> impl IntoResponse {
         super::users::get, super::users::update, super::users::remove, super::users::list_roles,
         super::users::create_role, super::users::update_role, super::users::delete_role,
         super::users::list_invitations, super::users::invite, super::users::revoke_invitation,
+        super::users::list_delegations, super::users::create_delegation, super::users::revoke_delegation,
         super::auth::token, super::auth::tenant_token, super::auth::accept_invitation,
         super::auth::logout, super::auth::me, super::auth::jwks, super::auth::rotate_signing_key,
     ),

@@ -4,9 +4,9 @@ use super::PageParams;
 use crate::extract::{Body, Query, TenantScope};
 use crate::problem::ApiError;
 use crate::state::AppState;
-use agentplane_control::identity::{InvitationCreated, RoleView};
+use agentplane_control::identity::{DelegationCreated, InvitationCreated, RoleView};
 use agentplane_core::page::Page;
-use agentplane_store::identity::{CustomRole, Invitation};
+use agentplane_store::identity::{CustomRole, Delegation, Invitation};
 use agentplane_store::Member;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -195,6 +195,60 @@ pub async fn revoke_invitation(
         state
             .control()
             .revoke_invitation(&scope.ctx, &p.invitation_id)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct DelegationPath {
+    pub delegation_id: String,
+}
+
+/// The delegated tokens issued in the tenant (never the tokens themselves).
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/delegations", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")), responses((status = 200, body = [Delegation])))]
+pub async fn list_delegations(
+    State(state): State<AppState>,
+    scope: TenantScope,
+) -> Result<Json<Vec<Delegation>>, ApiError> {
+    Ok(Json(state.control().list_delegations(&scope.ctx).await?))
+}
+
+/// Issue a token with which an AI agent acts for a person: bound to this tenant, at most the
+/// person's (and the issuer's) permissions, expiring. Shown once.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/delegations", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")),
+    request_body = agentplane_control::identity::CreateDelegation, responses((status = 201, body = DelegationCreated)))]
+pub async fn create_delegation(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Body(raw): Body<Value>,
+) -> Result<(StatusCode, Json<DelegationCreated>), ApiError> {
+    let caller = scope.principal.permissions();
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .control()
+                .create_delegation(&scope.ctx, &caller, raw)
+                .await?,
+        ),
+    ))
+}
+
+/// Revoke a delegated token: refused from the next request on.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/delegations/{delegation_id}", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("delegation_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = Delegation)))]
+pub async fn revoke_delegation(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<DelegationPath>,
+) -> Result<Json<Delegation>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .revoke_delegation(&scope.ctx, &p.delegation_id)
             .await?,
     ))
 }
