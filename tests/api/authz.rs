@@ -44,7 +44,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{user_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{invitation_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{role_name}", "no-such-role")
-        .replace("{delegation_id}", &uuid::Uuid::now_v7().to_string());
+        .replace("{delegation_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{connection_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -70,6 +71,11 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
             "name": format!("r{}", uuid::Uuid::new_v4().simple()), "permissions": ["agents.read"]
         })),
         "admin.update_role" => Some(json!({"description": format!("changed {n}")})),
+        "admin.create_sso_connection" => Some(json!({
+            "kind": "oidc", "name": format!("idp {}", uuid::Uuid::new_v4().simple()),
+            "config": {"issuer": "http://127.0.0.1:9", "client_id": "agentplane"}, "secret": "s3cret"
+        })),
+        "admin.update_sso_connection" => Some(json!({"enabled": false})),
         "admin.invite_user" => Some(json!({
             "email": format!("i{}@people.test", uuid::Uuid::new_v4().simple())
         })),
@@ -364,6 +370,52 @@ async fn send(
                 body_for(action, n),
             )
             .await;
+    }
+    if action.path.contains("{connection_id}") {
+        // A fresh connection per call, made by the operator.
+        let create = REGISTRY
+            .iter()
+            .find(|a| a.intent == "admin.create_sso_connection")
+            .unwrap();
+        let (s, c) = status_json(
+            app.call(
+                Method::POST,
+                &path_for(create, tenant),
+                Some(&app.platform_admin()),
+                body_for(create, n),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 201, "preparing an SSO connection: {c}");
+        let mut path = action
+            .path
+            .replace("{tenant_id}", tenant)
+            .replace("{connection_id}", c["id"].as_str().unwrap());
+        if action.confirmation_required {
+            path.push_str("?confirm=true");
+        }
+        return app
+            .call(
+                method(action.method),
+                &path,
+                Some(token),
+                body_for(action, n),
+            )
+            .await;
+    }
+    if action.intent == "admin.delete_scim_token" {
+        // A token to revoke, made by the operator.
+        let (s, t) = status_json(
+            app.post(
+                &format!("/v1/tenants/{tenant}/scim-token?confirm=true"),
+                &app.platform_admin(),
+                json!({}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 201, "preparing a SCIM token: {t}");
     }
     if action.intent == "admin.create_delegation" || action.path.contains("{delegation_id}") {
         // A delegation for the tenant's first admin, issued by the operator.

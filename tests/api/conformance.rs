@@ -366,6 +366,7 @@ async fn provisioning_effects_happen_once(b: Backend) {
         custom_roles: vec![],
         status: "active".into(),
         has_password: false,
+        external_id: None,
         created_at: now,
         updated_at: now,
         last_sign_in_at: None,

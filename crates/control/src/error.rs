@@ -23,6 +23,9 @@ pub enum ControlError {
     Auth(AuthFailure),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A tenant's identity provider or directory could not be reached or misbehaved.
+    #[error("identity provider unavailable: {0}")]
+    Idp(String),
 }
 
 /// Why an identity request was refused. The messages say no more than the caller may know

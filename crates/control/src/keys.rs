@@ -253,6 +253,7 @@ impl ControlPlane {
         if self.reseal_webhook_secret(ctx, active).await? {
             resealed += 1;
         }
+        resealed += self.reseal_sso(ctx).await?;
         Ok(resealed)
     }
 

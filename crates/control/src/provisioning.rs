@@ -172,6 +172,7 @@ impl ControlPlane {
             custom_roles: Vec::new(),
             status: "active".into(),
             has_password: false,
+            external_id: None,
             created_at: now,
             updated_at: now,
             last_sign_in_at: None,

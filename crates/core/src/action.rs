@@ -968,6 +968,180 @@ pub static REVOKE_DELEGATION: ActionSpec = ActionSpec {
     )
 };
 
+pub static CREATE_SCIM_TOKEN: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::UsersWrite),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "a new SCIM token is shown once; the previous one stops working",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    idempotent: false,
+    side_effects: &["audit_log", "credential_issued"],
+    description: "Create (or replace) the token the tenant's identity provider provisions users with over SCIM 2.0",
+    ..spec(
+        "admin.create_scim_token",
+        "scim_token",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/scim-token",
+    )
+};
+
+pub static DELETE_SCIM_TOKEN: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::UsersWrite),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["SCIM provisioning stops at once", "audit log entry created"],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log", "access_revoked"],
+    description: "Revoke the tenant's SCIM token",
+    ..spec(
+        "admin.delete_scim_token",
+        "scim_token",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/scim-token",
+    )
+};
+
+const SSO_ID: Param = Param::new(
+    "connection_id",
+    ParamType::String,
+    true,
+    "the SSO connection",
+)
+.format("uuid");
+
+pub static LIST_SSO: ActionSpec = ActionSpec {
+    permission: Some(Permission::SettingsRead),
+    description: "List the tenant's SSO connections (OIDC, LDAP), never their secrets",
+    ..spec(
+        "admin.list_sso_connections",
+        "sso_connection",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/sso",
+    )
+};
+
+pub static CREATE_SSO: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::SsoWrite),
+    parameters: &[
+        Param::new("kind", ParamType::String, true, "the protocol").one_of(&["oidc", "ldap"]),
+        Param::new("name", ParamType::String, true, "display name"),
+        Param::new(
+            "config",
+            ParamType::Object,
+            true,
+            "issuer and client id, or LDAP URL, TLS and filters",
+        ),
+        Param::new(
+            "secret",
+            ParamType::String,
+            true,
+            "client secret or bind password (write-only)",
+        ),
+        Param::new(
+            "role_mapping",
+            ParamType::Object,
+            false,
+            "IdP group -> role names",
+        ),
+        Param::new(
+            "jit",
+            ParamType::Boolean,
+            false,
+            "create members at first sign-in",
+        ),
+        Param::new("enabled", ParamType::Boolean, false, "accept sign-ins"),
+    ],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "the tenant's people can sign in through it; no other tenant is affected",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Connect the tenant's own identity provider (OIDC) or directory (LDAP)",
+    ..spec(
+        "admin.create_sso_connection",
+        "sso_connection",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/sso",
+    )
+};
+
+pub static GET_SSO: ActionSpec = ActionSpec {
+    permission: Some(Permission::SettingsRead),
+    parameters: &[SSO_ID],
+    description: "Show one SSO connection (without its secret)",
+    ..spec(
+        "admin.get_sso_connection",
+        "sso_connection",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/sso/{connection_id}",
+    )
+};
+
+pub static UPDATE_SSO: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::SsoWrite),
+    parameters: &[SSO_ID],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "applies to the next sign-in of this tenant only",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    side_effects: &["audit_log"],
+    description: "Change an SSO connection: settings, secret, role mapping, provisioning, enabled",
+    ..spec(
+        "admin.update_sso_connection",
+        "sso_connection",
+        Method::Patch,
+        "/v1/tenants/{tenant_id}/sso/{connection_id}",
+    )
+};
+
+pub static DELETE_SSO: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::SsoWrite),
+    parameters: &[SSO_ID, CONFIRM],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["sign-ins through it stop", "audit log entry created"],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    side_effects: &["audit_log"],
+    description: "Delete an SSO connection",
+    ..spec(
+        "admin.delete_sso_connection",
+        "sso_connection",
+        Method::Delete,
+        "/v1/tenants/{tenant_id}/sso/{connection_id}",
+    )
+};
+
+pub static TEST_SSO: ActionSpec = ActionSpec {
+    action_type: ActionType::Read,
+    permission: Some(Permission::SsoWrite),
+    parameters: &[SSO_ID],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &["audit log entry created"],
+    side_effects: &["audit_log", "outbound_call"],
+    description: "Test an SSO connection: OIDC discovery, or an LDAP bind as the service account",
+    ..spec(
+        "admin.test_sso_connection",
+        "sso_connection",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/sso/{connection_id}/test",
+    )
+};
+
 pub static ROTATE_SIGNING_KEY: ActionSpec = ActionSpec {
     action_type: ActionType::Write,
     scope: Scope::Platform,
@@ -1798,6 +1972,14 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &LIST_DELEGATIONS,
     &CREATE_DELEGATION,
     &REVOKE_DELEGATION,
+    &CREATE_SCIM_TOKEN,
+    &DELETE_SCIM_TOKEN,
+    &LIST_SSO,
+    &CREATE_SSO,
+    &GET_SSO,
+    &UPDATE_SSO,
+    &DELETE_SSO,
+    &TEST_SSO,
     &ROTATE_SIGNING_KEY,
     &LIST_TENANT_SETTINGS,
     &UPDATE_TENANT_SETTINGS,

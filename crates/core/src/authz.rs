@@ -63,6 +63,7 @@ pub enum Permission {
     UsersWrite,
     RolesRead,
     RolesWrite,
+    SsoWrite,
     SettingsRead,
     SettingsWrite,
     BrandingWrite,
@@ -96,6 +97,7 @@ impl Permission {
             Self::UsersWrite => "users.write",
             Self::RolesRead => "roles.read",
             Self::RolesWrite => "roles.write",
+            Self::SsoWrite => "sso.write",
             Self::SettingsRead => "settings.read",
             Self::SettingsWrite => "settings.write",
             Self::BrandingWrite => "branding.write",
@@ -160,6 +162,7 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
     ),
     (P::RolesWrite, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::SsoWrite, &[R::PlatformAdmin, R::TenantAdmin]),
     (
         P::SettingsRead,
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
@@ -401,6 +404,17 @@ impl TenantCtx {
             actor: Actor::User {
                 subject: subject.to_owned(),
                 roles: Vec::new(),
+            },
+        }
+    }
+
+    /// The tenant's identity provider provisioning over SCIM: the tenant's SCIM token was
+    /// found by its public id and its secret matched (checked by the auth layer).
+    pub fn for_scim(tenant_id: TenantId, token_id: &str) -> Self {
+        Self {
+            tenant_id,
+            actor: Actor::System {
+                component: format!("scim/{token_id}"),
             },
         }
     }

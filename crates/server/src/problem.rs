@@ -181,6 +181,12 @@ impl From<ControlError> for ApiError {
             ControlError::Store(s) => s.into(),
             ControlError::Crypto(c) => c.into(),
             ControlError::Auth(f) => f.into(),
+            ControlError::Idp(msg) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "idp_unavailable",
+                "Identity provider unavailable",
+                format!("the tenant's identity provider failed: {msg}"),
+            ),
             ControlError::Internal(msg) => {
                 tracing::error!(error = %msg, "internal error");
                 Self::internal()

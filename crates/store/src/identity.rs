@@ -19,6 +19,23 @@ pub struct MemberChange {
     pub custom_roles: Option<Vec<String>>,
     pub status: Option<String>,
     pub name: Option<String>,
+    pub external_id: Option<Option<String>>,
+}
+
+/// A tenant's SCIM token, found by its public id (the auth path: no tenant yet).
+#[derive(Clone, Debug)]
+pub struct ScimTokenLookup {
+    pub tenant_id: TenantId,
+    pub id: String,
+    pub secret_hash: String,
+    pub tenant_status: agentplane_core::tenant::TenantStatus,
+}
+
+/// Which members a SCIM list returns.
+#[derive(Clone, Debug, Default)]
+pub struct ScimFilter {
+    pub email: Option<String>,
+    pub external_id: Option<String>,
 }
 
 /// A tenant's custom role.
@@ -177,6 +194,44 @@ pub struct SigningKeyRecord {
     pub retired_at: Option<Timestamp>,
 }
 
+/// A tenant's SSO connection (never its secret).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct SsoConnection {
+    pub tenant_id: TenantId,
+    pub id: String,
+    /// `oidc` or `ldap`.
+    pub kind: String,
+    pub name: String,
+    /// The non-secret settings (issuer, client id, LDAP URL and filters, ...).
+    pub config: serde_json::Value,
+    /// IdP group -> Agentplane role names (built-in or custom).
+    pub role_mapping: std::collections::BTreeMap<String, Vec<String>>,
+    /// Create a membership at first sign-in (just-in-time provisioning).
+    pub jit: bool,
+    pub enabled: bool,
+    /// SHA-256 prefix of the secret, to tell secrets apart without showing them.
+    pub secret_fingerprint: String,
+    #[serde(skip)]
+    pub key_version: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+pub struct SsoConnectionRecord {
+    pub connection: SsoConnection,
+    pub sealed_secret: Vec<u8>,
+}
+
+/// A started OIDC sign-in, taken back (once) at the callback.
+#[derive(Clone, Debug)]
+pub struct SsoState {
+    pub tenant_id: TenantId,
+    pub connection_id: String,
+    pub pending: Vec<u8>,
+    pub expires_at: Timestamp,
+}
+
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
     // --- Members (tenant admin) ---
@@ -200,6 +255,37 @@ pub trait IdentityStore: Send + Sync {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<bool>;
+
+    /// Adds a member directly (SCIM provisioning), linking the person by e-mail.
+    /// `Conflict::Name` if the e-mail is a member already.
+    async fn insert_member(
+        &self,
+        ctx: &TenantCtx,
+        member: &Member,
+        audit: NewAuditEvent,
+    ) -> Result<Member>;
+    /// One page of members by offset (SCIM's `startIndex`), with the total.
+    async fn scim_members(
+        &self,
+        ctx: &TenantCtx,
+        filter: &ScimFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<Member>)>;
+
+    // --- SCIM tokens ---
+    /// Replaces the tenant's SCIM token (there is at most one).
+    async fn put_scim_token(
+        &self,
+        ctx: &TenantCtx,
+        id: &str,
+        public_id: &str,
+        secret_hash: &str,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    async fn delete_scim_token(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool>;
+    async fn find_scim_token(&self, public_id: &str) -> Result<Option<ScimTokenLookup>>;
 
     // --- Custom roles ---
     async fn list_roles(&self, ctx: &TenantCtx) -> Result<Vec<CustomRole>>;
@@ -319,6 +405,27 @@ pub trait IdentityStore: Send + Sync {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Delegation>>;
+
+    // --- SSO connections ---
+    async fn list_sso(&self, ctx: &TenantCtx) -> Result<Vec<SsoConnectionRecord>>;
+    async fn get_sso(&self, ctx: &TenantCtx, id: &str) -> Result<Option<SsoConnectionRecord>>;
+    /// `Conflict::Name` when the tenant has a connection of that name.
+    async fn insert_sso(
+        &self,
+        ctx: &TenantCtx,
+        rec: &SsoConnectionRecord,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    async fn update_sso(
+        &self,
+        ctx: &TenantCtx,
+        rec: &SsoConnectionRecord,
+        audit: NewAuditEvent,
+    ) -> Result<bool>;
+    async fn delete_sso(&self, ctx: &TenantCtx, id: &str, audit: NewAuditEvent) -> Result<bool>;
+    async fn put_sso_state(&self, ctx: &TenantCtx, state_hash: &str, s: &SsoState) -> Result<()>;
+    /// Removes and answers the state (the callback path: no tenant yet). Used once.
+    async fn take_sso_state(&self, state_hash: &str) -> Result<Option<SsoState>>;
 
     // --- Signing keys (platform) ---
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;

@@ -77,6 +77,27 @@ async fn keep_an_admin(tx: &mut Tx<'_>, tenant: &str, changed: &str) -> Result<(
     Ok(())
 }
 
+/// A person leaving (removed, suspended, deprovisioned) takes their access with them: their
+/// sessions, the delegated tokens of their agents, and the API keys they created.
+async fn revoke_user_access(
+    tx: &mut Tx<'_>,
+    tenant: &str,
+    user: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<u64> {
+    sqlx::query(
+        "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND revoked_at IS NULL \
+         AND (created_by = $2 OR created_by LIKE $2 || '/agent:%')",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await?;
+    revoke_user_sessions(tx, tenant, user, reason, now).await
+}
+
 async fn revoke_user_sessions(
     tx: &mut Tx<'_>,
     tenant: &str,
@@ -278,6 +299,46 @@ impl TryFrom<DelegationRow> for Delegation {
 }
 
 #[derive(sqlx::FromRow)]
+struct SsoRow {
+    tenant_id: String,
+    id: String,
+    kind: String,
+    name: String,
+    config: String,
+    role_mapping: String,
+    jit: bool,
+    enabled: bool,
+    secret: Vec<u8>,
+    key_version: i64,
+    fingerprint: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<SsoRow> for SsoConnectionRecord {
+    type Error = StoreError;
+    fn try_from(r: SsoRow) -> Result<Self> {
+        Ok(SsoConnectionRecord {
+            connection: SsoConnection {
+                tenant_id: parse(&r.tenant_id, "sso_connections.tenant_id")?,
+                id: r.id,
+                kind: r.kind,
+                name: r.name,
+                config: json(&r.config, "sso_connections.config")?,
+                role_mapping: json(&r.role_mapping, "sso_connections.role_mapping")?,
+                jit: r.jit,
+                enabled: r.enabled,
+                secret_fingerprint: r.fingerprint,
+                key_version: r.key_version,
+                created_at: Timestamp::from_millis(r.created_at),
+                updated_at: Timestamp::from_millis(r.updated_at),
+            },
+            sealed_secret: r.secret,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
 struct SigningKeyRow {
     kid: String,
     generation: i64,
@@ -326,12 +387,15 @@ impl IdentityStore for BackendStore {
         if let Some(name) = &change.name {
             after.name = Some(name.clone());
         }
+        if let Some(ext) = &change.external_id {
+            after.external_id.clone_from(ext);
+        }
         if is_active_admin(&before) && !is_active_admin(&after) {
             keep_an_admin(&mut tx, &tenant, &user).await?;
         }
         sqlx::query(
             "UPDATE memberships SET roles = $3, custom_roles = $4, status = $5, name = $6, \
-             updated_at = $7 WHERE tenant_id = $1 AND user_id = $2",
+             updated_at = $7, external_id = $8 WHERE tenant_id = $1 AND user_id = $2",
         )
         .bind(&tenant)
         .bind(&user)
@@ -340,10 +404,11 @@ impl IdentityStore for BackendStore {
         .bind(&after.status)
         .bind(&after.name)
         .bind(now.millis())
+        .bind(&after.external_id)
         .execute(&mut *tx)
         .await?;
         if after.status != "active" {
-            revoke_user_sessions(&mut tx, &tenant, &user, "membership_inactive", now).await?;
+            revoke_user_access(&mut tx, &tenant, &user, "membership_inactive", now).await?;
         }
         append_audit(&mut tx, audit).await?;
         let m = member_in(&mut tx, &tenant, &user).await?;
@@ -373,10 +438,153 @@ impl IdentityStore for BackendStore {
             .bind(&user)
             .execute(&mut *tx)
             .await?;
-        revoke_user_sessions(&mut tx, &tenant, &user, "membership_removed", now).await?;
+        revoke_user_access(&mut tx, &tenant, &user, "membership_removed", now).await?;
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn insert_member(
+        &self,
+        ctx: &TenantCtx,
+        member: &Member,
+        audit: NewAuditEvent,
+    ) -> Result<Member> {
+        same_tenant(ctx, member.tenant_id, "membership")?;
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        check_custom_roles(&mut tx, &tenant, &member.custom_roles).await?;
+        let user = upsert_user(&mut tx, member.user_id, &member.email, member.created_at).await?;
+        let res = sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, email, name, roles, custom_roles, status, \
+             external_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(&tenant)
+        .bind(&user)
+        .bind(&member.email)
+        .bind(&member.name)
+        .bind(to_json(&member.roles)?)
+        .bind(to_json(&member.custom_roles)?)
+        .bind(&member.status)
+        .bind(&member.external_id)
+        .bind(member.created_at.millis())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            r => r?,
+        };
+        append_audit(&mut tx, audit.target("user", &user)).await?;
+        let m = member_in(&mut tx, &tenant, &user)
+            .await?
+            .ok_or_else(|| corrupt("membership vanished in its own transaction"))?;
+        tx.commit().await?;
+        Ok(m)
+    }
+
+    async fn scim_members(
+        &self,
+        ctx: &TenantCtx,
+        filter: &ScimFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<Member>)> {
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let (total,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM memberships WHERE tenant_id = $1 \
+             AND ($2 IS NULL OR email = $2) AND ($3 IS NULL OR external_id = $3)",
+        )
+        .bind(&tenant)
+        .bind(&filter.email)
+        .bind(&filter.external_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows: Vec<MemberRow> = sqlx::query_as(
+            "SELECT * FROM memberships WHERE tenant_id = $1 \
+             AND ($2 IS NULL OR email = $2) AND ($3 IS NULL OR external_id = $3) \
+             ORDER BY user_id LIMIT $4 OFFSET $5",
+        )
+        .bind(&tenant)
+        .bind(&filter.email)
+        .bind(&filter.external_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((total, convert(rows)?))
+    }
+
+    async fn put_scim_token(
+        &self,
+        ctx: &TenantCtx,
+        id: &str,
+        public_id: &str,
+        secret_hash: &str,
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        sqlx::query("DELETE FROM scim_tokens WHERE tenant_id = $1")
+            .bind(&tenant)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO scim_tokens (tenant_id, id, public_id, secret_hash, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&tenant)
+        .bind(id)
+        .bind(public_id)
+        .bind(secret_hash)
+        .bind(ctx.actor().id())
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_scim_token(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query("DELETE FROM scim_tokens WHERE tenant_id = $1")
+            .bind(ctx.tenant_id().to_string())
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn find_scim_token(&self, public_id: &str) -> Result<Option<ScimTokenLookup>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<(String, String, String, String)> = sqlx::query_as(
+            "SELECT s.tenant_id, s.id, s.secret_hash, t.status FROM scim_tokens s \
+             JOIN tenants t ON t.tenant_id = s.tenant_id WHERE s.public_id = $1",
+        )
+        .bind(public_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(|(tenant, id, secret_hash, status)| {
+            Ok(ScimTokenLookup {
+                tenant_id: parse(&tenant, "scim_tokens.tenant_id")?,
+                id,
+                secret_hash,
+                tenant_status: agentplane_core::tenant::TenantStatus::parse(&status)
+                    .ok_or_else(|| corrupt("tenants.status"))?,
+            })
+        })
+        .transpose()
     }
 
     async fn list_roles(&self, ctx: &TenantCtx) -> Result<Vec<CustomRole>> {
@@ -972,6 +1180,175 @@ impl IdentityStore for BackendStore {
         .await?;
         tx.commit().await?;
         row.map(Delegation::try_from).transpose()
+    }
+
+    async fn list_sso(&self, ctx: &TenantCtx) -> Result<Vec<SsoConnectionRecord>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<SsoRow> =
+            sqlx::query_as("SELECT * FROM sso_connections WHERE tenant_id = $1 ORDER BY name")
+                .bind(ctx.tenant_id().to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        convert(rows)
+    }
+
+    async fn get_sso(&self, ctx: &TenantCtx, id: &str) -> Result<Option<SsoConnectionRecord>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<SsoRow> =
+            sqlx::query_as("SELECT * FROM sso_connections WHERE tenant_id = $1 AND id = $2")
+                .bind(ctx.tenant_id().to_string())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        row.map(SsoConnectionRecord::try_from).transpose()
+    }
+
+    async fn insert_sso(
+        &self,
+        ctx: &TenantCtx,
+        rec: &SsoConnectionRecord,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let c = &rec.connection;
+        same_tenant(ctx, c.tenant_id, "sso connection")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "INSERT INTO sso_connections (tenant_id, id, kind, name, config, role_mapping, jit, enabled, \
+             secret, key_version, fingerprint, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(c.tenant_id.to_string())
+        .bind(&c.id)
+        .bind(&c.kind)
+        .bind(&c.name)
+        .bind(to_json(&c.config)?)
+        .bind(to_json(&c.role_mapping)?)
+        .bind(c.jit)
+        .bind(c.enabled)
+        .bind(&rec.sealed_secret)
+        .bind(c.key_version)
+        .bind(&c.secret_fingerprint)
+        .bind(c.created_at.millis())
+        .bind(c.updated_at.millis())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            r => r?,
+        };
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_sso(
+        &self,
+        ctx: &TenantCtx,
+        rec: &SsoConnectionRecord,
+        audit: NewAuditEvent,
+    ) -> Result<bool> {
+        let c = &rec.connection;
+        same_tenant(ctx, c.tenant_id, "sso connection")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let res = sqlx::query(
+            "UPDATE sso_connections SET name = $3, config = $4, role_mapping = $5, jit = $6, \
+             enabled = $7, secret = $8, key_version = $9, fingerprint = $10, updated_at = $11 \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(c.tenant_id.to_string())
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(to_json(&c.config)?)
+        .bind(to_json(&c.role_mapping)?)
+        .bind(c.jit)
+        .bind(c.enabled)
+        .bind(&rec.sealed_secret)
+        .bind(c.key_version)
+        .bind(&c.secret_fingerprint)
+        .bind(c.updated_at.millis())
+        .execute(&mut *tx)
+        .await;
+        let res = match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            r => r?,
+        };
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_sso(&self, ctx: &TenantCtx, id: &str, audit: NewAuditEvent) -> Result<bool> {
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        sqlx::query("DELETE FROM sso_states WHERE tenant_id = $1 AND connection_id = $2")
+            .bind(&tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let res = sqlx::query("DELETE FROM sso_connections WHERE tenant_id = $1 AND id = $2")
+            .bind(&tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn put_sso_state(&self, ctx: &TenantCtx, state_hash: &str, s: &SsoState) -> Result<()> {
+        same_tenant(ctx, s.tenant_id, "sso state")?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        // Expired states of the tenant go as new ones come.
+        sqlx::query("DELETE FROM sso_states WHERE tenant_id = $1 AND expires_at < $2")
+            .bind(s.tenant_id.to_string())
+            .bind(Timestamp::now().millis())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sso_states (tenant_id, state_hash, connection_id, pending, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(s.tenant_id.to_string())
+        .bind(state_hash)
+        .bind(&s.connection_id)
+        .bind(&s.pending)
+        .bind(s.expires_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_sso_state(&self, state_hash: &str) -> Result<Option<SsoState>> {
+        let mut tx = self.write_platform().await?;
+        let row: Option<(String, String, Vec<u8>, i64)> = sqlx::query_as(
+            "DELETE FROM sso_states WHERE state_hash = $1 \
+             RETURNING tenant_id, connection_id, pending, expires_at",
+        )
+        .bind(state_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(|(tenant, connection_id, pending, expires_at)| {
+            Ok(SsoState {
+                tenant_id: parse(&tenant, "sso_states.tenant_id")?,
+                connection_id,
+                pending,
+                expires_at: Timestamp::from_millis(expires_at),
+            })
+        })
+        .transpose()
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {

@@ -81,6 +81,8 @@ pub struct Member {
     pub status: String,
     /// Whether the membership has a local password (never the hash itself).
     pub has_password: bool,
+    /// The identity provider's id of this person (SCIM `externalId`).
+    pub external_id: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub last_sign_in_at: Option<Timestamp>,

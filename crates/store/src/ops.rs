@@ -830,6 +830,9 @@ impl Store for BackendStore {
             "sessions",
             "invitations",
             "tenant_roles",
+            "scim_tokens",
+            "sso_states",
+            "sso_connections",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(&tenant)

@@ -14,14 +14,19 @@
 //!   a custom role must be within the caller's own permissions.
 
 mod delegations;
+pub(crate) mod ldap;
 mod members;
+pub(crate) mod oidc;
 pub(crate) mod password;
+mod scim;
 mod sessions;
 pub(crate) mod signer;
+mod sso;
 
 pub use delegations::{CreateDelegation, DelegationCreated};
 pub use members::{CreateRole, InvitationCreated, InviteUser, RoleView, UpdateRole, UpdateUser};
 pub use sessions::{AcceptInvitation, PasswordGrant, TenantHints, TokenPair, WhoAmI};
+pub use sso::{CreateSso, UpdateSso};
 
 use agentplane_core::TenantId;
 use std::collections::HashMap;

@@ -52,6 +52,7 @@ pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -41,8 +41,9 @@ pub struct TenantHints {
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordGrant {
-    /// `password` or `refresh_token`.
-    #[schema(pattern = "^(password|refresh_token)$")]
+    /// `password`, `refresh_token`, or `ldap` (the tenant's directory checks `username` and
+    /// `password`).
+    #[schema(pattern = "^(password|refresh_token|ldap)$")]
     pub grant_type: String,
     /// The tenant's slug or id (or use its subdomain or `/v1/auth/{tenant}/token`).
     #[schema(max_length = 64)]
@@ -53,6 +54,12 @@ pub struct PasswordGrant {
     pub password: Option<String>,
     #[schema(max_length = 200)]
     pub refresh_token: Option<String>,
+    /// `ldap`: the directory's user name.
+    #[schema(max_length = 256)]
+    pub username: Option<String>,
+    /// `ldap`: the SSO connection (needed when the tenant has several directories).
+    #[schema(max_length = 64)]
+    pub connection: Option<String>,
 }
 
 /// `POST /v1/auth/invitations/accept`.
@@ -187,7 +194,7 @@ impl ControlPlane {
         Ok(s.value != serde_json::Value::Bool(true))
     }
 
-    async fn issue(
+    pub(super) async fn issue(
         &self,
         tenant: TenantId,
         user: UserId,
@@ -218,7 +225,12 @@ impl ControlPlane {
         })
     }
 
-    fn new_session(&self, user: UserId, method: &str, now: Timestamp) -> (String, NewSession) {
+    pub(super) fn new_session(
+        &self,
+        user: UserId,
+        method: &str,
+        now: Timestamp,
+    ) -> (String, NewSession) {
         let (refresh_token, refresh) = new_refresh();
         (
             refresh_token,
@@ -262,9 +274,24 @@ impl ControlPlane {
                 };
                 self.refresh(&token).await
             }
+            "ldap" => {
+                let (Some(username), Some(password)) = (req.username, req.password) else {
+                    return Err(agentplane_core::DomainError::invalid(
+                        "body",
+                        "the ldap grant needs username and password",
+                    )
+                    .into());
+                };
+                let hints = TenantHints {
+                    body: req.tenant,
+                    ..hints
+                };
+                self.sign_in_ldap(&hints, req.connection.as_deref(), &username, password)
+                    .await
+            }
             _ => Err(agentplane_core::DomainError::invalid(
                 "grant_type",
-                "must be password or refresh_token",
+                "must be password, refresh_token or ldap",
             )
             .into()),
         }
@@ -575,6 +602,7 @@ impl ControlPlane {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

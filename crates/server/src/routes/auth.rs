@@ -119,3 +119,83 @@ pub async fn rotate_signing_key(
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.control().rotate_signing_key(&scope.ctx).await?))
 }
+
+#[derive(Deserialize)]
+pub struct SsoStartPath {
+    pub tenant: String,
+    pub connection_id: String,
+}
+
+/// Start signing in through the tenant's OIDC provider: 303 to the provider.
+#[utoipa::path(get, path = "/v1/auth/{tenant}/sso/{connection_id}/start", tag = "auth",
+    params(("tenant" = String, Path, description = "the tenant's slug or id"), ("connection_id" = uuid::Uuid, Path)),
+    responses((status = 303, description = "to the tenant's identity provider")))]
+pub async fn sso_start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<SsoStartPath>,
+) -> Result<Response, ApiError> {
+    let hints = TenantHints {
+        host: host(&headers),
+        path: Some(p.tenant),
+        body: None,
+    };
+    let url = state.control().start_sso(&hints, &p.connection_id).await?;
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let location = HeaderValue::from_str(&url).map_err(|_| ApiError::internal())?;
+    res.headers_mut().insert(header::LOCATION, location);
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct Callback {
+    /// The authorization code.
+    #[param(max_length = 2048)]
+    pub code: Option<String>,
+    #[param(max_length = 256)]
+    pub state: Option<String>,
+    /// The provider's refusal, if it refused.
+    #[param(max_length = 128)]
+    pub error: Option<String>,
+    /// RFC 9207: the provider that answered; must be the connection's issuer when given.
+    #[param(max_length = 512)]
+    pub iss: Option<String>,
+    /// Other parameters providers send (`error_description`, `session_state`) are ignored.
+    #[param(max_length = 512)]
+    #[serde(rename = "error_description")]
+    pub _error_description: Option<String>,
+    #[param(max_length = 256)]
+    #[serde(rename = "session_state")]
+    pub _session_state: Option<String>,
+}
+
+/// The OIDC provider's redirect back: the tenant and connection come from `state` only.
+#[utoipa::path(get, path = "/v1/auth/sso/callback", tag = "auth", params(Callback),
+    responses((status = 200, body = TokenPair)))]
+pub async fn sso_callback(
+    State(state): State<AppState>,
+    crate::extract::Query(q): crate::extract::Query<Callback>,
+) -> Result<Response, ApiError> {
+    if let Some(e) = q.error {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "sso_refused",
+            "Sign-in refused",
+            format!(
+                "the identity provider refused the sign-in: {}",
+                e.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    let tokens = state
+        .control()
+        .finish_sso(
+            q.state.as_deref().unwrap_or_default(),
+            q.code.as_deref().unwrap_or_default(),
+            q.iss.as_deref(),
+        )
+        .await?;
+    Ok(no_store(tokens))
+}

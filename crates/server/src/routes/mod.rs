@@ -12,6 +12,7 @@ mod jobs;
 mod meta;
 mod plans;
 mod providers;
+mod scim;
 mod settings;
 mod tenants;
 mod usage;
@@ -78,6 +79,14 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.list_delegations" => on(f, users::list_delegations),
         "admin.create_delegation" => on(f, users::create_delegation),
         "admin.revoke_delegation" => on(f, users::revoke_delegation),
+        "admin.create_scim_token" => on(f, users::create_scim_token),
+        "admin.delete_scim_token" => on(f, users::delete_scim_token),
+        "admin.list_sso_connections" => on(f, users::list_sso),
+        "admin.create_sso_connection" => on(f, users::create_sso),
+        "admin.get_sso_connection" => on(f, users::get_sso),
+        "admin.update_sso_connection" => on(f, users::update_sso),
+        "admin.delete_sso_connection" => on(f, users::delete_sso),
+        "admin.test_sso_connection" => on(f, users::test_sso),
         "admin.rotate_signing_key" => on(f, auth::rotate_signing_key),
         "admin.get_tenant_usage" => on(f, usage::tenant_usage),
         "admin.export_usage" => on(f, usage::export),
@@ -135,7 +144,38 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/auth/{tenant}/token", post(auth::tenant_token))
         .route("/v1/auth/invitations/accept", post(auth::accept_invitation))
         .route("/v1/auth/logout", post(auth::logout))
-        .route("/v1/auth/me", get(auth::me));
+        .route("/v1/auth/me", get(auth::me))
+        .route(
+            "/v1/auth/{tenant}/sso/{connection_id}/start",
+            get(auth::sso_start),
+        )
+        .route("/v1/auth/sso/callback", get(auth::sso_callback))
+        .route(
+            "/scim/v2/ServiceProviderConfig",
+            get(scim::service_provider_config),
+        )
+        .route(
+            "/scim/v2/Users",
+            get(scim::list_users).post(scim::create_user),
+        )
+        .route(
+            "/scim/v2/Users/{id}",
+            get(scim::get_user)
+                .put(scim::replace_user)
+                .patch(scim::patch_user)
+                .delete(scim::delete_user),
+        )
+        .route(
+            "/scim/v2/Groups",
+            get(scim::list_groups).post(scim::create_group),
+        )
+        .route(
+            "/scim/v2/Groups/{id}",
+            get(scim::get_group)
+                .put(scim::replace_group)
+                .patch(scim::patch_group)
+                .delete(scim::delete_group),
+        );
     for spec in REGISTRY {
         match action_route(spec) {
             Some(mr) => r = r.route(spec.path, mr),

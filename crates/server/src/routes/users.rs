@@ -6,7 +6,7 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 use agentplane_control::identity::{DelegationCreated, InvitationCreated, RoleView};
 use agentplane_core::page::Page;
-use agentplane_store::identity::{CustomRole, Delegation, Invitation};
+use agentplane_store::identity::{CustomRole, Delegation, Invitation, SsoConnection};
 use agentplane_store::Member;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -249,6 +249,131 @@ pub async fn revoke_delegation(
         state
             .control()
             .revoke_delegation(&scope.ctx, &p.delegation_id)
+            .await?,
+    ))
+}
+
+/// The tenant's SCIM token for its identity provider (`?confirm=true`): shown once, with the
+/// SCIM base URL; replaces the previous token.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/scim-token", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("confirm" = bool, Query)),
+    responses((status = 201, description = "`{id, token, base_url, created_at}`")))]
+pub async fn create_scim_token(
+    State(state): State<AppState>,
+    scope: TenantScope,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.control().create_scim_token(&scope.ctx).await?),
+    ))
+}
+
+/// Revoke the tenant's SCIM token (`?confirm=true`).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/scim-token", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("confirm" = bool, Query)),
+    responses((status = 204, description = "revoked")))]
+pub async fn delete_scim_token(
+    State(state): State<AppState>,
+    scope: TenantScope,
+) -> Result<StatusCode, ApiError> {
+    state.control().delete_scim_token(&scope.ctx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct SsoPath {
+    pub connection_id: String,
+}
+
+/// The tenant's SSO connections (never their secrets).
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/sso", tag = "sso", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")), responses((status = 200, body = [SsoConnection])))]
+pub async fn list_sso(
+    State(state): State<AppState>,
+    scope: TenantScope,
+) -> Result<Json<Vec<SsoConnection>>, ApiError> {
+    Ok(Json(state.control().list_sso(&scope.ctx).await?))
+}
+
+/// Connect the tenant's identity provider (OIDC) or directory (LDAP).
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/sso", tag = "sso", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")),
+    request_body = agentplane_control::identity::CreateSso, responses((status = 201, body = SsoConnection)))]
+pub async fn create_sso(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Body(raw): Body<Value>,
+) -> Result<(StatusCode, Json<SsoConnection>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.control().create_sso(&scope.ctx, raw).await?),
+    ))
+}
+
+/// One SSO connection.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/sso/{connection_id}", tag = "sso", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("connection_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = SsoConnection)))]
+pub async fn get_sso(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<SsoPath>,
+) -> Result<Json<SsoConnection>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .get_sso(&scope.ctx, &p.connection_id)
+            .await?,
+    ))
+}
+
+/// Change an SSO connection; applies to this tenant's next sign-in only.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/sso/{connection_id}", tag = "sso", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("connection_id" = uuid::Uuid, Path)),
+    request_body = agentplane_control::identity::UpdateSso, responses((status = 200, body = SsoConnection)))]
+pub async fn update_sso(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<SsoPath>,
+    Body(raw): Body<Value>,
+) -> Result<Json<SsoConnection>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .update_sso(&scope.ctx, &p.connection_id, raw)
+            .await?,
+    ))
+}
+
+/// Delete an SSO connection (`?confirm=true`).
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/sso/{connection_id}", tag = "sso", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("connection_id" = uuid::Uuid, Path), ("confirm" = bool, Query)),
+    responses((status = 204, description = "deleted")))]
+pub async fn delete_sso(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<SsoPath>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .control()
+        .delete_sso(&scope.ctx, &p.connection_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Test an SSO connection: `{ok, latency_ms, error?}`.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/sso/{connection_id}/test", tag = "sso", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("connection_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "`{ok, latency_ms, error?}`")))]
+pub async fn test_sso(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<SsoPath>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .test_sso(&scope.ctx, &p.connection_id)
             .await?,
     ))
 }

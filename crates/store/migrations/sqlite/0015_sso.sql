@@ -1,0 +1,31 @@
+-- Per-tenant SSO connections (OIDC, LDAP). The secret (OIDC client secret, LDAP bind
+-- password) is sealed with the tenant's data key (associated data: tenant, "sso_secret",
+-- connection id); the rest of the configuration is not secret.
+CREATE TABLE sso_connections (
+    tenant_id    TEXT NOT NULL REFERENCES tenants(tenant_id),
+    id           TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('oidc', 'ldap')),
+    name         TEXT NOT NULL,
+    config       TEXT NOT NULL,
+    role_mapping TEXT NOT NULL,
+    jit          BOOLEAN NOT NULL,
+    enabled      BOOLEAN NOT NULL,
+    secret       BLOB NOT NULL,
+    key_version  INTEGER NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, name)
+);
+
+-- A sign-in started at an OIDC provider, until its callback: found by the SHA-256 of the
+-- `state`, used once. The nonce and PKCE verifier are sealed with the tenant's key.
+CREATE TABLE sso_states (
+    tenant_id     TEXT NOT NULL REFERENCES tenants(tenant_id),
+    state_hash    TEXT NOT NULL UNIQUE,
+    connection_id TEXT NOT NULL,
+    pending       BLOB NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, state_hash)
+);
