@@ -22,6 +22,7 @@ both_backends!(
     enforced_sso_refuses_password_sign_in,
     bad_identity_input_is_refused_and_changes_nothing,
     a_delegated_token_acts_for_one_person_in_one_tenant_and_never_wider,
+    purging_a_tenant_forgets_people_who_belonged_nowhere_else,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -1139,4 +1140,59 @@ async fn a_delegated_token_acts_for_one_person_in_one_tenant_and_never_wider(b: 
     assert_eq!(s, 204);
     let (s, _) = status_json(app.get(&format!("/v1/tenants/{a}/settings"), &t2).await).await;
     assert_eq!(s, 401);
+}
+
+async fn purging_a_tenant_forgets_people_who_belonged_nowhere_else(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let admin = app.platform_admin();
+    let doomed = app.active_tenant("Doomed").await;
+    let keep = app.active_tenant("Keeper").await;
+    join(&app, &doomed, "only@doomed.test", json!({})).await;
+    join(&app, &doomed, "both@doomed.test", json!({})).await;
+    join(&app, &keep, "both@doomed.test", json!({})).await;
+    let store = app.control.store();
+    assert!(store
+        .find_user_by_email("only@doomed.test")
+        .await
+        .unwrap()
+        .is_some());
+    app.call(
+        Method::DELETE,
+        &format!("/v1/admin/tenants/{doomed}?confirm=true"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    let (s, _) = status_json(
+        app.call(
+            Method::POST,
+            &format!("/v1/admin/tenants/{doomed}/purge?confirm=true"),
+            Some(&admin),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202);
+    assert_eq!(app.run_jobs().await, 1);
+    assert!(
+        store
+            .find_user_by_email("only@doomed.test")
+            .await
+            .unwrap()
+            .is_none(),
+        "a person of the purged tenant only is forgotten"
+    );
+    assert!(store
+        .find_user_by_email("admin@doomed.test")
+        .await
+        .unwrap()
+        .is_none());
+    let both = store.find_user_by_email("both@doomed.test").await.unwrap();
+    assert!(both.is_some(), "a member of another tenant stays");
+    // And still signs in there.
+    let (s, _) = sign_in(&app, &keep, "both@doomed.test", PASSWORD).await;
+    assert_eq!(s, 200);
+    let dump = dump_database(&app.db);
+    assert!(!dump.windows(16).any(|w| w == b"only@doomed.test"));
 }

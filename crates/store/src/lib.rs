@@ -206,6 +206,8 @@ pub struct PurgeReport {
     pub agents: u64,
     pub api_keys: u64,
     pub memberships: u64,
+    /// People who belonged to no other tenant, forgotten with it.
+    pub people: u64,
     pub usage_counters: u64,
     pub usage_records: u64,
     pub jobs: u64,

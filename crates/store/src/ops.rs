@@ -820,6 +820,16 @@ impl Store for BackendStore {
         );
         // Crypto-shredding: without its data keys, nothing ever sealed for the tenant opens.
         delete!(tenant_keys, "DELETE FROM tenant_keys WHERE tenant_id = $1");
+        // A person who belonged to this tenant only is forgotten too (the e-mail is personal
+        // data). Seeing whether they belong elsewhere needs every tenant's memberships.
+        sqlx::query(super::ENTER_PLATFORM)
+            .fetch_optional(&mut *tx)
+            .await?;
+        delete!(
+            people,
+            "DELETE FROM users WHERE user_id IN (SELECT user_id FROM memberships WHERE tenant_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = users.user_id AND m.tenant_id <> $1)"
+        );
         delete!(memberships, "DELETE FROM memberships WHERE tenant_id = $1");
         for table in [
             "quota_leases",
@@ -869,6 +879,7 @@ impl Store for BackendStore {
         }
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.after_erasure().await?;
         Ok(report)
     }
 

@@ -28,6 +28,10 @@ type BackendStore = PgStore;
 const SELECT_SETTING_FOR_UPDATE: &str =
     "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2 FOR UPDATE";
 
+/// Widens a transaction to every tenant's rows (the purge's check that a person belongs to
+/// no other tenant).
+const ENTER_PLATFORM: &str = "SELECT set_config('app.platform', 'on', true)";
+
 /// Serialises changes to one tenant's memberships (the last-admin rule reads several rows).
 const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1 FOR UPDATE";
 
@@ -177,6 +181,11 @@ impl PgStore {
             .await?;
         Ok(tx)
     }
+    /// Deleted tuples are unreachable through SQL at once; VACUUM reclaims them (autovacuum).
+    async fn after_erasure(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn write_platform(&self) -> Result<Transaction<'static, Db>> {
         self.scoped("app.platform", "on").await
     }

@@ -29,6 +29,9 @@ type BackendStore = SqliteStore;
 const SELECT_SETTING_FOR_UPDATE: &str =
     "SELECT key, value, version, updated_at FROM tenant_settings WHERE tenant_id = $1 AND key = $2";
 
+/// No row-level security on SQLite: nothing to widen.
+const ENTER_PLATFORM: &str = "SELECT 1";
+
 /// The single writer serialises membership changes already.
 const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1";
 
@@ -61,6 +64,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Erased rows are overwritten, not left readable in free pages of the file.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let write = SqlitePoolOptions::new()
             .max_connections(1)
@@ -78,6 +83,16 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+    }
+
+    /// After an erasure: the write-ahead log still holds the erased rows' old pages until a
+    /// checkpoint; fold it into the file (whose erased pages `secure_delete` zeroed) and
+    /// truncate it.
+    async fn after_erasure(&self) -> Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     async fn write_platform(&self) -> Result<Transaction<'static, Db>> {

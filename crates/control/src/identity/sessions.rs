@@ -313,7 +313,9 @@ impl ControlPlane {
         if let Some(secs) = throttle.blocked(tenant.id, &email) {
             return Err(ControlError::Auth(AuthFailure::Throttled(secs)));
         }
-        let ctx = TenantCtx::for_sign_in(tenant.id, &email);
+        // The actor of a sign-in attempt is unknown: the e-mail never goes into the chained
+        // audit event (the target names the membership).
+        let ctx = TenantCtx::for_sign_in(tenant.id, "sign-in");
         let cred = if tenant.status == TenantStatus::Active {
             self.store.local_credential(&ctx, &email).await?
         } else {
@@ -427,7 +429,7 @@ impl ControlPlane {
             return Err(bad());
         }
         let name = req.name.as_deref().map(validate_display_name).transpose()?;
-        let ctx = TenantCtx::for_sign_in(inv.tenant_id, &inv.email);
+        let ctx = TenantCtx::for_sign_in(inv.tenant_id, &format!("invitation/{}", inv.id));
         let password_hash = match req.password {
             Some(p) => {
                 if !self.local_sign_in_enabled(&ctx).await? {
