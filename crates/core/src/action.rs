@@ -1031,7 +1031,8 @@ pub static CREATE_SSO: ActionSpec = ActionSpec {
     action_type: ActionType::Write,
     permission: Some(Permission::SsoWrite),
     parameters: &[
-        Param::new("kind", ParamType::String, true, "the protocol").one_of(&["oidc", "ldap"]),
+        Param::new("kind", ParamType::String, true, "the protocol")
+            .one_of(&["oidc", "saml", "ldap"]),
         Param::new("name", ParamType::String, true, "display name"),
         Param::new(
             "config",
@@ -1042,8 +1043,8 @@ pub static CREATE_SSO: ActionSpec = ActionSpec {
         Param::new(
             "secret",
             ParamType::String,
-            true,
-            "client secret or bind password (write-only)",
+            false,
+            "client secret or bind password (write-only; SAML has none)",
         ),
         Param::new(
             "role_mapping",

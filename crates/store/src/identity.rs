@@ -426,6 +426,13 @@ pub trait IdentityStore: Send + Sync {
     async fn put_sso_state(&self, ctx: &TenantCtx, state_hash: &str, s: &SsoState) -> Result<()>;
     /// Removes and answers the state (the callback path: no tenant yet). Used once.
     async fn take_sso_state(&self, state_hash: &str) -> Result<Option<SsoState>>;
+    /// Records a consumed SAML assertion id; false if it was consumed before (a replay).
+    async fn consume_assertion(
+        &self,
+        ctx: &TenantCtx,
+        assertion_id: &str,
+        expires_at: Timestamp,
+    ) -> Result<bool>;
 
     // --- Signing keys (platform) ---
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;

@@ -1351,6 +1351,32 @@ impl IdentityStore for BackendStore {
         .transpose()
     }
 
+    async fn consume_assertion(
+        &self,
+        ctx: &TenantCtx,
+        assertion_id: &str,
+        expires_at: Timestamp,
+    ) -> Result<bool> {
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        sqlx::query("DELETE FROM sso_replay WHERE tenant_id = $1 AND expires_at < $2")
+            .bind(&tenant)
+            .bind(Timestamp::now().millis())
+            .execute(&mut *tx)
+            .await?;
+        let res = sqlx::query(
+            "INSERT INTO sso_replay (tenant_id, assertion_id, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, assertion_id) DO NOTHING",
+        )
+        .bind(&tenant)
+        .bind(assertion_id)
+        .bind(expires_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(res.rows_affected() == 1)
+    }
+
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
         let mut tx = self.read_platform().await?;
         let rows: Vec<SigningKeyRow> =

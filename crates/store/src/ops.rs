@@ -842,6 +842,7 @@ impl Store for BackendStore {
             "tenant_roles",
             "scim_tokens",
             "sso_states",
+            "sso_replay",
             "sso_connections",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))

@@ -18,6 +18,7 @@ pub(crate) mod ldap;
 mod members;
 pub(crate) mod oidc;
 pub(crate) mod password;
+pub(crate) mod saml;
 mod scim;
 mod sessions;
 pub(crate) mod signer;

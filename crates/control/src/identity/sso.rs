@@ -15,6 +15,7 @@
 
 use super::ldap::{self, LdapSettings, LdapTls};
 use super::oidc::{OidcClient, OidcSettings, PendingLogin};
+use super::saml::{self, SamlSettings};
 use super::sessions::TenantHints;
 use super::TokenPair;
 use crate::error::{AuthFailure, ConflictKind};
@@ -42,18 +43,19 @@ const STATE_TTL_SECS: u64 = 600;
 #[serde(deny_unknown_fields)]
 pub struct CreateSso {
     /// `oidc` or `ldap`.
-    #[schema(pattern = "^(oidc|ldap)$")]
+    #[schema(pattern = "^(oidc|saml|ldap)$")]
     pub kind: String,
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// OIDC: `issuer`, `client_id`, `scopes` (default `["email", "profile"]`), `groups_claim`
-    /// (default `groups`). LDAP: `url`, `tls` (`starttls` or `ldaps`), `ca_pem`, `bind_dn`,
+    /// (default `groups`). SAML: `idp_entity_id`, `idp_sso_url`, `idp_cert_pem`, `email_attr`,
+    /// `name_attr`, `groups_attr` (default: the NameID is the e-mail). LDAP: `url`, `tls` (`starttls` or `ldaps`), `ca_pem`, `bind_dn`,
     /// `user_base`, `user_filter` (default `(uid={username})`), `group_base`, `group_filter`
     /// (default `(member={dn})`), `email_attr`, `name_attr`, `group_name_attr`.
     pub config: Value,
-    /// OIDC client secret or LDAP bind password: write-only.
+    /// OIDC client secret or LDAP bind password: write-only (SAML needs none).
     #[schema(min_length = 1, max_length = 4096)]
-    pub secret: String,
+    pub secret: Option<String>,
     /// IdP group -> Agentplane roles (`tenant_admin`, `auditor`, `member` or a custom role).
     /// When set, roles follow the groups at every sign-in; a person in no mapped group is a
     /// `member`.
@@ -188,6 +190,25 @@ impl ControlPlane {
                 let s = oidc_settings(config, secret.to_owned())?;
                 self.check_outbound_url("config", &s.issuer).await?;
             }
+            "saml" => {
+                let s = self.saml_settings(config, "check")?;
+                for (field, url) in [("idp_sso_url", &s.idp_sso_url)] {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Err(DomainError::invalid(
+                            "config",
+                            format!("{field} must be an http(s) URL"),
+                        )
+                        .into());
+                    }
+                }
+                if !s.idp_cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(DomainError::invalid(
+                        "config",
+                        "idp_cert_pem must be a PEM certificate",
+                    )
+                    .into());
+                }
+            }
             "ldap" => {
                 let s = ldap_settings(config, secret.to_owned())?;
                 // The same SSRF rule as provider URLs, on the directory's host.
@@ -197,7 +218,7 @@ impl ControlPlane {
                     .replacen("ldap://", "http://", 1);
                 self.check_outbound_url("config", &http_like).await?;
             }
-            _ => return Err(DomainError::invalid("kind", "must be oidc or ldap").into()),
+            _ => return Err(DomainError::invalid("kind", "must be oidc, saml or ldap").into()),
         }
         Ok(())
     }
@@ -263,12 +284,26 @@ impl ControlPlane {
     pub async fn create_sso(&self, ctx: &TenantCtx, raw: Value) -> Result<SsoConnection> {
         let req: CreateSso = parse_object(raw)?;
         let name = validate_display_name(&req.name)?;
-        self.check_sso_config(&req.kind, &req.config, &req.secret)
+        let secret = match (req.kind.as_str(), req.secret) {
+            ("saml", None) => String::new(),
+            ("saml", Some(_)) => {
+                return Err(
+                    DomainError::invalid("secret", "a SAML connection has no secret").into(),
+                )
+            }
+            (_, Some(s)) if !s.is_empty() => s,
+            _ => return Err(DomainError::invalid("secret", "is required").into()),
+        };
+        let req = CreateSso {
+            secret: Some(secret.clone()),
+            ..req
+        };
+        self.check_sso_config(&req.kind, &req.config, &secret)
             .await?;
         self.check_role_mapping(ctx, &req.role_mapping).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let (sealed, key_version) = self
-            .seal_secret(ctx, SECRET_KIND, &id, req.secret.as_bytes())
+            .seal_secret(ctx, SECRET_KIND, &id, secret.as_bytes())
             .await?;
         let now = Timestamp::now();
         let connection = SsoConnection {
@@ -280,7 +315,11 @@ impl ControlPlane {
             role_mapping: req.role_mapping,
             jit: req.jit.unwrap_or(true),
             enabled: req.enabled.unwrap_or(true),
-            secret_fingerprint: fingerprint(&req.secret),
+            secret_fingerprint: if secret.is_empty() {
+                String::new()
+            } else {
+                fingerprint(&secret)
+            },
             key_version,
             created_at: now,
             updated_at: now,
@@ -320,6 +359,9 @@ impl ControlPlane {
         }
         if let Some(e) = req.enabled {
             c.enabled = e;
+        }
+        if rec.connection.kind == "saml" && req.secret.is_some() {
+            return Err(DomainError::invalid("secret", "a SAML connection has no secret").into());
         }
         let secret = match &req.secret {
             Some(s) => s.clone(),
@@ -395,6 +437,11 @@ impl ControlPlane {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string()),
+            // The SP never calls a SAML IdP: the settings themselves are what can be checked.
+            "saml" => self
+                .check_sso_config("saml", &rec.connection.config, "")
+                .await
+                .map_err(|e| e.to_string()),
             _ => ldap::check(&ldap_settings(&rec.connection.config, secret)?)
                 .await
                 .map_err(|e| e.to_string()),
@@ -456,7 +503,7 @@ impl ControlPlane {
     ) -> Result<(SsoConnection, String)> {
         let bad = || ControlError::Auth(AuthFailure::InvalidCredentials);
         let rec = self.store.get_sso(ctx, id).await?.ok_or_else(bad)?;
-        if rec.connection.kind != kind || !rec.connection.enabled {
+        if !kind.split('|').any(|k| k == rec.connection.kind) || !rec.connection.enabled {
             return Err(bad());
         }
         let secret = self
@@ -487,7 +534,10 @@ impl ControlPlane {
             return Err(ControlError::Auth(AuthFailure::InvalidCredentials));
         }
         let ctx = TenantCtx::for_sign_in(tenant.id, "sso");
-        let (conn, secret) = self.live_connection(&ctx, connection, "oidc").await?;
+        let (conn, secret) = self.live_connection(&ctx, connection, "oidc|saml").await?;
+        if conn.kind == "saml" {
+            return self.start_saml(&ctx, &conn).await;
+        }
         let client =
             OidcClient::discover(&oidc_settings(&conn.config, secret)?, self.http_for_idp()?)
                 .await
@@ -507,6 +557,132 @@ impl ControlPlane {
         };
         self.store.put_sso_state(&ctx, &hash, &state).await?;
         Ok(url)
+    }
+
+    /// A SAML connection's settings: the IdP's from the configuration, ours from the public URL.
+    fn saml_settings(&self, config: &Value, connection_id: &str) -> Result<SamlSettings> {
+        let base = &self.identity.cfg.issuer;
+        Ok(SamlSettings {
+            idp_entity_id: str_field(config, "idp_entity_id", None)?,
+            idp_sso_url: str_field(config, "idp_sso_url", None)?,
+            idp_cert_pem: str_field(config, "idp_cert_pem", None)?,
+            sp_entity_id: format!("{base}/v1/auth/sso/saml/{connection_id}"),
+            acs_url: format!("{base}/v1/auth/sso/saml/acs"),
+            email_attr: opt_str(config, "email_attr")?,
+            name_attr: opt_str(config, "name_attr")?,
+            groups_attr: opt_str(config, "groups_attr")?,
+            clock_skew_secs: 120,
+        })
+    }
+
+    /// SP-initiated SAML: an AuthnRequest to the tenant's IdP; the RelayState finds the
+    /// sign-in again at the ACS, and the request id must come back as `InResponseTo`.
+    async fn start_saml(&self, ctx: &TenantCtx, conn: &SsoConnection) -> Result<String> {
+        let settings = self.saml_settings(&conn.config, &conn.id)?;
+        let mut relay = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut relay);
+        let relay = hex::encode(relay);
+        let (url, request_id) = saml::authn_request_url(&settings, &relay)
+            .map_err(|e| ControlError::Idp(e.to_string()))?;
+        let hash = state_hash(&relay);
+        let plain = serde_json::to_vec(&json!({"request_id": request_id}))
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        let (sealed, _) = self.seal_secret(ctx, STATE_KIND, &hash, &plain).await?;
+        let state = SsoState {
+            tenant_id: ctx.tenant_id(),
+            connection_id: conn.id.clone(),
+            pending: sealed,
+            expires_at: Timestamp::now().plus_secs(STATE_TTL_SECS),
+        };
+        self.store.put_sso_state(ctx, &hash, &state).await?;
+        Ok(url)
+    }
+
+    /// The SP metadata of a tenant's SAML connection, for its IdP administrator.
+    pub async fn saml_metadata(&self, hints: &TenantHints, connection: &str) -> Result<String> {
+        let tenant = self.resolve_tenant(hints).await?;
+        let ctx = TenantCtx::for_sign_in(tenant.id, "sso");
+        let rec = self
+            .store
+            .get_sso(&ctx, connection)
+            .await?
+            .filter(|r| r.connection.kind == "saml")
+            .ok_or(ControlError::NotFound("sso connection"))?;
+        Ok(saml::sp_metadata(
+            &self.saml_settings(&rec.connection.config, connection)?,
+        ))
+    }
+
+    /// The IdP posted its Response to our ACS: the tenant and connection come from the
+    /// RelayState only; the assertion is validated, and consumed once.
+    pub async fn finish_saml(&self, relay_state: &str, response: &str) -> Result<TokenPair> {
+        let bad = || ControlError::Auth(AuthFailure::InvalidCredentials);
+        if relay_state.is_empty() || relay_state.len() > 256 || response.is_empty() {
+            return Err(bad());
+        }
+        let hash = state_hash(relay_state);
+        let s = self.store.take_sso_state(&hash).await?.ok_or_else(bad)?;
+        if s.expires_at <= Timestamp::now() {
+            return Err(bad());
+        }
+        let ctx = TenantCtx::for_sign_in(s.tenant_id, "sso");
+        let plain = self
+            .open_secret(&ctx, STATE_KIND, &hash, &s.pending)
+            .await?;
+        let pending: Value =
+            serde_json::from_slice(&plain).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let (conn, _) = self.live_connection(&ctx, &s.connection_id, "saml").await?;
+        let settings = self.saml_settings(&conn.config, &conn.id)?;
+        let now = Timestamp::now().millis() / 1000;
+        let who =
+            match saml::validate_response(&settings, response, pending["request_id"].as_str(), now)
+                .await
+            {
+                Ok(w) => w,
+                Err(saml::SamlError::Unavailable(e)) => return Err(ControlError::Idp(e)),
+                Err(e) => {
+                    let audit = NewAuditEvent::new(
+                        Chain::Tenant(s.tenant_id),
+                        "session.sign_in_failed",
+                        ctx.actor(),
+                        Timestamp::now(),
+                    )
+                    .target("sso_connection", &conn.id)
+                    .outcome(Outcome::Failure)
+                    .data(json!({"method": "saml", "error": e.to_string()}));
+                    self.store.append_audit(audit).await?;
+                    return Err(bad());
+                }
+            };
+        let until = Timestamp::from_millis(who.not_on_or_after.saturating_mul(1000));
+        if !self
+            .store
+            .consume_assertion(&ctx, &who.assertion_id, until)
+            .await?
+        {
+            let audit = NewAuditEvent::new(
+                Chain::Tenant(s.tenant_id),
+                "session.sign_in_failed",
+                ctx.actor(),
+                Timestamp::now(),
+            )
+            .target("sso_connection", &conn.id)
+            .outcome(Outcome::Failure)
+            .data(json!({"method": "saml", "error": "assertion replayed"}));
+            self.store.append_audit(audit).await?;
+            return Err(bad());
+        }
+        let email = who
+            .email
+            .clone()
+            .or_else(|| who.name_id.contains('@').then(|| who.name_id.clone()));
+        let identity = SsoIdentity {
+            subject: who.name_id,
+            email,
+            name: who.name,
+            groups: who.groups,
+        };
+        self.sso_sign_in(&ctx, &conn, identity, "saml").await
     }
 
     /// The provider sent the browser back: the tenant and connection come from the state.

@@ -199,3 +199,65 @@ pub async fn sso_callback(
         .await?;
     Ok(no_store(tokens))
 }
+
+/// The IdP's HTTP-POST to our Assertion Consumer Service.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct AcsForm {
+    #[serde(rename = "SAMLResponse")]
+    #[schema(max_length = 262144)]
+    pub saml_response: String,
+    #[serde(rename = "RelayState")]
+    #[schema(max_length = 256)]
+    pub relay_state: String,
+}
+
+/// SAML 2.0 Assertion Consumer Service (HTTP-POST binding), SP-initiated only: the tenant
+/// and connection come from `RelayState`; the signed assertion is validated and consumed once.
+#[utoipa::path(post, path = "/v1/auth/sso/saml/acs", tag = "auth",
+    request_body(content = AcsForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = TokenPair)))]
+pub async fn saml_acs(
+    State(state): State<AppState>,
+    form: Result<axum::Form<AcsForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, ApiError> {
+    let axum::Form(f) = form.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "Invalid body",
+            format!("expected a SAMLResponse and a RelayState form: {e}"),
+        )
+    })?;
+    Ok(no_store(
+        state
+            .control()
+            .finish_saml(&f.relay_state, &f.saml_response)
+            .await?,
+    ))
+}
+
+/// The SP metadata of a tenant's SAML connection (for the IdP's administrator).
+#[utoipa::path(get, path = "/v1/auth/{tenant}/sso/{connection_id}/saml-metadata", tag = "auth",
+    params(("tenant" = String, Path, description = "the tenant's slug or id"), ("connection_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "SAML metadata", content_type = "application/samlmetadata+xml")))]
+pub async fn saml_metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(p): Path<SsoStartPath>,
+) -> Result<Response, ApiError> {
+    let hints = TenantHints {
+        host: host(&headers),
+        path: Some(p.tenant),
+        body: None,
+    };
+    let xml = state
+        .control()
+        .saml_metadata(&hints, &p.connection_id)
+        .await?;
+    let mut res = xml.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/samlmetadata+xml"),
+    );
+    Ok(res)
+}

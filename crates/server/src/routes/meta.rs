@@ -81,6 +81,7 @@ pub async fn openapi() -> impl IntoResponse {
         super::users::create_scim_token, super::users::delete_scim_token,
         super::users::list_sso, super::users::create_sso, super::users::get_sso, super::users::update_sso,
         super::users::delete_sso, super::users::test_sso, super::auth::sso_start, super::auth::sso_callback,
+        super::auth::saml_acs, super::auth::saml_metadata,
         super::auth::token, super::auth::tenant_token, super::auth::accept_invitation,
         super::auth::logout, super::auth::me, super::auth::jwks, super::auth::rotate_signing_key,
     ),

@@ -150,6 +150,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(auth::sso_start),
         )
         .route("/v1/auth/sso/callback", get(auth::sso_callback))
+        .route("/v1/auth/sso/saml/acs", post(auth::saml_acs))
+        .route(
+            "/v1/auth/{tenant}/sso/{connection_id}/saml-metadata",
+            get(auth::saml_metadata),
+        )
         .route(
             "/scim/v2/ServiceProviderConfig",
             get(scim::service_provider_config),

@@ -1,10 +1,10 @@
--- Per-tenant SSO connections (OIDC, LDAP). The secret (OIDC client secret, LDAP bind
+-- Per-tenant SSO connections (OIDC, SAML, LDAP). The secret (OIDC client secret, LDAP bind
 -- password) is sealed with the tenant's data key (associated data: tenant, "sso_secret",
 -- connection id); the rest of the configuration is not secret.
 CREATE TABLE sso_connections (
     tenant_id    TEXT NOT NULL REFERENCES tenants(tenant_id),
     id           TEXT NOT NULL,
-    kind         TEXT NOT NULL CHECK (kind IN ('oidc', 'ldap')),
+    kind         TEXT NOT NULL CHECK (kind IN ('oidc', 'saml', 'ldap')),
     name         TEXT NOT NULL,
     config       TEXT NOT NULL,
     role_mapping TEXT NOT NULL,
@@ -17,6 +17,14 @@ CREATE TABLE sso_connections (
     updated_at   BIGINT NOT NULL,
     PRIMARY KEY (tenant_id, id),
     UNIQUE (tenant_id, name)
+);
+
+-- SAML assertion ids already consumed, until they expire: a replayed assertion is refused.
+CREATE TABLE sso_replay (
+    tenant_id    TEXT NOT NULL REFERENCES tenants(tenant_id),
+    assertion_id TEXT NOT NULL,
+    expires_at   BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, assertion_id)
 );
 
 -- A sign-in started at an OIDC provider, until its callback: found by the SHA-256 of the
@@ -33,7 +41,7 @@ CREATE TABLE sso_states (
 DO $$
 DECLARE t TEXT;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['sso_connections', 'sso_states']
+    FOREACH t IN ARRAY ARRAY['sso_connections', 'sso_states', 'sso_replay']
     LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
@@ -43,4 +51,4 @@ BEGIN
     END LOOP;
 END
 $$;
-GRANT SELECT, INSERT, UPDATE, DELETE ON sso_connections, sso_states TO agentplane_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sso_connections, sso_states, sso_replay TO agentplane_app;
