@@ -45,7 +45,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{invitation_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{role_name}", "no-such-role")
         .replace("{delegation_id}", &uuid::Uuid::now_v7().to_string())
-        .replace("{connection_id}", &uuid::Uuid::now_v7().to_string());
+        .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{receipt_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -369,6 +370,51 @@ async fn send(
                 Some(token),
                 body_for(action, n),
             )
+            .await;
+    }
+    if action.path.contains("{receipt_id}") {
+        // A person invited, accepted and erased by the operator: the receipt to read.
+        let op = app.platform_admin();
+        let email = format!("e{}@people.test", uuid::Uuid::new_v4().simple());
+        let (_, inv) = status_json(
+            app.post(
+                &format!("/v1/tenants/{tenant}/invitations"),
+                &op,
+                json!({"email": email}),
+            )
+            .await,
+        )
+        .await;
+        let (_, t) = status_json(
+            app.call(
+                Method::POST,
+                "/v1/auth/invitations/accept",
+                None,
+                Some(json!({"token": inv["token"]})),
+            )
+            .await,
+        )
+        .await;
+        let (s, job) = status_json(
+            app.post(
+                &format!(
+                    "/v1/tenants/{tenant}/users/{}/erase?confirm=true",
+                    t["user_id"].as_str().unwrap()
+                ),
+                &op,
+                json!({}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 202, "preparing an erasure: {job}");
+        app.run_jobs().await;
+        let path = format!(
+            "/v1/tenants/{tenant}/erasures/{}",
+            job["id"].as_str().unwrap()
+        );
+        return app
+            .call(method(action.method), &path, Some(token), None)
             .await;
     }
     if action.path.contains("{connection_id}") {

@@ -23,6 +23,7 @@ both_backends!(
     bad_identity_input_is_refused_and_changes_nothing,
     a_delegated_token_acts_for_one_person_in_one_tenant_and_never_wider,
     purging_a_tenant_forgets_people_who_belonged_nowhere_else,
+    erasing_a_person_removes_them_from_every_store_with_a_signed_receipt,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -140,6 +141,17 @@ async fn an_invitation_is_mailed_accepted_once_and_signs_in_by_subdomain_path_or
     );
     // The mail job delivers it to a real SMTP listener.
     assert_eq!(app.run_jobs().await, 1);
+    let (_, jobs) = status_json(app.get(&format!("/v1/tenants/{a}/jobs"), &admin).await).await;
+    let send = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "invitation.send")
+        .unwrap();
+    assert_eq!(
+        send["status"], "succeeded",
+        "mailed once, not again: {send}"
+    );
     let mail = sink.wait_for(1).await.remove(0);
     assert_eq!(mail.to, vec!["bob@example.com".to_owned()]);
     assert!(
@@ -1195,4 +1207,152 @@ async fn purging_a_tenant_forgets_people_who_belonged_nowhere_else(b: Backend) {
     assert_eq!(s, 200);
     let dump = dump_database(&app.db);
     assert!(!dump.windows(16).any(|w| w == b"only@doomed.test"));
+}
+
+async fn erasing_a_person_removes_them_from_every_store_with_a_signed_receipt(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let a = app.active_tenant("Erase").await;
+    let admin = app.tenant_user("tenant_admin", &a);
+    let carol = join(
+        &app,
+        &a,
+        "carol@erase.test",
+        json!({"roles": ["tenant_admin"]}),
+    )
+    .await;
+    let user = carol["user_id"].as_str().unwrap().to_owned();
+    let token = bearer(&carol);
+    let (s, key) = status_json(
+        app.post(
+            &format!("/v1/tenants/{a}/api-keys"),
+            &token,
+            json!({"name": "carol's"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 201);
+    // A pending re-invitation to the same address: also personal data.
+    let (s, _) = status_json(
+        app.post(
+            &format!("/v1/tenants/{a}/invitations"),
+            &admin,
+            json!({"email": "carol@erase.test"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, job) = status_json(
+        app.post(
+            &format!("/v1/tenants/{a}/users/{user}/erase"),
+            &admin,
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 428, "erasure needs confirmation: {job}");
+    let (s, job) = status_json(
+        app.post(
+            &format!("/v1/tenants/{a}/users/{user}/erase?confirm=true"),
+            &admin,
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, job["kind"].as_str()),
+        (202, Some("user.erase")),
+        "{job}"
+    );
+    assert!(
+        !job.to_string().contains("carol@erase.test"),
+        "the address travels sealed"
+    );
+    assert_eq!(app.run_jobs().await, 1);
+    // Access is gone at once.
+    let (s, _) = status_json(app.get("/v1/auth/me", &token).await).await;
+    assert_eq!(s, 401);
+    let status = app
+        .client
+        .get(format!("{}/v1/models", app.base))
+        .bearer_auth(key["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+    // The receipt: what went where, signed with a key of the public JWKS.
+    let (s, r) = status_json(
+        app.get(
+            &format!("/v1/tenants/{a}/erasures/{}", job["id"].as_str().unwrap()),
+            &app.tenant_user("auditor", &a),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let removed = &r["receipt"]["removed"];
+    assert_eq!(removed["memberships"], 1, "{r}");
+    assert_eq!(removed["people"], 1);
+    assert!(removed["sessions"].as_u64().unwrap() >= 1);
+    assert!(removed["invitations"].as_u64().unwrap() >= 2);
+    assert!(removed["audit_personal_data"].as_u64().unwrap() >= 2);
+    assert!(!r.to_string().contains("carol@erase.test"));
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .client
+        .get(format!("{}/.well-known/jwks.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sig = r["signature"].as_str().unwrap();
+    let kid = jsonwebtoken::decode_header(sig).unwrap().kid.unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.required_spec_claims.clear();
+    v.validate_exp = false;
+    let signed = jsonwebtoken::decode::<Value>(sig, &key, &v).unwrap().claims;
+    assert_eq!(signed, r["receipt"], "the receipt is what was signed");
+    // A full scan of the database finds the address nowhere.
+    let dump = dump_database(&app.db);
+    let needle = b"carol@erase.test";
+    assert!(
+        !dump.windows(needle.len()).any(|w| w == needle),
+        "personal data left in the database"
+    );
+    // The audit chain still verifies.
+    let platform = agentplane_core::authz::PlatformCtx::for_system("test");
+    let report = agentplane_audit::verify_all(app.control.store().as_ref(), &platform)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    // The last admin cannot be erased; another tenant's admin cannot erase anyone here.
+    let (_, users) = status_json(app.get(&format!("/v1/tenants/{a}/users"), &admin).await).await;
+    let first = users["items"][0]["user_id"].as_str().unwrap();
+    let (s, _) = status_json(
+        app.post(
+            &format!("/v1/tenants/{a}/users/{first}/erase?confirm=true"),
+            &admin,
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 409);
+    let other = app.active_tenant("Else").await;
+    let (s, _) = status_json(
+        app.post(
+            &format!("/v1/tenants/{a}/users/{first}/erase?confirm=true"),
+            &app.tenant_user("tenant_admin", &other),
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 404);
 }

@@ -2,7 +2,7 @@
 //! the same transaction as its completion, guarded by the lease, so a worker killed at any
 //! point leaves either nothing (the job is retried when the lease expires) or everything.
 
-use crate::{ControlPlane, Result};
+use crate::{ControlError, ControlPlane, Result};
 use agentplane_core::audit::{Chain, NewAuditEvent};
 use agentplane_core::authz::{Role, TenantCtx};
 use agentplane_core::job::{Job, JobKind};
@@ -96,6 +96,10 @@ impl ControlPlane {
                     .send_invitation(&job)
                     .await
                     .map_err(|e| JobError::Failed(e.to_string())),
+                JobKind::EraseUser => self.run_erasure(&job).await.map_err(|e| match e {
+                    ControlError::Store(s) => JobError::Store(s),
+                    e => JobError::Failed(e.to_string()),
+                }),
             }
         };
         let now = Timestamp::now();

@@ -1008,6 +1008,52 @@ pub static DELETE_SCIM_TOKEN: ActionSpec = ActionSpec {
     )
 };
 
+pub static ERASE_USER: ActionSpec = ActionSpec {
+    action_type: ActionType::Delete,
+    permission: Some(Permission::DataErase),
+    parameters: &[USER_ID, CONFIRM],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "the tenant keeps at least one active tenant_admin",
+    ],
+    postconditions: &[
+        "everything the tenant holds about the person is removed from every store",
+        "the audit chain stays verifiable (pseudonymised)",
+        "a signed erasure receipt is available",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Critical,
+    confirmation_required: true,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["audit_log", "data_erased", "access_revoked"],
+    description: "Erase a data subject (GDPR article 17): a durable job with a signed receipt",
+    ..spec(
+        "admin.erase_user",
+        "user",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/users/{user_id}/erase",
+    )
+};
+
+pub static GET_ERASURE_RECEIPT: ActionSpec = ActionSpec {
+    permission: Some(Permission::AuditRead),
+    parameters: &[Param::new(
+        "receipt_id",
+        ParamType::String,
+        true,
+        "the erasure job's id",
+    )
+    .format("uuid")],
+    description: "Show a signed erasure receipt: what was removed from which store",
+    ..spec(
+        "admin.get_erasure_receipt",
+        "erasure_receipt",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/erasures/{receipt_id}",
+    )
+};
+
 const SSO_ID: Param = Param::new(
     "connection_id",
     ParamType::String,
@@ -1973,6 +2019,8 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &LIST_DELEGATIONS,
     &CREATE_DELEGATION,
     &REVOKE_DELEGATION,
+    &ERASE_USER,
+    &GET_ERASURE_RECEIPT,
     &CREATE_SCIM_TOKEN,
     &DELETE_SCIM_TOKEN,
     &LIST_SSO,

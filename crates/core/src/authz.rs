@@ -64,6 +64,7 @@ pub enum Permission {
     RolesRead,
     RolesWrite,
     SsoWrite,
+    DataErase,
     SettingsRead,
     SettingsWrite,
     BrandingWrite,
@@ -98,6 +99,7 @@ impl Permission {
             Self::RolesRead => "roles.read",
             Self::RolesWrite => "roles.write",
             Self::SsoWrite => "sso.write",
+            Self::DataErase => "data.erase",
             Self::SettingsRead => "settings.read",
             Self::SettingsWrite => "settings.write",
             Self::BrandingWrite => "branding.write",
@@ -163,6 +165,7 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
     ),
     (P::RolesWrite, &[R::PlatformAdmin, R::TenantAdmin]),
     (P::SsoWrite, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::DataErase, &[R::PlatformAdmin, R::TenantAdmin]),
     (
         P::SettingsRead,
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],

@@ -56,6 +56,9 @@ pub enum JobKind {
     /// Mails an invitation's link to the invited address.
     #[serde(rename = "invitation.send")]
     SendInvitation,
+    /// Erases a data subject from every store of the tenant (GDPR art. 17).
+    #[serde(rename = "user.erase")]
+    EraseUser,
 }
 
 impl JobKind {
@@ -66,6 +69,7 @@ impl JobKind {
             Self::ResealTenant => "tenant.reseal",
             Self::NotifyUsage => "usage.notify",
             Self::SendInvitation => "invitation.send",
+            Self::EraseUser => "user.erase",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -75,6 +79,7 @@ impl JobKind {
             "tenant.reseal" => Self::ResealTenant,
             "usage.notify" => Self::NotifyUsage,
             "invitation.send" => Self::SendInvitation,
+            "user.erase" => Self::EraseUser,
             _ => return None,
         })
     }

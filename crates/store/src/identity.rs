@@ -232,6 +232,39 @@ pub struct SsoState {
     pub expires_at: Timestamp,
 }
 
+/// What a data subject's erasure removed, per store.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct ErasureCounts {
+    pub memberships: u64,
+    pub sessions: u64,
+    pub refresh_tokens: u64,
+    pub invitations: u64,
+    /// Personal data beside audit events (the chained events stay, pseudonymised).
+    pub audit_personal_data: u64,
+    /// The person's identity (e-mail), when they belonged to no other tenant.
+    pub people: u64,
+}
+
+/// A stored, signed erasure receipt.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ErasureReceipt {
+    pub id: String,
+    /// SHA-256 of `<tenant id>:<e-mail>`: who, without keeping who.
+    pub subject: String,
+    /// The receipt (JSON) as signed.
+    #[schema(value_type = Object)]
+    pub receipt: serde_json::Value,
+    /// A compact JWS (EdDSA) of the receipt, verifiable with `/.well-known/jwks.json`.
+    pub signature: String,
+    pub created_at: Timestamp,
+}
+
+/// Builds and signs the receipt once the counts are known (inside the erasing transaction).
+pub type ReceiptSigner<'a> =
+    &'a (dyn Fn(&ErasureCounts) -> std::result::Result<(serde_json::Value, String), String> + Sync);
+
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
     // --- Members (tenant admin) ---
@@ -433,6 +466,25 @@ pub trait IdentityStore: Send + Sync {
         assertion_id: &str,
         expires_at: Timestamp,
     ) -> Result<bool>;
+
+    // --- Erasure ---
+    /// Erases a data subject from every store of the tenant, in one transaction with the
+    /// job's completion and the signed receipt (id = the job's id): the membership (unless
+    /// it is the last active admin: `Conflict::LastAdmin`), sessions and refresh tokens,
+    /// invitations to the address, the personal data beside audit events, and the person when
+    /// they belong to no other tenant. The job's payload is emptied of the sealed address.
+    async fn erase_subject(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        email: &str,
+        subject: &str,
+        sign: ReceiptSigner<'_>,
+        audit: NewAuditEvent,
+    ) -> Result<ErasureReceipt>;
+    async fn erasure_receipt(&self, ctx: &TenantCtx, id: &str) -> Result<Option<ErasureReceipt>>;
+    /// Enqueues a job of the tenant with its audit event.
+    async fn enqueue(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent) -> Result<()>;
 
     // --- Signing keys (platform) ---
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;

@@ -1377,6 +1377,168 @@ impl IdentityStore for BackendStore {
         Ok(res.rows_affected() == 1)
     }
 
+    async fn erase_subject(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        email: &str,
+        subject: &str,
+        sign: ReceiptSigner<'_>,
+        audit: NewAuditEvent,
+    ) -> Result<ErasureReceipt> {
+        same_tenant(ctx, job.tenant_id, "job")?;
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let now = Timestamp::now();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let mut counts = ErasureCounts::default();
+        let member: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT user_id, roles, status FROM memberships WHERE tenant_id = $1 AND email = $2",
+        )
+        .bind(&tenant)
+        .bind(email)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((user, roles, status)) = &member {
+            if status == "active" && roles.contains("\"tenant_admin\"") {
+                keep_an_admin(&mut tx, &tenant, user).await?;
+            }
+            counts.refresh_tokens = sqlx::query(
+                "DELETE FROM refresh_tokens WHERE tenant_id = $1 AND session_id IN \
+                 (SELECT id FROM sessions WHERE tenant_id = $1 AND user_id = $2)",
+            )
+            .bind(&tenant)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            counts.sessions =
+                sqlx::query("DELETE FROM sessions WHERE tenant_id = $1 AND user_id = $2")
+                    .bind(&tenant)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            // Keys the person made stop working; the keys are the tenant's, not personal data.
+            sqlx::query(
+                "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND revoked_at IS NULL \
+                 AND (created_by = $2 OR created_by LIKE $2 || '/agent:%')",
+            )
+            .bind(&tenant)
+            .bind(user)
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(super::ENTER_PLATFORM)
+                .fetch_optional(&mut *tx)
+                .await?;
+            counts.people = sqlx::query(
+                "DELETE FROM users WHERE user_id = $2 AND NOT EXISTS \
+                 (SELECT 1 FROM memberships m WHERE m.user_id = $2 AND m.tenant_id <> $1)",
+            )
+            .bind(&tenant)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            counts.memberships =
+                sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+                    .bind(&tenant)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+        }
+        counts.invitations =
+            sqlx::query("DELETE FROM invitations WHERE tenant_id = $1 AND email = $2")
+                .bind(&tenant)
+                .bind(email)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        // The address as it appears inside the JSON of the personal data, LIKE-escaped.
+        let quoted = to_json(&email)?
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        counts.audit_personal_data =
+            sqlx::query("DELETE FROM audit_pii WHERE tenant_id = $1 AND pii LIKE $2 ESCAPE '\\'")
+                .bind(&tenant)
+                .bind(format!("%{quoted}%"))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let (receipt, signature) = sign(&counts).map_err(StoreError::Corrupt)?;
+        sqlx::query(
+            "INSERT INTO erasure_receipts (tenant_id, id, subject, receipt, signature, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&tenant)
+        .bind(job.id.to_string())
+        .bind(subject)
+        .bind(to_json(&receipt)?)
+        .bind(&signature)
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE jobs SET payload = $3 WHERE tenant_id = $1 AND id = $2")
+            .bind(&tenant)
+            .bind(job.id.to_string())
+            .bind(to_json(
+                &serde_json::json!({"erased": true, "receipt_id": job.id}),
+            )?)
+            .execute(&mut *tx)
+            .await?;
+        super::ops::complete_job_tx(&mut tx, job, now).await?;
+        append_audit(
+            &mut tx,
+            audit.data(serde_json::to_value(&counts).map_err(corrupt)?),
+        )
+        .await?;
+        tx.commit().await?;
+        self.after_erasure().await?;
+        Ok(ErasureReceipt {
+            id: job.id.to_string(),
+            subject: subject.to_owned(),
+            receipt,
+            signature,
+            created_at: now,
+        })
+    }
+
+    async fn enqueue(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent) -> Result<()> {
+        same_tenant(ctx, job.tenant_id, "job")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        insert_job(&mut tx, job).await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn erasure_receipt(&self, ctx: &TenantCtx, id: &str) -> Result<Option<ErasureReceipt>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, subject, receipt, signature, created_at FROM erasure_receipts \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(ctx.tenant_id().to_string())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(|(id, subject, receipt, signature, created_at)| {
+            Ok(ErasureReceipt {
+                id,
+                subject,
+                receipt: json(&receipt, "erasure_receipts.receipt")?,
+                signature,
+                created_at: Timestamp::from_millis(created_at),
+            })
+        })
+        .transpose()
+    }
+
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
         let mut tx = self.read_platform().await?;
         let rows: Vec<SigningKeyRow> =

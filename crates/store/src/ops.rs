@@ -149,7 +149,7 @@ async fn insert_agent_version(
 }
 
 /// Completes a job if this worker still holds its lease.
-async fn complete_job_tx(tx: &mut Tx<'_>, job: &Job, now: Timestamp) -> Result<()> {
+pub(super) async fn complete_job_tx(tx: &mut Tx<'_>, job: &Job, now: Timestamp) -> Result<()> {
     let done = sqlx::query(
         "UPDATE jobs SET status = 'succeeded', lease_token = NULL, lease_until = NULL, updated_at = $4 \
          WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND lease_token = $3",
@@ -844,6 +844,7 @@ impl Store for BackendStore {
             "sso_states",
             "sso_replay",
             "sso_connections",
+            "erasure_receipts",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(&tenant)

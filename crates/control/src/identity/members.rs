@@ -547,8 +547,14 @@ impl ControlPlane {
         }
     }
 
-    /// The `invitation.send` job: mails the link, unless the invitation is no longer pending.
+    /// The `invitation.send` job: mails the link, unless the invitation is no longer pending,
+    /// then completes the job (a lost lease means another worker took it over).
     pub(crate) async fn send_invitation(&self, job: &Job) -> Result<()> {
+        self.mail_invitation(job).await?;
+        Ok(self.store.complete_job(job, Timestamp::now()).await?)
+    }
+
+    async fn mail_invitation(&self, job: &Job) -> Result<()> {
         let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
         let id: InvitationId = job
             .payload

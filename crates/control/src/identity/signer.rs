@@ -262,6 +262,21 @@ impl ControlPlane {
         })).collect::<Vec<_>>()}))
     }
 
+    /// Signs any JSON document as a compact JWS with the current key (erasure receipts).
+    pub(crate) fn receipt_signer(
+        &self,
+    ) -> Result<impl Fn(&Value) -> std::result::Result<String, String> + Sync> {
+        let current = self
+            .current_key()?
+            .ok_or_else(|| ControlError::Internal("no signing key".into()))?;
+        Ok(move |doc: &Value| {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(current.kid.clone());
+            header.typ = Some("agentplane-receipt+jwt".into());
+            jsonwebtoken::encode(&header, doc, &current.encoding).map_err(|e| e.to_string())
+        })
+    }
+
     pub(crate) async fn sign_access(&self, claims: &AccessClaims) -> Result<String> {
         self.ensure_signing_key().await?;
         let current = self

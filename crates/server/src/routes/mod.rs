@@ -80,6 +80,8 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.create_delegation" => on(f, users::create_delegation),
         "admin.revoke_delegation" => on(f, users::revoke_delegation),
         "admin.create_scim_token" => on(f, users::create_scim_token),
+        "admin.erase_user" => on(f, users::erase),
+        "admin.get_erasure_receipt" => on(f, users::erasure_receipt),
         "admin.delete_scim_token" => on(f, users::delete_scim_token),
         "admin.list_sso_connections" => on(f, users::list_sso),
         "admin.create_sso_connection" => on(f, users::create_sso),

@@ -377,3 +377,46 @@ pub async fn test_sso(
             .await?,
     ))
 }
+
+/// Erase a data subject (`?confirm=true`): a durable job removes everything the tenant holds
+/// about them and signs a receipt (its id is the job's id).
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/users/{user_id}/erase", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("user_id" = uuid::Uuid, Path), ("confirm" = bool, Query)),
+    responses((status = 202, body = agentplane_core::job::Job)))]
+pub async fn erase(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<UserPath>,
+) -> Result<(StatusCode, Json<agentplane_core::job::Job>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            state
+                .control()
+                .request_erasure(&scope.ctx, &p.user_id)
+                .await?,
+        ),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct ReceiptPath {
+    pub receipt_id: String,
+}
+
+/// A signed erasure receipt.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/erasures/{receipt_id}", tag = "users", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("receipt_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = agentplane_store::identity::ErasureReceipt)))]
+pub async fn erasure_receipt(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<ReceiptPath>,
+) -> Result<Json<agentplane_store::identity::ErasureReceipt>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .erasure_receipt(&scope.ctx, &p.receipt_id)
+            .await?,
+    ))
+}
