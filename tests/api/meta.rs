@@ -139,7 +139,13 @@ fn permissions_doc() -> String {
          without it every tenant route answers 404, like a missing tenant. With access, the\n\
          route's permission decides (403 `forbidden` otherwise, recorded as `access.denied` in\n\
          the tenant's audit trail). Members of a suspended tenant get 403 `tenant_suspended`;\n\
-         of a deleted one, 404.\n\n## Role x permission\n\n| permission |",
+         of a deleted one, 404.\n\n\
+         Tenant users' Agentplane session tokens reach one tenant (`tid`); their roles are read\n\
+         from the membership at every request. A tenant may also define custom roles: named\n\
+         sets of the tenant permissions below that `tenant_admin` holds (never a platform\n\
+         permission), and nobody grants a role or permission they do not hold. Delegated\n\
+         tokens for agents hold at most the person's permissions. See [identity.md](identity.md).\n\n\
+         ## Role x permission\n\n| permission |",
     );
     for r in Role::ALL {
         s.push_str(&format!(" `{}` |", r.as_str()));
