@@ -152,7 +152,121 @@ impl Drop for Proc {
     }
 }
 
-both_backends!(worker_killed_mid_provisioning_loses_nothing_and_duplicates_nothing);
+both_backends!(
+    worker_killed_mid_provisioning_loses_nothing_and_duplicates_nothing,
+    worker_killed_mid_erasure_erases_once_with_one_receipt,
+);
+
+async fn worker_killed_mid_erasure_erases_once_with_one_receipt(b: Backend) {
+    let app = TestApp::spawn_on(Db::new(b).await, |_| {}).await;
+    let tenant = app.active_tenant("Forget").await;
+    let admin = app.tenant_user("tenant_admin", &tenant);
+    let (_, inv) = status_json(
+        app.post(
+            &format!("/v1/tenants/{tenant}/invitations"),
+            &admin,
+            json!({"email": "gone@forget.test"}),
+        )
+        .await,
+    )
+    .await;
+    let (s, who) = status_json(
+        app.call(
+            reqwest::Method::POST,
+            "/v1/auth/invitations/accept",
+            None,
+            Some(json!({"token": inv["token"], "password": "correct horse battery staple"})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{who}");
+    let user = who["user_id"].as_str().unwrap().to_owned();
+    let (s, job) = status_json(
+        app.post(
+            &format!("/v1/tenants/{tenant}/users/{user}/erase?confirm=true"),
+            &admin,
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let store = app.control.store().clone();
+    let ctx = PlatformCtx::for_system("test/crash").tenant(tenant.parse().unwrap());
+    let mut env = app.db.env(&app.secret);
+    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
+    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
+    let mut crash_env = env.clone();
+    crash_env.insert("AGENTPLANE_CRASH_AT".into(), "erase.before_commit".into());
+
+    // 1. The worker dies inside the erasing transaction: nothing of it is visible.
+    let mut doomed = Proc::spawn(&["worker"], &crash_env);
+    let status = doomed.wait(PATIENCE).await;
+    assert_eq!(status.signal(), Some(SIGABRT), "{}", doomed.describe());
+    assert!(
+        doomed.stderr().contains("erase.before_commit"),
+        "{}",
+        doomed.describe()
+    );
+    assert!(store
+        .erasure_receipt(&ctx, &job_id)
+        .await
+        .unwrap()
+        .is_none());
+    let member = store.get_member(&ctx, user.parse().unwrap()).await.unwrap();
+    assert!(member.is_some(), "the uncommitted erasure removed nothing");
+
+    // 2. A second worker takes the job over after the lease and finishes it, once.
+    let mut rescuer = Proc::spawn(&["worker"], &env);
+    let deadline = Instant::now() + PATIENCE;
+    while store
+        .erasure_receipt(&ctx, &job_id)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        if let Some(s) = rescuer.try_status() {
+            panic!("the second worker exited ({s:?})\n{}", rescuer.describe());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no receipt\n{}",
+            rescuer.describe()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    rescuer.terminate();
+    assert!(
+        rescuer.wait(PATIENCE).await.success(),
+        "{}",
+        rescuer.describe()
+    );
+    assert!(store
+        .get_member(&ctx, user.parse().unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    let job = store
+        .get_job(job_id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert_eq!(job.attempts, 2, "{job:?}");
+    let chain = store
+        .audit_chain_page(&PlatformCtx::for_system("t"), &tenant, 0, 1000)
+        .await
+        .unwrap();
+    let erased = chain
+        .iter()
+        .filter(|(e, _)| e.action == "user.erased")
+        .count();
+    assert_eq!(erased, 1, "one erasure, recorded once");
+    let dump = crate::helpers::dump_database(&app.db);
+    assert!(!dump.windows(16).any(|w| w == b"gone@forget.test"));
+}
 
 async fn worker_killed_mid_provisioning_loses_nothing_and_duplicates_nothing(b: Backend) {
     let db = Db::new(b).await;

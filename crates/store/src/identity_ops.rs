@@ -1495,6 +1495,7 @@ impl IdentityStore for BackendStore {
             audit.data(serde_json::to_value(&counts).map_err(corrupt)?),
         )
         .await?;
+        crate::crash_point("erase.before_commit");
         tx.commit().await?;
         self.after_erasure().await?;
         Ok(ErasureReceipt {
