@@ -46,7 +46,8 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{role_name}", "no-such-role")
         .replace("{delegation_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
-        .replace("{receipt_id}", &uuid::Uuid::now_v7().to_string());
+        .replace("{receipt_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{shared_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
     }
@@ -77,6 +78,11 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
             "config": {"issuer": "http://127.0.0.1:9", "client_id": "agentplane"}, "secret": "s3cret"
         })),
         "admin.update_sso_connection" => Some(json!({"enabled": false})),
+        "admin.create_shared_provider" => Some(json!({
+            "name": format!("shared-{}", uuid::Uuid::new_v4().simple()), "kind": "openai",
+            "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-shared", "plans": ["free"]
+        })),
+        "admin.update_shared_provider" => Some(json!({"plans": ["free"]})),
         "admin.invite_user" => Some(json!({
             "email": format!("i{}@people.test", uuid::Uuid::new_v4().simple())
         })),
@@ -370,6 +376,32 @@ async fn send(
                 Some(token),
                 body_for(action, n),
             )
+            .await;
+    }
+    if action.path.contains("{shared_id}") {
+        // A shared provider granted to the tenant's plan, made by the operator.
+        let create = REGISTRY
+            .iter()
+            .find(|a| a.intent == "admin.create_shared_provider")
+            .unwrap();
+        let (s, sp) = status_json(
+            app.call(
+                Method::POST,
+                create.path,
+                Some(&app.platform_admin()),
+                body_for(create, n),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 201, "preparing a shared provider: {sp}");
+        let path = action
+            .path
+            .replace("{tenant_id}", tenant)
+            .replace("{shared_id}", sp["id"].as_str().unwrap());
+        let body = body_for(action, n).or(Some(json!({})));
+        return app
+            .call(method(action.method), &path, Some(token), body)
             .await;
     }
     if action.path.contains("{receipt_id}") {

@@ -30,6 +30,7 @@ mod residency;
 mod rls;
 mod scim;
 mod settings;
+mod shared_providers;
 mod smtp_sink;
 mod sso;
 mod tenants;

@@ -44,7 +44,8 @@ pub struct MasterRotation {
     pub kms: String,
     pub kek_version: u32,
     pub keys_rewrapped: usize,
-    /// The access-token signing keys re-wrapped too (their data keys are the platform's).
+    /// The platform's own data keys re-wrapped too: access-token signing keys and shared
+    /// providers' secrets.
     pub signing_keys_rewrapped: usize,
     pub tenants: usize,
     pub elapsed_ms: u64,
@@ -320,7 +321,8 @@ impl ControlPlane {
         for r in results {
             keys_rewrapped += usize::from(r?);
         }
-        let signing_keys_rewrapped = self.rewrap_signing_keys(platform, kek_version).await?;
+        let signing_keys_rewrapped = self.rewrap_signing_keys(platform, kek_version).await?
+            + self.rewrap_shared_providers(kek_version).await?;
         let report = MasterRotation {
             kms: self.keys.kms.name(),
             kek_version,

@@ -15,6 +15,7 @@ mod providers;
 mod provisioning;
 mod residency;
 mod settings;
+mod shared_providers;
 mod tenants;
 mod webhooks;
 
@@ -30,6 +31,7 @@ pub use providers::{CreateProvider, ProbeResult, UpdateProvider};
 pub use provisioning::{JobOutcome, WorkerConfig};
 pub use residency::{provider_host, ProviderResidency, ResidencyReport, ResidencyStorage};
 pub use settings::{EffectiveSetting, Feature};
+pub use shared_providers::{AttachSharedProvider, CreateSharedProvider, UpdateSharedProvider};
 pub use tenants::{CreateTenant, TenantCreated};
 pub use webhooks::{signature as webhook_signature, CreatedWebhook, PutWebhook};
 

@@ -20,7 +20,10 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// The secret `auth` takes: the key or client secret, or nothing (`""`) for a managed identity.
-fn secret_for<'a>(auth: &ProviderAuth, given: Option<&'a str>) -> Result<&'a str, DomainError> {
+pub(crate) fn secret_for<'a>(
+    auth: &ProviderAuth,
+    given: Option<&'a str>,
+) -> Result<&'a str, DomainError> {
     match (auth.needs_secret(), given) {
         (true, Some(k)) => validate_api_key(k).map(|()| k),
         (true, None) => Err(DomainError::invalid(
@@ -35,7 +38,7 @@ fn secret_for<'a>(auth: &ProviderAuth, given: Option<&'a str>) -> Result<&'a str
     }
 }
 
-fn fingerprint_of(secret: &str) -> String {
+pub(crate) fn fingerprint_of(secret: &str) -> String {
     if secret.is_empty() {
         "none".to_owned()
     } else {
@@ -45,7 +48,7 @@ fn fingerprint_of(secret: &str) -> String {
 
 /// The associated-data kind of a sealed provider secret.
 pub(crate) const SECRET_KIND: &str = "provider_secret";
-const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+pub(crate) const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +234,7 @@ impl ControlPlane {
             created_at: now,
             updated_at: now,
             version: 1,
+            shared_id: None,
         };
         let audit = NewAuditEvent::new(Chain::Tenant(ctx.tenant_id()), "provider.create", ctx.actor(), now)
             .target("provider", id)
@@ -285,6 +289,19 @@ impl ControlPlane {
             return Err(ControlError::Conflict(
                 crate::error::ConflictKind::ConcurrentUpdate,
             ));
+        }
+        if current.provider.shared_id.is_some()
+            && (req.base_url.is_some()
+                || req.auth.is_some()
+                || req.api_key.is_some()
+                || req.api_version.is_some()
+                || req.models.is_some())
+        {
+            return Err(DomainError::invalid(
+                "body",
+                "a shared provider's settings belong to the platform: only its name can change here",
+            )
+            .into());
         }
         let mut next = current.clone();
         let p = &mut next.provider;
@@ -391,11 +408,34 @@ impl ControlPlane {
         ctx: &TenantCtx,
         id: &str,
     ) -> Result<(Provider, agentplane_crypto::Zeroizing<Vec<u8>>)> {
+        let (p, secret, granted_to) = self.provider_target(ctx, id).await?;
+        if let Some(plans) = granted_to {
+            if !plans.contains(&self.tenant_plan(ctx).await?) {
+                return Err(ControlError::NotFound("provider"));
+            }
+        }
+        Ok((p, secret))
+    }
+
+    /// The provider a run calls, its secret, and, for a shared provider, the plans that
+    /// grant it (the caller checks the key's plan at every run; this checks it too).
+    pub async fn provider_target(
+        &self,
+        ctx: &TenantCtx,
+        id: &str,
+    ) -> Result<(
+        Provider,
+        agentplane_crypto::Zeroizing<Vec<u8>>,
+        Option<Vec<String>>,
+    )> {
         let rec = self.provider_record(ctx, id).await?;
+        if let Some(shared) = &rec.provider.shared_id {
+            return self.shared_target(rec.provider.clone(), shared).await;
+        }
         let secret = self
             .open_secret(ctx, SECRET_KIND, id, &rec.sealed_secret)
             .await?;
-        Ok((rec.provider, secret))
+        Ok((rec.provider, secret, None))
     }
 
     /// "Test connection": lists the endpoint's models with the stored secret. Audited.

@@ -1189,6 +1189,121 @@ pub static TEST_SSO: ActionSpec = ActionSpec {
     )
 };
 
+const SHARED_ID: Param =
+    Param::new("shared_id", ParamType::String, true, "the shared provider").format("uuid");
+
+pub static LIST_SHARED_PROVIDERS: ActionSpec = ActionSpec {
+    scope: Scope::Platform,
+    permission: Some(Permission::ProvidersShare),
+    description: "List the provider credentials the platform shares, and the plans granting each",
+    ..spec(
+        "admin.list_shared_providers",
+        "shared_provider",
+        Method::Get,
+        "/v1/admin/shared-providers",
+    )
+};
+
+pub static CREATE_SHARED_PROVIDER: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::ProvidersShare),
+    parameters: &[
+        Param::new("name", ParamType::String, true, "unique name"),
+        Param::new("kind", ParamType::String, true, "openai or azure_openai"),
+        Param::new("base_url", ParamType::String, true, "the endpoint"),
+        Param::new(
+            "api_key",
+            ParamType::String,
+            false,
+            "the secret (write-only)",
+        ),
+        Param::new(
+            "plans",
+            ParamType::Array,
+            false,
+            "plans whose tenants may use it",
+        ),
+    ],
+    preconditions: &["caller must have platform_admin role"],
+    postconditions: &[
+        "tenants of the plans can attach it; the secret never reaches them",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Share provider credentials with the tenants of some plans",
+    ..spec(
+        "admin.create_shared_provider",
+        "shared_provider",
+        Method::Post,
+        "/v1/admin/shared-providers",
+    )
+};
+
+pub static UPDATE_SHARED_PROVIDER: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::ProvidersShare),
+    parameters: &[
+        SHARED_ID,
+        Param::new("plans", ParamType::Array, true, "the plans granting it"),
+    ],
+    preconditions: &["caller must have platform_admin role"],
+    postconditions: &[
+        "tenants of other plans are refused from their next run",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    side_effects: &["audit_log"],
+    description: "Change which plans grant a shared provider",
+    ..spec(
+        "admin.update_shared_provider",
+        "shared_provider",
+        Method::Patch,
+        "/v1/admin/shared-providers/{shared_id}",
+    )
+};
+
+pub static LIST_AVAILABLE_SHARED_PROVIDERS: ActionSpec = ActionSpec {
+    permission: Some(Permission::ProvidersRead),
+    description: "List the shared providers the tenant's plan grants",
+    ..spec(
+        "admin.list_available_shared_providers",
+        "shared_provider",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/shared-providers",
+    )
+};
+
+pub static ATTACH_SHARED_PROVIDER: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    permission: Some(Permission::ProvidersWrite),
+    parameters: &[
+        SHARED_ID,
+        Param::new("name", ParamType::String, false, "its name in the tenant"),
+    ],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "the tenant's plan grants it",
+    ],
+    postconditions: &[
+        "a provider of the tenant that its agents can use",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Medium,
+    idempotent: false,
+    side_effects: &["audit_log"],
+    description: "Use a shared provider the plan grants (as a provider of the tenant)",
+    ..spec(
+        "admin.attach_shared_provider",
+        "provider",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/shared-providers/{shared_id}/attach",
+    )
+};
+
 pub static ROTATE_SIGNING_KEY: ActionSpec = ActionSpec {
     action_type: ActionType::Write,
     scope: Scope::Platform,
@@ -2019,6 +2134,11 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &LIST_DELEGATIONS,
     &CREATE_DELEGATION,
     &REVOKE_DELEGATION,
+    &LIST_SHARED_PROVIDERS,
+    &CREATE_SHARED_PROVIDER,
+    &UPDATE_SHARED_PROVIDER,
+    &LIST_AVAILABLE_SHARED_PROVIDERS,
+    &ATTACH_SHARED_PROVIDER,
     &ERASE_USER,
     &GET_ERASURE_RECEIPT,
     &CREATE_SCIM_TOKEN,

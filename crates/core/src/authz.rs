@@ -55,6 +55,7 @@ pub enum Permission {
     UsageExportAll,
     JobsRun,
     SigningKeysRotate,
+    ProvidersShare,
     // Tenant permissions.
     TenantRead,
     UsageRead,
@@ -91,6 +92,7 @@ impl Permission {
             Self::UsageExportAll => "usage.export_all",
             Self::JobsRun => "jobs.run",
             Self::SigningKeysRotate => "signing_keys.rotate",
+            Self::ProvidersShare => "providers.share",
             Self::TenantRead => "tenant.read",
             Self::UsageRead => "usage.read",
             Self::AuditRead => "audit.read",
@@ -145,6 +147,7 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
     (P::UsageExportAll, &[R::PlatformAdmin]),
     (P::JobsRun, &[R::PlatformAdmin]),
     (P::SigningKeysRotate, &[R::PlatformAdmin]),
+    (P::ProvidersShare, &[R::PlatformAdmin]),
     (
         P::TenantRead,
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor, R::Member],

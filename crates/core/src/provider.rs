@@ -125,6 +125,28 @@ pub struct Provider {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub version: i64,
+    /// Set when this is the tenant's use of a provider the platform shares (its plan must
+    /// grant it); the secret then stays with the platform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_id: Option<String>,
+}
+
+/// Provider credentials the platform shares with the tenants of some plans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SharedProvider {
+    pub id: String,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub auth: ProviderAuth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    pub models: Vec<String>,
+    /// The plans whose tenants may use it.
+    pub plans: Vec<String>,
+    pub fingerprint: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 pub fn validate_provider_name(v: &str) -> Result<String, DomainError> {

@@ -240,6 +240,8 @@ struct Target {
     agent: Agent,
     provider: Provider,
     secret: Zeroizing<String>,
+    /// A shared provider: the plans that grant it (checked against the key's plan per run).
+    granted_to: Option<Vec<String>>,
 }
 
 type TargetCache = HashMap<(TenantId, String), (Instant, Arc<Target>)>;
@@ -307,14 +309,15 @@ impl Runtime {
             }
             Err(e) => return Err(e.into()),
         };
-        let (provider, secret) = self
+        let (provider, secret, granted_to) = self
             .control
-            .provider_secret(ctx, &agent.provider_id.to_string())
+            .provider_target(ctx, &agent.provider_id.to_string())
             .await?;
         let target = Arc::new(Target {
             agent,
             provider,
             secret: Zeroizing::new(String::from_utf8_lossy(&secret).into_owned()),
+            granted_to,
         });
         if !ttl.is_zero() {
             if let Ok(mut m) = self.targets.lock() {
@@ -389,6 +392,15 @@ impl Runtime {
         let (agent, provider) = (&target.agent, &target.provider);
         if !key.scopes.allows_agent(agent.id) || !key.scopes.allows_model(&agent.model) {
             return Err(RunError::UnknownAgent(input.agent.clone()));
+        }
+        // A shared provider follows the plan of this very request (a downgrade applies now).
+        if let Some(plans) = &target.granted_to {
+            if !plans.iter().any(|p| p == key.plan_id.as_str()) {
+                return Err(RunError::Policy(format!(
+                    "the tenant's plan does not include the shared provider {}",
+                    provider.name
+                )));
+            }
         }
         // The plan's limits come first: a refused request (below) still counts against the
         // rate, so a client cannot flood the audit trail with residency refusals.

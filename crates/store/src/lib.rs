@@ -166,6 +166,15 @@ pub struct ProviderRecord {
     pub sealed_secret: Vec<u8>,
 }
 
+/// A shared provider with its secret, sealed under its own data key (`wrapped_key`, JSON,
+/// wrapped by the KMS for the platform).
+#[derive(Clone, Debug)]
+pub struct SharedProviderRecord {
+    pub provider: agentplane_core::provider::SharedProvider,
+    pub wrapped_key: String,
+    pub sealed_secret: Vec<u8>,
+}
+
 /// What provisioning creates for a new tenant.
 #[derive(Clone, Debug)]
 pub struct Provisioning {
@@ -424,6 +433,25 @@ pub trait Store: identity::IdentityStore + Send + Sync + 'static {
     ) -> Result<bool>;
     /// Every tenant's wrapped keys (for master-key rotation), ordered by tenant and version.
     async fn all_tenant_keys(&self, platform: &PlatformCtx) -> Result<Vec<(TenantId, TenantKey)>>;
+    /// `Conflict::Name` if a shared provider of that name exists.
+    async fn insert_shared_provider(
+        &self,
+        platform: &PlatformCtx,
+        rec: &SharedProviderRecord,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+    async fn list_shared_providers(&self) -> Result<Vec<SharedProviderRecord>>;
+    async fn rewrap_shared_provider(&self, id: &str, wrapped_key: &str) -> Result<()>;
+    async fn get_shared_provider(&self, id: &str) -> Result<Option<SharedProviderRecord>>;
+    /// Replaces the plans that grant the shared provider.
+    async fn set_shared_provider_plans(
+        &self,
+        platform: &PlatformCtx,
+        id: &str,
+        plans: &[String],
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<bool>;
     /// `Conflict::Name` if the tenant has a provider of that name.
     async fn insert_provider(
         &self,

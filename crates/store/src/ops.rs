@@ -1261,6 +1261,99 @@ impl Store for BackendStore {
         rows.into_iter().map(TenantKeyRow::into_key).collect()
     }
 
+    async fn insert_shared_provider(
+        &self,
+        _platform: &PlatformCtx,
+        rec: &SharedProviderRecord,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        let p = &rec.provider;
+        let mut tx = self.write_platform().await?;
+        let res = sqlx::query(
+            "INSERT INTO shared_providers (id, name, kind, base_url, auth, api_version, models, plans, \
+             wrapped_key, secret, fingerprint, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(p.kind.as_str())
+        .bind(&p.base_url)
+        .bind(to_json(&p.auth)?)
+        .bind(&p.api_version)
+        .bind(to_json(&p.models)?)
+        .bind(to_json(&p.plans)?)
+        .bind(&rec.wrapped_key)
+        .bind(&rec.sealed_secret)
+        .bind(&p.fingerprint)
+        .bind(p.created_at.millis())
+        .bind(p.updated_at.millis())
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(Conflict::Name)),
+            r => r?,
+        };
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_shared_providers(&self) -> Result<Vec<SharedProviderRecord>> {
+        let mut tx = self.read_platform().await?;
+        let rows: Vec<SharedProviderRow> =
+            sqlx::query_as("SELECT * FROM shared_providers ORDER BY name")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        convert(rows)
+    }
+
+    async fn rewrap_shared_provider(&self, id: &str, wrapped_key: &str) -> Result<()> {
+        let mut tx = self.write_platform().await?;
+        sqlx::query("UPDATE shared_providers SET wrapped_key = $2 WHERE id = $1")
+            .bind(id)
+            .bind(wrapped_key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_shared_provider(&self, id: &str) -> Result<Option<SharedProviderRecord>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<SharedProviderRow> =
+            sqlx::query_as("SELECT * FROM shared_providers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        row.map(SharedProviderRecord::try_from).transpose()
+    }
+
+    async fn set_shared_provider_plans(
+        &self,
+        _platform: &PlatformCtx,
+        id: &str,
+        plans: &[String],
+        now: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.write_platform().await?;
+        let res =
+            sqlx::query("UPDATE shared_providers SET plans = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(to_json(&plans)?)
+                .bind(now.millis())
+                .execute(&mut *tx)
+                .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn insert_provider(
         &self,
         ctx: &TenantCtx,
@@ -1273,8 +1366,8 @@ impl Store for BackendStore {
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let res = sqlx::query(
             "INSERT INTO provider_credentials (tenant_id, id, name, kind, base_url, api_version, models, secret, \
-             key_version, fingerprint, created_at, updated_at, version, auth) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             key_version, fingerprint, created_at, updated_at, version, auth, shared_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(p.tenant_id.to_string())
         .bind(p.id.to_string())
@@ -1290,6 +1383,7 @@ impl Store for BackendStore {
         .bind(p.updated_at.millis())
         .bind(p.version)
         .bind(to_json(&p.auth)?)
+        .bind(&p.shared_id)
         .execute(&mut *tx)
         .await;
         match res {

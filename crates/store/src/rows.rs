@@ -429,6 +429,7 @@ pub(crate) struct ProviderRow {
     created_at: i64,
     updated_at: i64,
     version: i64,
+    shared_id: Option<String>,
 }
 
 impl TryFrom<ProviderRow> for crate::ProviderRecord {
@@ -451,7 +452,50 @@ impl TryFrom<ProviderRow> for crate::ProviderRecord {
                 created_at: Timestamp::from_millis(r.created_at),
                 updated_at: Timestamp::from_millis(r.updated_at),
                 version: r.version,
+                shared_id: r.shared_id,
             },
+            sealed_secret: r.secret,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SharedProviderRow {
+    id: String,
+    name: String,
+    kind: String,
+    base_url: String,
+    auth: String,
+    api_version: Option<String>,
+    models: String,
+    plans: String,
+    wrapped_key: String,
+    secret: Vec<u8>,
+    fingerprint: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<SharedProviderRow> for crate::SharedProviderRecord {
+    type Error = crate::StoreError;
+    fn try_from(r: SharedProviderRow) -> Result<Self> {
+        use agentplane_core::provider::{ProviderKind, SharedProvider};
+        Ok(crate::SharedProviderRecord {
+            provider: SharedProvider {
+                id: r.id,
+                name: r.name,
+                kind: ProviderKind::parse(&r.kind)
+                    .ok_or_else(|| corrupt("shared_providers.kind"))?,
+                base_url: r.base_url,
+                auth: json(&r.auth, "shared_providers.auth")?,
+                api_version: r.api_version,
+                models: json(&r.models, "shared_providers.models")?,
+                plans: json(&r.plans, "shared_providers.plans")?,
+                fingerprint: r.fingerprint,
+                created_at: Timestamp::from_millis(r.created_at),
+                updated_at: Timestamp::from_millis(r.updated_at),
+            },
+            wrapped_key: r.wrapped_key,
             sealed_secret: r.secret,
         })
     }

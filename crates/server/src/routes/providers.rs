@@ -153,3 +153,93 @@ pub async fn rotate_master_key(
 ) -> Result<Json<MasterRotation>, ApiError> {
     Ok(Json(state.control().rotate_master_key(&scope.ctx).await?))
 }
+
+#[derive(Deserialize)]
+pub struct SharedPath {
+    pub shared_id: String,
+}
+
+/// The provider credentials the platform shares (never their secrets).
+#[utoipa::path(get, path = "/v1/admin/shared-providers", tag = "providers", security(("bearer" = [])),
+    responses((status = 200, body = [agentplane_core::provider::SharedProvider])))]
+pub async fn list_shared(
+    State(state): State<AppState>,
+    _scope: PlatformScope,
+) -> Result<Json<Vec<agentplane_core::provider::SharedProvider>>, ApiError> {
+    Ok(Json(state.control().list_shared_providers().await?))
+}
+
+/// Share provider credentials with the tenants of some plans.
+#[utoipa::path(post, path = "/v1/admin/shared-providers", tag = "providers", security(("bearer" = [])),
+    request_body = agentplane_control::CreateSharedProvider,
+    responses((status = 201, body = agentplane_core::provider::SharedProvider)))]
+pub async fn create_shared(
+    State(state): State<AppState>,
+    scope: PlatformScope,
+    Body(raw): Body<serde_json::Value>,
+) -> Result<(StatusCode, Json<agentplane_core::provider::SharedProvider>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .control()
+                .create_shared_provider(&scope.ctx, raw)
+                .await?,
+        ),
+    ))
+}
+
+/// Change which plans grant a shared provider (applies to the next run).
+#[utoipa::path(patch, path = "/v1/admin/shared-providers/{shared_id}", tag = "providers", security(("bearer" = [])),
+    params(("shared_id" = uuid::Uuid, Path)), request_body = agentplane_control::UpdateSharedProvider,
+    responses((status = 200, body = agentplane_core::provider::SharedProvider)))]
+pub async fn update_shared(
+    State(state): State<AppState>,
+    scope: PlatformScope,
+    Path(p): Path<SharedPath>,
+    Body(raw): Body<serde_json::Value>,
+) -> Result<Json<agentplane_core::provider::SharedProvider>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .set_shared_provider_plans(&scope.ctx, &p.shared_id, raw)
+            .await?,
+    ))
+}
+
+/// The shared providers the tenant's plan grants.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/shared-providers", tag = "providers", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")),
+    responses((status = 200, body = [agentplane_core::provider::SharedProvider])))]
+pub async fn available_shared(
+    State(state): State<AppState>,
+    scope: TenantScope,
+) -> Result<Json<Vec<agentplane_core::provider::SharedProvider>>, ApiError> {
+    Ok(Json(
+        state
+            .control()
+            .available_shared_providers(&scope.ctx)
+            .await?,
+    ))
+}
+
+/// Use a shared provider the plan grants: a provider of the tenant pointing at it.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/shared-providers/{shared_id}/attach", tag = "providers", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("shared_id" = uuid::Uuid, Path)),
+    request_body = agentplane_control::AttachSharedProvider, responses((status = 201, body = Provider)))]
+pub async fn attach_shared(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<SharedPath>,
+    Body(raw): Body<serde_json::Value>,
+) -> Result<(StatusCode, Json<Provider>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .control()
+                .attach_shared_provider(&scope.ctx, &p.shared_id, raw)
+                .await?,
+        ),
+    ))
+}
