@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 both_backends!(
     one_tenants_backlog_does_not_starve_another,
-    jobs_report_progress_and_can_be_cancelled
+    jobs_report_progress_and_can_be_cancelled,
+    retention_removes_old_data_and_old_personal_data_and_keeps_the_chain,
 );
 
 async fn rotate(app: &TestApp, tenant: &str) -> Value {
@@ -158,4 +159,118 @@ async fn jobs_report_progress_and_can_be_cancelled(b: Backend) {
     )
     .await;
     assert_eq!(s, 403, "auditors read jobs, never cancel them");
+}
+
+async fn retention_removes_old_data_and_old_personal_data_and_keeps_the_chain(b: Backend) {
+    use agentplane_core::audit::{Chain, NewAuditEvent};
+    use agentplane_core::authz::{Actor, PlatformCtx};
+    use agentplane_core::time::Timestamp;
+    use agentplane_core::usage::UsageRecord;
+    let app = TestApp::spawn(b).await;
+    let t = app.active_tenant("Keeper").await;
+    let other = app.active_tenant("Other").await;
+    let admin = app.tenant_user("tenant_admin", &t);
+    let (s, _) = status_json(
+        app.call(
+            reqwest::Method::PUT,
+            &format!("/v1/tenants/{t}/settings/data.retention_days?confirm=true"),
+            Some(&admin),
+            Some(json!({"setting_value": 7})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let store = app.control.store();
+    let platform = PlatformCtx::for_system("test");
+    let day = 86_400_000;
+    let now = Timestamp::now();
+    for (tenant, age_days) in [(&t, 10), (&t, 1), (&other, 10)] {
+        let ctx = platform.tenant(tenant.parse().unwrap());
+        let rec = UsageRecord {
+            id: agentplane_core::UsageRecordId::new(),
+            tenant_id: tenant.parse().unwrap(),
+            ts: now.plus_millis(-age_days * day),
+            agent_id: None,
+            model: "m".into(),
+            provider: "p".into(),
+            tokens_in: 1,
+            tokens_out: 1,
+            latency_ms: 1,
+            status: "ok".into(),
+            trace_id: None,
+        };
+        store.insert_usage_record(&ctx, &rec).await.unwrap();
+    }
+    // An audit event (with personal data) older than a year, and a fresh one.
+    let actor = Actor::System {
+        component: "test".into(),
+    };
+    for age in [400, 1] {
+        let ev = NewAuditEvent::new(
+            Chain::Tenant(t.parse().unwrap()),
+            "test.old",
+            &actor,
+            now.plus_millis(-age * day),
+        )
+        .pii(json!({"email": format!("aged{age}@keeper.test")}));
+        store.append_audit(ev).await.unwrap();
+    }
+    let op = app.platform_admin();
+    let (s, r) = status_json(app.post("/v1/admin/retention/run", &op, json!({})).await).await;
+    assert_eq!(s, 428, "{r}");
+    let (s, r) = status_json(
+        app.post("/v1/admin/retention/run?confirm=true", &op, json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((s, r["scheduled"].as_u64()), (202, Some(2)), "{r}");
+    assert_eq!(app.run_jobs().await, 2);
+    let usage = |tenant: &str| {
+        let ctx = platform.tenant(tenant.parse().unwrap());
+        async move {
+            store
+                .tenant_usage_records(
+                    &ctx,
+                    Default::default(),
+                    &agentplane_core::page::PageRequest::first(100),
+                )
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    assert_eq!(
+        usage(&t).await,
+        1,
+        "the 10-day-old record is gone, yesterday's stays"
+    );
+    assert_eq!(
+        usage(&other).await,
+        1,
+        "the other tenant keeps its default (365 days)"
+    );
+    // Audit: the old event stays in the chain, without its personal data; the chain verifies.
+    let dump = crate::helpers::dump_database(&app.db);
+    let holds = |needle: &[u8]| dump.windows(needle.len()).any(|w| w == needle);
+    assert!(!holds(b"aged400@keeper.test"), "old personal data is gone");
+    assert!(holds(b"aged1@keeper.test"), "recent personal data stays");
+    let report = agentplane_audit::verify_all(store.as_ref(), &platform)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+    let (_, events) = status_json(
+        app.get(&format!("/v1/tenants/{t}/audit?action=test.old"), &admin)
+            .await,
+    )
+    .await;
+    assert_eq!(events["items"].as_array().unwrap().len(), 2);
+    // The worker's daily schedule finds nothing due: both ran within the day.
+    let n = app
+        .control
+        .schedule_retention(&platform, std::time::Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
 }

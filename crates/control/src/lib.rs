@@ -14,6 +14,7 @@ mod keys;
 mod providers;
 mod provisioning;
 mod residency;
+mod retention;
 mod settings;
 mod shared_providers;
 mod tenants;

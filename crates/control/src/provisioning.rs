@@ -4,7 +4,7 @@
 
 use crate::{ControlError, ControlPlane, Result};
 use agentplane_core::audit::{Chain, NewAuditEvent};
-use agentplane_core::authz::{Role, TenantCtx};
+use agentplane_core::authz::{PlatformCtx, Role, TenantCtx};
 use agentplane_core::job::{Job, JobKind};
 use agentplane_core::tenant::{Email, TenantStatus, Transition};
 use agentplane_core::time::Timestamp;
@@ -96,6 +96,10 @@ impl ControlPlane {
                     .send_invitation(&job)
                     .await
                     .map_err(|e| JobError::Failed(e.to_string())),
+                JobKind::Retention => self.run_retention(&job).await.map_err(|e| match e {
+                    ControlError::Store(s) => JobError::Store(s),
+                    e => JobError::Failed(e.to_string()),
+                }),
                 JobKind::EraseUser => self.run_erasure(&job).await.map_err(|e| match e {
                     ControlError::Store(s) => JobError::Store(s),
                     e => JobError::Failed(e.to_string()),
@@ -131,7 +135,20 @@ impl ControlPlane {
 
     /// Runs jobs until `shutdown` is cancelled.
     pub async fn run_worker(&self, shutdown: CancellationToken) {
+        let platform = PlatformCtx::for_system("worker/retention");
+        let mut retention_due = std::time::Instant::now();
         loop {
+            if std::time::Instant::now() >= retention_due {
+                match self
+                    .schedule_retention(&platform, crate::retention::RETENTION_EVERY)
+                    .await
+                {
+                    Ok(n) if n > 0 => tracing::info!(tenants = n, "retention scheduled"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "scheduling retention"),
+                }
+                retention_due = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+            }
             match self.run_next_job().await {
                 Ok(Some(_)) => continue,
                 Ok(None) => {}

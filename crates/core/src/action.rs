@@ -560,6 +560,29 @@ pub static RUN_NEXT_JOB: ActionSpec = ActionSpec {
     )
 };
 
+pub static RUN_RETENTION: ActionSpec = ActionSpec {
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::JobsRun),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have platform_admin role"],
+    postconditions: &[
+        "every active tenant gets a retention job (the worker also schedules them daily)",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["data_erased"],
+    description: "Apply every tenant's data and audit retention now",
+    ..spec(
+        "admin.run_retention",
+        "job",
+        Method::Post,
+        "/v1/admin/retention/run",
+    )
+};
+
 pub static LIST_AUDIT_EVENTS: ActionSpec = ActionSpec {
     entity: "audit_event",
     permission: Some(Permission::AuditRead),
@@ -2119,6 +2142,7 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &GET_TENANT_USAGE,
     &EXPORT_USAGE,
     &RUN_NEXT_JOB,
+    &RUN_RETENTION,
     &LIST_AUDIT_EVENTS,
     &LIST_USERS,
     &GET_USER,

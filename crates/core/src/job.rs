@@ -59,6 +59,9 @@ pub enum JobKind {
     /// Erases a data subject from every store of the tenant (GDPR art. 17).
     #[serde(rename = "user.erase")]
     EraseUser,
+    /// Applies the tenant's retention settings (data and audit retention days).
+    #[serde(rename = "tenant.retention")]
+    Retention,
 }
 
 impl JobKind {
@@ -70,6 +73,7 @@ impl JobKind {
             Self::NotifyUsage => "usage.notify",
             Self::SendInvitation => "invitation.send",
             Self::EraseUser => "user.erase",
+            Self::Retention => "tenant.retention",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -80,6 +84,7 @@ impl JobKind {
             "usage.notify" => Self::NotifyUsage,
             "invitation.send" => Self::SendInvitation,
             "user.erase" => Self::EraseUser,
+            "tenant.retention" => Self::Retention,
             _ => return None,
         })
     }

@@ -247,6 +247,20 @@ pub struct ErasureCounts {
     pub people: u64,
 }
 
+/// What a retention run removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct RetentionReport {
+    /// Run records older than the data retention.
+    pub usage_records: u64,
+    /// Personal data of audit events older than the audit retention (the events stay,
+    /// pseudonymised, so the chain verifies).
+    pub audit_personal_data: u64,
+    /// Sessions ended (revoked or expired) before the data retention, with their tokens.
+    pub sessions: u64,
+    /// Invitations that ended (accepted, revoked, expired) before the data retention.
+    pub invitations: u64,
+}
+
 /// A stored, signed erasure receipt.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ErasureReceipt {
@@ -483,6 +497,19 @@ pub trait IdentityStore: Send + Sync {
         audit: NewAuditEvent,
     ) -> Result<ErasureReceipt>;
     async fn erasure_receipt(&self, ctx: &TenantCtx, id: &str) -> Result<Option<ErasureReceipt>>;
+    /// Applies retention in one transaction with the job's completion: rows older than
+    /// `data_before` and audit personal data older than `audit_before` go.
+    async fn apply_retention(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        data_before: Timestamp,
+        audit_before: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<RetentionReport>;
+    /// Enqueues a `tenant.retention` job for every active tenant that had none created
+    /// since `since`; answers how many.
+    async fn schedule_retention(&self, platform: &PlatformCtx, since: Timestamp) -> Result<u64>;
     /// Enqueues a job of the tenant with its audit event.
     async fn enqueue(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent) -> Result<()>;
 

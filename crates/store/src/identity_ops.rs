@@ -1507,6 +1507,97 @@ impl IdentityStore for BackendStore {
         })
     }
 
+    async fn apply_retention(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        data_before: Timestamp,
+        audit_before: Timestamp,
+        audit: NewAuditEvent,
+    ) -> Result<RetentionReport> {
+        same_tenant(ctx, job.tenant_id, "job")?;
+        let audit = scoped(ctx, audit)?;
+        let tenant = ctx.tenant_id().to_string();
+        let (data, old_audit) = (data_before.millis(), audit_before.millis());
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let mut r = RetentionReport {
+            usage_records: sqlx::query(
+                "DELETE FROM usage_records WHERE tenant_id = $1 AND ts < $2",
+            )
+            .bind(&tenant)
+            .bind(data)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            ..Default::default()
+        };
+        r.audit_personal_data = sqlx::query(
+            "DELETE FROM audit_pii WHERE tenant_id = $1 AND event_id IN \
+             (SELECT id FROM audit_events WHERE tenant_id = $1 AND ts < $2)",
+        )
+        .bind(&tenant)
+        .bind(old_audit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let ended =
+            "tenant_id = $1 AND ((revoked_at IS NOT NULL AND revoked_at < $2) OR expires_at < $2)";
+        sqlx::query(&format!(
+            "DELETE FROM refresh_tokens WHERE tenant_id = $1 AND session_id IN (SELECT id FROM sessions WHERE {ended})"
+        ))
+        .bind(&tenant)
+        .bind(data)
+        .execute(&mut *tx)
+        .await?;
+        r.sessions = sqlx::query(&format!("DELETE FROM sessions WHERE {ended}"))
+            .bind(&tenant)
+            .bind(data)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        r.invitations = sqlx::query(
+            "DELETE FROM invitations WHERE tenant_id = $1 AND (accepted_at < $2 OR revoked_at < $2 OR expires_at < $2)",
+        )
+        .bind(&tenant)
+        .bind(data)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        super::ops::complete_job_tx(&mut tx, job, Timestamp::now()).await?;
+        append_audit(
+            &mut tx,
+            audit.data(serde_json::to_value(&r).map_err(corrupt)?),
+        )
+        .await?;
+        tx.commit().await?;
+        self.after_erasure().await?;
+        Ok(r)
+    }
+
+    async fn schedule_retention(&self, _platform: &PlatformCtx, since: Timestamp) -> Result<u64> {
+        let mut tx = self.write_platform().await?;
+        let due: Vec<(String,)> = sqlx::query_as(
+            "SELECT t.tenant_id FROM tenants t WHERE t.status = 'active' AND NOT EXISTS \
+             (SELECT 1 FROM jobs j WHERE j.tenant_id = t.tenant_id AND j.kind = 'tenant.retention' \
+              AND j.created_at >= $1)",
+        )
+        .bind(since.millis())
+        .fetch_all(&mut *tx)
+        .await?;
+        let now = Timestamp::now();
+        for (tenant,) in &due {
+            let job = Job::new(
+                parse(tenant, "tenants.tenant_id")?,
+                agentplane_core::job::JobKind::Retention,
+                serde_json::json!({}),
+                now,
+            );
+            insert_job(&mut tx, &job).await?;
+        }
+        tx.commit().await?;
+        Ok(due.len() as u64)
+    }
+
     async fn enqueue(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent) -> Result<()> {
         same_tenant(ctx, job.tenant_id, "job")?;
         let audit = scoped(ctx, audit)?;

@@ -51,3 +51,22 @@ pub async fn cancel(
         state.control().cancel_job(&scope.ctx, &p.job_id).await?,
     ))
 }
+
+/// Apply every tenant's retention now (`?confirm=true`): a `tenant.retention` job per active
+/// tenant without one in the last day. Answers `{"scheduled": n}`.
+#[utoipa::path(post, path = "/v1/admin/retention/run", tag = "jobs", security(("bearer" = [])),
+    params(("confirm" = bool, Query)), responses((status = 202, description = "`{\"scheduled\": n}`")))]
+pub async fn run_retention(
+    State(state): State<AppState>,
+    scope: crate::extract::PlatformScope,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+    // "Now": every active tenant without a retention job in the last second.
+    let n = state
+        .control()
+        .schedule_retention(&scope.ctx, std::time::Duration::from_secs(1))
+        .await?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(serde_json::json!({"scheduled": n})),
+    ))
+}

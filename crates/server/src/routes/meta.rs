@@ -58,7 +58,7 @@ pub async fn openapi() -> impl IntoResponse {
         super::plans::list, super::plans::get, super::plans::create,
         super::tenants::create, super::tenants::get, super::tenants::list, super::tenants::change_plan,
         super::tenants::suspend, super::tenants::reactivate, super::tenants::delete, super::tenants::purge,
-        super::tenants::list_users, super::tenants::run_next_job,
+        super::tenants::list_users, super::tenants::run_next_job, super::jobs::run_retention,
         super::usage::tenant_usage, super::usage::export,
         super::audit::list,
         super::settings::list, super::settings::update, super::settings::history, super::settings::rollback,

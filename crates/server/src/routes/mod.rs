@@ -98,6 +98,7 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.get_tenant_usage" => on(f, usage::tenant_usage),
         "admin.export_usage" => on(f, usage::export),
         "admin.run_next_job" => on(f, tenants::run_next_job),
+        "admin.run_retention" => on(f, jobs::run_retention),
         "admin.list_audit_events" => on(f, audit::list),
         "admin.list_tenant_settings" => on(f, settings::list),
         "admin.update_tenant_settings" => on(f, settings::update),
