@@ -48,7 +48,7 @@ pub(crate) fn fingerprint_of(secret: &str) -> String {
 
 /// The associated-data kind of a sealed provider secret.
 pub(crate) const SECRET_KIND: &str = "provider_secret";
-pub(crate) const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+pub(crate) use agentplane_core::provider::AZURE_DEFAULT_API_VERSION;
 
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

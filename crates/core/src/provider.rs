@@ -131,6 +131,9 @@ pub struct Provider {
     pub shared_id: Option<String>,
 }
 
+/// The Azure OpenAI `api-version` used when a provider names none.
+pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+
 /// Provider credentials the platform shares with the tenants of some plans.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 pub struct SharedProvider {

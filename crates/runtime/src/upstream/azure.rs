@@ -8,7 +8,7 @@ use reqwest::Url;
 use std::sync::Arc;
 
 /// The `api-version` sent when the target names none.
-pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+pub use agentplane_core::provider::AZURE_DEFAULT_API_VERSION;
 
 /// `POST {base_url}/openai/deployments/{model}/chat/completions?api-version=...`, where
 /// `{model}` is the body's `model` (the deployment name), with an `api-key` header or an
