@@ -226,6 +226,17 @@ async fn retention_removes_old_data_and_old_personal_data_and_keeps_the_chain(b:
     .await;
     assert_eq!((s, r["scheduled"].as_u64()), (202, Some(2)), "{r}");
     assert_eq!(app.run_jobs().await, 2);
+    let runs = store
+        .audit_chain_page(&platform, "platform", 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(e, _)| e.action == "retention.run")
+        .count();
+    assert_eq!(
+        runs, 1,
+        "the operator's run is in the platform's audit trail"
+    );
     let usage = |tenant: &str| {
         let ctx = platform.tenant(tenant.parse().unwrap());
         async move {

@@ -28,6 +28,24 @@ impl ControlPlane {
         Ok(self.store.schedule_retention(platform, since).await?)
     }
 
+    /// `admin.run_retention`: every active tenant's retention now, audited on the platform
+    /// chain; answers how many tenants were scheduled.
+    pub async fn run_retention_now(&self, platform: &PlatformCtx) -> Result<u64> {
+        // "Now": every active tenant without a retention job in the last second.
+        let n = self
+            .schedule_retention(platform, Duration::from_secs(1))
+            .await?;
+        let audit = NewAuditEvent::new(
+            Chain::Platform,
+            "retention.run",
+            platform.actor(),
+            Timestamp::now(),
+        )
+        .data(serde_json::json!({"scheduled": n}));
+        self.store.append_audit(audit).await?;
+        Ok(n)
+    }
+
     async fn days(&self, ctx: &TenantCtx, key: &str) -> Result<i64> {
         self.setting(ctx, key)
             .await?

@@ -568,12 +568,13 @@ pub static RUN_RETENTION: ActionSpec = ActionSpec {
     preconditions: &["caller must have platform_admin role"],
     postconditions: &[
         "every active tenant gets a retention job (the worker also schedules them daily)",
+        "audit log entry created",
     ],
     risk_level: Risk::High,
     confirmation_required: true,
     idempotent: false,
     is_async: true,
-    side_effects: &["data_erased"],
+    side_effects: &["audit_log", "data_erased"],
     description: "Apply every tenant's data and audit retention now",
     ..spec(
         "admin.run_retention",

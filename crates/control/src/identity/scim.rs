@@ -154,6 +154,28 @@ fn parse_filter(f: &str) -> Result<ScimFilter> {
     Ok(filter)
 }
 
+/// The group of role `name` (built-in or custom) with the members holding it.
+fn group_of(members: &[Member], name: &str, builtin: bool) -> Value {
+    let members: Vec<Value> = members
+        .iter()
+        .filter(|m| {
+            if builtin {
+                m.roles.iter().any(|r| r == name)
+            } else {
+                m.custom_roles.iter().any(|r| r == name)
+            }
+        })
+        .map(|m| json!({"value": m.user_id, "display": m.email, "$ref": format!("/scim/v2/Users/{}", m.user_id)}))
+        .collect();
+    json!({
+        "schemas": [GROUP_SCHEMA],
+        "id": name,
+        "displayName": name,
+        "members": members,
+        "meta": {"resourceType": "Group", "location": format!("/scim/v2/Groups/{name}")},
+    })
+}
+
 /// A list response (RFC 7644 3.4.2).
 fn list(total: i64, start: i64, resources: Vec<Value>) -> Value {
     json!({
@@ -508,29 +530,16 @@ impl ControlPlane {
         Ok(names)
     }
 
-    async fn group_resource(&self, ctx: &TenantCtx, name: &str, builtin: bool) -> Result<Value> {
-        let (_, members) = self
+    async fn all_members(&self, ctx: &TenantCtx) -> Result<Vec<Member>> {
+        Ok(self
             .store
             .scim_members(ctx, &ScimFilter::default(), 0, i64::MAX)
-            .await?;
-        let members: Vec<Value> = members
-            .iter()
-            .filter(|m| {
-                if builtin {
-                    m.roles.iter().any(|r| r == name)
-                } else {
-                    m.custom_roles.iter().any(|r| r == name)
-                }
-            })
-            .map(|m| json!({"value": m.user_id, "display": m.email, "$ref": format!("/scim/v2/Users/{}", m.user_id)}))
-            .collect();
-        Ok(json!({
-            "schemas": [GROUP_SCHEMA],
-            "id": name,
-            "displayName": name,
-            "members": members,
-            "meta": {"resourceType": "Group", "location": format!("/scim/v2/Groups/{name}")},
-        }))
+            .await?
+            .1)
+    }
+
+    async fn group_resource(&self, ctx: &TenantCtx, name: &str, builtin: bool) -> Result<Value> {
+        Ok(group_of(&self.all_members(ctx).await?, name, builtin))
     }
 
     async fn find_group(&self, ctx: &TenantCtx, id: &str) -> Result<(String, bool)> {
@@ -562,10 +571,11 @@ impl ControlPlane {
             }
             None => None,
         };
+        let members = self.all_members(ctx).await?;
         let mut groups = Vec::new();
         for (name, builtin) in self.role_names(ctx).await? {
             if wanted.as_ref().is_none_or(|w| *w == name) {
-                groups.push(self.group_resource(ctx, &name, builtin).await?);
+                groups.push(group_of(&members, &name, builtin));
             }
         }
         let total = i64::try_from(groups.len()).unwrap_or(i64::MAX);

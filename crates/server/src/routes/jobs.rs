@@ -60,11 +60,7 @@ pub async fn run_retention(
     State(state): State<AppState>,
     scope: crate::extract::PlatformScope,
 ) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
-    // "Now": every active tenant without a retention job in the last second.
-    let n = state
-        .control()
-        .schedule_retention(&scope.ctx, std::time::Duration::from_secs(1))
-        .await?;
+    let n = state.control().run_retention_now(&scope.ctx).await?;
     Ok((
         axum::http::StatusCode::ACCEPTED,
         Json(serde_json::json!({"scheduled": n})),
