@@ -1,7 +1,7 @@
 //! `agentplane`: the one binary. `serve` runs the API (and, by default, the job worker) on
 //! the embedded SQLite file or PostgreSQL; `migrate` brings a PostgreSQL schema up to date
 //! as its owner; `worker` runs only the job worker; `audit verify` recomputes every audit
-//! hash chain; `token` mints an admin JWT with the configured shared secret (development).
+//! hash chain; `tenant import` loads a tenant's export; `token` mints an admin JWT with the configured shared secret (development).
 
 // A CLI: printing its results to stdout is its job.
 #![allow(clippy::print_stdout)]
@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Tenant operations.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Mint an HS256 admin token with the configured (or dev) shared secret.
     Token {
         #[arg(long, default_value = "admin")]
@@ -64,6 +69,22 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Load a tenant's `full` export (the ZIP a download link gives) into this deployment,
+    /// after verifying every file against its manifest.
+    Import {
+        /// The export file.
+        file: PathBuf,
+        /// Import as a new tenant with this slug (and a new id) instead of the exported one.
+        #[arg(long)]
+        slug: Option<String>,
+        /// The new tenant's name (with --slug).
+        #[arg(long, requires = "slug")]
+        name: Option<String>,
     },
 }
 
@@ -182,6 +203,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("audit chain verification FAILED");
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Tenant {
+            command: TenantCommand::Import { file, slug, name },
+        } => {
+            cfg.validate()?;
+            let store = agentplane_server::app::open_store(&cfg).await?;
+            let control = agentplane_server::app::control_plane(&cfg, store).await?;
+            let platform = PlatformCtx::for_system("cli/tenant-import");
+            let target = agentplane_control::ImportTarget {
+                new_slug: slug,
+                new_name: name,
+            };
+            let report = control.import_tenant(&platform, &file, target).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Token {
             sub,

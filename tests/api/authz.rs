@@ -47,6 +47,7 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{delegation_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{receipt_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{export_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{shared_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
@@ -58,6 +59,7 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
 fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
     match a.intent {
         "admin.change_tenant_plan" => Some(json!({"plan_id": "pro"})),
+        "admin.export_tenant_data" => Some(json!({"export_type": "users_only"})),
         "admin.suspend_tenant" => Some(json!({"reason": "authz test"})),
         "admin.update_tenant_settings" => Some(json!({"setting_value": format!("l{n}")})),
         "admin.update_branding" => Some(json!({"product_name": format!("Brand {n}")})),
@@ -402,6 +404,70 @@ async fn send(
         let body = body_for(action, n).or(Some(json!({})));
         return app
             .call(method(action.method), &path, Some(token), body)
+            .await;
+    }
+    if action.path.contains("{export_id}") || action.intent == "admin.import_tenant" {
+        // A ready export made by the operator (and, to import, its bytes).
+        let op = app.platform_admin();
+        let (s, rec) = status_json(
+            app.post(
+                &format!("/v1/tenants/{tenant}/exports?confirm=true"),
+                &op,
+                json!({"export_type": "full"}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 202, "preparing an export: {rec}");
+        app.run_jobs().await;
+        let id = rec["id"].as_str().unwrap();
+        if action.intent == "admin.import_tenant" {
+            let (s, link) = status_json(
+                app.post(
+                    &format!("/v1/tenants/{tenant}/exports/{id}/link"),
+                    &op,
+                    json!({}),
+                )
+                .await,
+            )
+            .await;
+            assert_eq!(s, 200, "preparing a link: {link}");
+            let url = link["url"].as_str().unwrap();
+            let path = &url[url.find("/v1/downloads/").unwrap()..];
+            let bytes = app
+                .client
+                .get(format!("{}{path}", app.base))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            return app
+                .client
+                .post(format!(
+                    "{}/v1/admin/tenants/import?confirm=true&slug=imp-{}",
+                    app.base,
+                    &uuid::Uuid::new_v4().simple().to_string()[..12]
+                ))
+                .bearer_auth(token)
+                .header("content-type", "application/zip")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+        }
+        let path = action
+            .path
+            .replace("{tenant_id}", tenant)
+            .replace("{export_id}", id);
+        return app
+            .call(
+                method(action.method),
+                &path,
+                Some(token),
+                body_for(action, n),
+            )
             .await;
     }
     if action.path.contains("{receipt_id}") {

@@ -155,7 +155,134 @@ impl Drop for Proc {
 both_backends!(
     worker_killed_mid_provisioning_loses_nothing_and_duplicates_nothing,
     worker_killed_mid_erasure_erases_once_with_one_receipt,
+    worker_killed_mid_export_finishes_it_once_with_one_artifact,
 );
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+async fn worker_killed_mid_export_finishes_it_once_with_one_artifact(b: Backend) {
+    let app = TestApp::spawn_on(Db::new(b).await, |_| {}).await;
+    let tenant = app.active_tenant("Exodus").await;
+    let admin = app.tenant_user("tenant_admin", &tenant);
+    let (s, rec) = status_json(
+        app.post(
+            &format!("/v1/tenants/{tenant}/exports?confirm=true"),
+            &admin,
+            json!({"export_type": "full"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let export_path = format!("/v1/tenants/{tenant}/exports/{id}");
+    let get = || app.get(&export_path, &admin);
+    let mut env = app.db.env(&app.secret);
+    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
+    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
+    let mut crash_env = env.clone();
+    crash_env.insert("AGENTPLANE_CRASH_AT".into(), "export.before_commit".into());
+
+    // 1. The worker dies after uploading, before recording: the export is still pending.
+    let mut doomed = Proc::spawn(&["worker"], &crash_env);
+    let status = doomed.wait(PATIENCE).await;
+    assert_eq!(status.signal(), Some(SIGABRT), "{}", doomed.describe());
+    let (_, now) = status_json(get().await).await;
+    assert_eq!(now["status"], "pending", "{now}");
+
+    // 2. A second worker takes over after the lease and finishes it.
+    let mut rescuer = Proc::spawn(&["worker"], &env);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, now) = status_json(get().await).await;
+        if now["status"] == "ready" {
+            break;
+        }
+        if let Some(s) = rescuer.try_status() {
+            panic!("the second worker exited ({s:?})\n{}", rescuer.describe());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready\n{}",
+            rescuer.describe()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    rescuer.terminate();
+    assert!(
+        rescuer.wait(PATIENCE).await.success(),
+        "{}",
+        rescuer.describe()
+    );
+    let job = app
+        .control
+        .store()
+        .get_job(rec["job_id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.status, job.attempts),
+        (JobStatus::Succeeded, 2),
+        "{job:?}"
+    );
+    // One artifact (the first attempt's upload is gone), one completion in the audit trail.
+    let artifacts: Vec<PathBuf> = files_under(app.db.dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(&format!("/exports/{id}/")))
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let chain = app
+        .control
+        .store()
+        .audit_chain_page(&PlatformCtx::for_system("t"), &tenant, 0, 1000)
+        .await
+        .unwrap();
+    let completed = chain
+        .iter()
+        .filter(|(e, _)| e.action == "export.completed")
+        .count();
+    assert_eq!(completed, 1);
+    // And it downloads whole: the manifest inside matches the record.
+    let (s, link) = status_json(
+        app.post(
+            &format!("/v1/tenants/{tenant}/exports/{id}/link"),
+            &admin,
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{link}");
+    let url = link["url"].as_str().unwrap();
+    let path = &url[url.find("/v1/downloads/").unwrap()..];
+    let bytes = app
+        .client
+        .get(format!("{}{path}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_reader(zip.by_name("manifest.json").unwrap()).unwrap();
+    let (_, now) = status_json(get().await).await;
+    assert_eq!(manifest, now["manifest"]);
+}
 
 async fn worker_killed_mid_erasure_erases_once_with_one_receipt(b: Backend) {
     let app = TestApp::spawn_on(Db::new(b).await, |_| {}).await;

@@ -16,6 +16,7 @@ mod authz;
 mod branding;
 mod conformance;
 mod crash;
+mod exports;
 mod gateway;
 mod identity;
 mod input;

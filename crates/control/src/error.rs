@@ -80,6 +80,10 @@ pub enum ConflictKind {
     InUse,
     AlreadyFinished,
     LastAdmin,
+    /// The export is not ready (still running, failed, deleted or expired).
+    NotReady,
+    /// An import names a tenant that exists in this deployment already.
+    TenantExists,
 }
 
 impl std::fmt::Display for ConflictKind {
@@ -93,6 +97,10 @@ impl std::fmt::Display for ConflictKind {
             Self::InUse => "still in use; remove what uses it first",
             Self::AlreadyFinished => "it already finished",
             Self::LastAdmin => "the tenant must keep at least one active tenant_admin",
+            Self::NotReady => "the export is not ready: still running, failed, deleted or expired",
+            Self::TenantExists => {
+                "a tenant with this id exists here already; import it as a new tenant"
+            }
         })
     }
 }

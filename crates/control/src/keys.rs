@@ -132,6 +132,24 @@ impl ControlPlane {
             .await?)
     }
 
+    /// The tenant's active data key (for sealing large objects as streams).
+    pub(crate) async fn active_data_key(&self, ctx: &TenantCtx) -> Result<(i64, Arc<DataKey>)> {
+        self.active_key(ctx).await
+    }
+
+    /// The tenant's data key of `version` (to open what it sealed).
+    pub(crate) async fn data_key_version(
+        &self,
+        ctx: &TenantCtx,
+        version: i64,
+    ) -> Result<Arc<DataKey>> {
+        let keys = self.store.tenant_keys(ctx).await?;
+        let k = keys.iter().find(|k| k.version == version).ok_or(
+            agentplane_crypto::CryptoError::UnknownKeyVersion(version as u32),
+        )?;
+        self.unwrap_key(ctx, k).await
+    }
+
     /// Seals `plaintext` for the object `(kind, id)` of the tenant; answers the sealed bytes
     /// and the data-key version used.
     pub(crate) async fn seal_secret(

@@ -7,6 +7,7 @@
 mod agents;
 mod api_keys;
 mod branding;
+mod exports;
 mod idempotency;
 pub mod identity;
 mod jobs;
@@ -26,6 +27,9 @@ pub use agents::{CreateAgent, UpdateAgent};
 pub use api_keys::{CreateApiKey, CreatedApiKey, KeyRejected};
 pub use branding::BrandingPatch;
 pub use error::{AuthFailure, ControlError};
+pub use exports::{
+    DateRange, DownloadLink, ExportFormat, ExportType, ImportReport, ImportTarget, RequestExport,
+};
 pub use idempotency::{IdempotencyKey, Replayable};
 pub use keys::{Keys, MasterRotation};
 pub use providers::{CreateProvider, ProbeResult, UpdateProvider};

@@ -100,6 +100,7 @@ impl ControlPlane {
                     ControlError::Store(s) => JobError::Store(s),
                     e => JobError::Failed(e.to_string()),
                 }),
+                JobKind::Export => self.run_export(&job).await,
                 JobKind::EraseUser => self.run_erasure(&job).await.map_err(|e| match e {
                     ControlError::Store(s) => JobError::Store(s),
                     e => JobError::Failed(e.to_string()),

@@ -58,6 +58,7 @@ impl ControlPlane {
     pub(crate) async fn run_retention(&self, job: &Job) -> Result<()> {
         let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
         let now = Timestamp::now();
+        self.remove_export_artifacts(&ctx, Some(now)).await?;
         let data_days = self.days(&ctx, "data.retention_days").await?;
         let audit_days = self.days(&ctx, "audit.retention_days").await?;
         let audit = NewAuditEvent::new(

@@ -1078,6 +1078,155 @@ pub static GET_ERASURE_RECEIPT: ActionSpec = ActionSpec {
     )
 };
 
+const EXPORT_ID: Param =
+    Param::new("export_id", ParamType::String, true, "the export").format("uuid");
+
+pub static EXPORT_TENANT_DATA: ActionSpec = ActionSpec {
+    entity: "tenant_data",
+    action_type: ActionType::Read,
+    permission: Some(Permission::DataExport),
+    parameters: &[
+        Param::new(
+            "export_type",
+            ParamType::String,
+            true,
+            "what to export: full, users_only, audit_logs or gdpr_request",
+        )
+        .one_of(&["full", "users_only", "audit_logs", "gdpr_request"]),
+        Param::new(
+            "date_range",
+            ParamType::Object,
+            false,
+            "{start, end}: days (YYYY-MM-DD), inclusive; selects usage records and audit events",
+        ),
+        Param::new(
+            "format",
+            ParamType::String,
+            false,
+            "zip (default), json or csv",
+        )
+        .one_of(&["json", "csv", "zip"]),
+        Param::new(
+            "user_id",
+            ParamType::String,
+            false,
+            "the data subject of a gdpr_request",
+        )
+        .format("uuid"),
+        CONFIRM,
+    ],
+    preconditions: &[
+        "caller must have tenant_admin role",
+        "export must comply with data retention policy",
+    ],
+    postconditions: &["export job created", "audit log entry created"],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["audit_log", "object_store"],
+    description: "Export all tenant data for compliance or migration purposes",
+    ..spec(
+        "admin.export_tenant_data",
+        "tenant_data",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/exports",
+    )
+};
+
+pub static LIST_EXPORTS: ActionSpec = ActionSpec {
+    entity: "export",
+    permission: Some(Permission::DataExport),
+    parameters: &[CURSOR, LIMIT],
+    description: "The tenant's exports: status, manifest, expiry",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.list_exports",
+        "export",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/exports",
+    )
+};
+
+pub static GET_EXPORT: ActionSpec = ActionSpec {
+    entity: "export",
+    permission: Some(Permission::DataExport),
+    parameters: &[EXPORT_ID],
+    description: "One export: status, manifest (files, SHA-256, record counts), expiry",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.get_export",
+        "export",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/exports/{export_id}",
+    )
+};
+
+pub static CREATE_EXPORT_LINK: ActionSpec = ActionSpec {
+    entity: "export",
+    action_type: ActionType::Write,
+    permission: Some(Permission::DataExport),
+    parameters: &[EXPORT_ID],
+    preconditions: &["caller must have tenant_admin role", "the export is ready"],
+    postconditions: &[
+        "a download link valid for five minutes",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    side_effects: &["audit_log"],
+    description: "A short-lived signed link to download a ready export",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.create_export_link",
+        "export",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/exports/{export_id}/link",
+    )
+};
+
+pub static IMPORT_TENANT: ActionSpec = ActionSpec {
+    entity: "tenant",
+    action_type: ActionType::Write,
+    scope: Scope::Platform,
+    permission: Some(Permission::TenantsCreate),
+    parameters: &[
+        Param::new(
+            "body",
+            ParamType::String,
+            true,
+            "a full export in the zip format (application/zip)",
+        ),
+        Param::new(
+            "slug",
+            ParamType::String,
+            false,
+            "import as a new tenant with this slug (and a new id)",
+        ),
+        Param::new("name", ParamType::String, false, "the new tenant's name"),
+        CONFIRM,
+    ],
+    preconditions: &[
+        "caller must have platform_admin role",
+        "the export verifies against its manifest",
+        "the tenant (or the new slug) does not exist here",
+    ],
+    postconditions: &[
+        "the tenant exists with the exported data",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    idempotent: false,
+    side_effects: &["audit_log", "tenant_created"],
+    description: "Import a tenant's full export (migration between deployments or regions)",
+    ..spec(
+        "admin.import_tenant",
+        "tenant",
+        Method::Post,
+        "/v1/admin/tenants/import",
+    )
+};
+
 const SSO_ID: Param = Param::new(
     "connection_id",
     ParamType::String,
@@ -2166,6 +2315,11 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &ATTACH_SHARED_PROVIDER,
     &ERASE_USER,
     &GET_ERASURE_RECEIPT,
+    &EXPORT_TENANT_DATA,
+    &LIST_EXPORTS,
+    &GET_EXPORT,
+    &CREATE_EXPORT_LINK,
+    &IMPORT_TENANT,
     &CREATE_SCIM_TOKEN,
     &DELETE_SCIM_TOKEN,
     &LIST_SSO,

@@ -66,6 +66,7 @@ pub enum Permission {
     RolesWrite,
     SsoWrite,
     DataErase,
+    DataExport,
     SettingsRead,
     SettingsWrite,
     BrandingWrite,
@@ -102,6 +103,7 @@ impl Permission {
             Self::RolesWrite => "roles.write",
             Self::SsoWrite => "sso.write",
             Self::DataErase => "data.erase",
+            Self::DataExport => "data.export",
             Self::SettingsRead => "settings.read",
             Self::SettingsWrite => "settings.write",
             Self::BrandingWrite => "branding.write",
@@ -169,6 +171,7 @@ pub const PERMISSION_MATRIX: &[(Permission, &[Role])] = &[
     (P::RolesWrite, &[R::PlatformAdmin, R::TenantAdmin]),
     (P::SsoWrite, &[R::PlatformAdmin, R::TenantAdmin]),
     (P::DataErase, &[R::PlatformAdmin, R::TenantAdmin]),
+    (P::DataExport, &[R::PlatformAdmin, R::TenantAdmin]),
     (
         P::SettingsRead,
         &[R::PlatformAdmin, R::TenantAdmin, R::Auditor],
@@ -438,6 +441,27 @@ impl TenantCtx {
 
     /// BYPASS: the durable-job worker acts inside the tenant that enqueued the job. The job
     /// payload carries the tenant; the job was enqueued by an authorized, audited action.
+    /// The download route after it verified a signed link this deployment issued for one
+    /// object of the tenant (`what` names it, for the audit trail).
+    pub fn for_signed_link(tenant_id: TenantId, what: &str) -> Self {
+        Self {
+            tenant_id,
+            actor: Actor::System {
+                component: format!("signed-link/{what}"),
+            },
+        }
+    }
+
+    /// An import loading an export as the tenant `tenant_id` (an operator's platform action).
+    pub fn for_import(tenant_id: TenantId) -> Self {
+        Self {
+            tenant_id,
+            actor: Actor::System {
+                component: "import".into(),
+            },
+        }
+    }
+
     pub fn for_system_job(tenant_id: TenantId, job: JobId) -> Self {
         Self {
             tenant_id,

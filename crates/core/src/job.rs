@@ -62,6 +62,9 @@ pub enum JobKind {
     /// Applies the tenant's retention settings (data and audit retention days).
     #[serde(rename = "tenant.retention")]
     Retention,
+    /// Builds an export of the tenant's data (sealed, in the object store).
+    #[serde(rename = "tenant.export")]
+    Export,
 }
 
 impl JobKind {
@@ -74,6 +77,7 @@ impl JobKind {
             Self::SendInvitation => "invitation.send",
             Self::EraseUser => "user.erase",
             Self::Retention => "tenant.retention",
+            Self::Export => "tenant.export",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -85,6 +89,7 @@ impl JobKind {
             "invitation.send" => Self::SendInvitation,
             "user.erase" => Self::EraseUser,
             "tenant.retention" => Self::Retention,
+            "tenant.export" => Self::Export,
             _ => return None,
         })
     }

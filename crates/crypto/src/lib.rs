@@ -36,6 +36,7 @@ mod error;
 mod kms;
 mod local;
 mod seal;
+mod stream;
 mod transit;
 
 pub use cache::KeyCache;
@@ -46,5 +47,6 @@ pub use seal::{
     open, seal, sealed_key_version, Aad, DataKey, FORMAT_VERSION, HEADER_LEN, KEY_LEN, MAGIC,
     NONCE_LEN, TAG_LEN,
 };
+pub use stream::{StreamOpener, StreamSealer, STREAM_CHUNK, STREAM_HEADER_LEN};
 pub use transit::{TransitKms, KMS_TIMEOUT};
 pub use zeroize::Zeroizing;

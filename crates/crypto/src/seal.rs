@@ -114,7 +114,7 @@ impl DataKey {
         &self.0
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
+    pub(crate) fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
     }
 }

@@ -169,6 +169,8 @@ impl From<ControlError> for ApiError {
                     ConflictKind::InUse => "in_use",
                     ConflictKind::AlreadyFinished => "already_finished",
                     ConflictKind::LastAdmin => "last_admin",
+                    ConflictKind::NotReady => "not_ready",
+                    ConflictKind::TenantExists => "tenant_exists",
                 };
                 Self::new(StatusCode::CONFLICT, code, "Conflict", kind.to_string())
             }

@@ -15,6 +15,7 @@
 //! `sqlite.rs` and `postgres.rs`.
 
 mod error;
+pub mod exports;
 pub mod identity;
 pub mod objects;
 mod postgres;
@@ -272,7 +273,7 @@ pub enum QuotaOp {
 }
 
 #[async_trait]
-pub trait Store: identity::IdentityStore + Send + Sync + 'static {
+pub trait Store: identity::IdentityStore + exports::ExportStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// A round trip to the database.
     async fn ping(&self) -> Result<()>;

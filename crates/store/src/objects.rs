@@ -69,6 +69,50 @@ impl Objects {
         }
     }
 
+    /// Writes a large object in parts from `next` (each call answers the next piece, `None`
+    /// at the end). The object appears only once complete: a writer killed midway leaves
+    /// none (the store aborts or garbage-collects the unfinished upload).
+    pub async fn put_stream<F>(&self, ctx: &TenantCtx, key: &str, mut next: F) -> Result<u64>
+    where
+        F: FnMut() -> Result<Option<Vec<u8>>> + Send,
+    {
+        let upload = self.inner.put_multipart(&Self::path(ctx, key)?).await?;
+        let mut w = object_store::WriteMultipart::new(upload);
+        let mut written = 0u64;
+        let res: Result<()> = async {
+            while let Some(piece) = next()? {
+                w.wait_for_capacity(4).await?;
+                written += piece.len() as u64;
+                w.write(&piece);
+            }
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => {
+                w.finish().await?;
+                Ok(written)
+            }
+            Err(e) => {
+                let _ = w.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The object as a stream of pieces.
+    pub async fn get_stream(
+        &self,
+        ctx: &TenantCtx,
+        key: &str,
+    ) -> Result<Option<futures::stream::BoxStream<'static, Result<Bytes>>>> {
+        match self.inner.get(&Self::path(ctx, key)?).await {
+            Ok(r) => Ok(Some(Box::pin(r.into_stream().map_err(StoreError::from)))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn delete(&self, ctx: &TenantCtx, key: &str) -> Result<()> {
         match self.inner.delete(&Self::path(ctx, key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

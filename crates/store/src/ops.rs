@@ -845,6 +845,7 @@ impl Store for BackendStore {
             "sso_replay",
             "sso_connections",
             "erasure_receipts",
+            "exports",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(&tenant)

@@ -22,6 +22,10 @@ mod ops;
 #[allow(clippy::duplicate_mod)]
 mod identity_ops;
 
+#[path = "export_ops.rs"]
+#[allow(clippy::duplicate_mod)]
+mod export_ops;
+
 type Db = sqlx::Postgres;
 type BackendStore = PgStore;
 
@@ -197,6 +201,18 @@ impl PgStore {
     }
     async fn read_tenant(&self, tenant: TenantId) -> Result<Transaction<'static, Db>> {
         self.write_tenant(tenant).await
+    }
+    /// One snapshot for every statement of the transaction (an export's tables agree).
+    async fn snapshot_tenant(&self, tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     async fn claim(&self, now: Timestamp, lease_ms: i64) -> Result<Option<Job>> {

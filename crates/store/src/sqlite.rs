@@ -22,6 +22,10 @@ mod ops;
 #[allow(clippy::duplicate_mod)]
 mod identity_ops;
 
+#[path = "export_ops.rs"]
+#[allow(clippy::duplicate_mod)]
+mod export_ops;
+
 type Db = sqlx::Sqlite;
 type BackendStore = SqliteStore;
 
@@ -105,6 +109,10 @@ impl SqliteStore {
         Ok(self.read.begin().await?)
     }
     async fn read_tenant(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        Ok(self.read.begin().await?)
+    }
+    /// A read transaction in WAL mode sees one snapshot from its first read to its end.
+    async fn snapshot_tenant(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
         Ok(self.read.begin().await?)
     }
 

@@ -91,6 +91,8 @@ impl ControlPlane {
         let email = String::from_utf8_lossy(&email).into_owned();
         let tenant = job.tenant_id.to_string();
         let subject = subject_hash(&tenant, &email);
+        // Exported artifacts may hold the person: they go first (idempotent on a retry).
+        self.remove_export_artifacts(&ctx, None).await?;
         self.ensure_signing_key().await?;
         let signer = self.receipt_signer()?;
         let receipt_id = job.id.to_string();

@@ -278,19 +278,40 @@ impl ControlPlane {
     }
 
     pub(crate) async fn sign_access(&self, claims: &AccessClaims) -> Result<String> {
+        self.sign_typed("at+jwt", claims).await
+    }
+
+    /// Signs `claims` with the current key as a JWT of type `typ` (access tokens, download
+    /// links): the audience inside tells a verifier what the token is for.
+    pub(crate) async fn sign_typed(
+        &self,
+        typ: &str,
+        claims: &impl serde::Serialize,
+    ) -> Result<String> {
         self.ensure_signing_key().await?;
         let current = self
             .current_key()?
             .ok_or_else(|| ControlError::Internal("no signing key".into()))?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(current.kid.clone());
-        header.typ = Some("at+jwt".into());
+        header.typ = Some(typ.into());
         jsonwebtoken::encode(&header, claims, &current.encoding)
             .map_err(|e| ControlError::Internal(format!("signing failed: {e}")))
     }
 
     /// Verifies an access token's signature, issuer, audience and expiry.
     pub(crate) async fn verify_access_signature(&self, token: &str) -> Result<AccessClaims> {
+        self.verify_typed(token, super::AUDIENCE, &["exp", "iss", "aud", "sub"])
+            .await
+    }
+
+    /// Verifies a JWT this deployment signed: signature, issuer, `audience` and expiry.
+    pub(crate) async fn verify_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+        required: &[&str],
+    ) -> Result<T> {
         use crate::error::AuthFailure::InvalidAccessToken as Bad;
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| ControlError::Auth(Bad("malformed")))?;
@@ -306,10 +327,10 @@ impl ControlPlane {
         let key = key.ok_or(ControlError::Auth(Bad("unknown or retired key")))?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_issuer(&[&self.identity.cfg.issuer]);
-        v.set_audience(&[super::AUDIENCE]);
+        v.set_audience(&[audience]);
         v.leeway = self.identity.cfg.leeway_secs;
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &v).map_err(|e| {
+        v.set_required_spec_claims(required);
+        let data = jsonwebtoken::decode::<T>(token, &key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             ControlError::Auth(Bad(match e.kind() {
                 K::ExpiredSignature => "expired",

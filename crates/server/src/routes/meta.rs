@@ -80,6 +80,8 @@ pub async fn openapi() -> impl IntoResponse {
         super::users::list_delegations, super::users::create_delegation, super::users::revoke_delegation,
         super::users::create_scim_token, super::users::delete_scim_token,
         super::users::erase, super::users::erasure_receipt,
+        super::exports::create, super::exports::list, super::exports::get, super::exports::link,
+        super::exports::download, super::exports::import,
         super::providers::list_shared, super::providers::create_shared, super::providers::update_shared,
         super::providers::available_shared, super::providers::attach_shared,
         super::users::list_sso, super::users::create_sso, super::users::get_sso, super::users::update_sso,

@@ -7,6 +7,7 @@ mod api_keys;
 mod audit;
 mod auth;
 mod branding;
+mod exports;
 mod gateway;
 mod jobs;
 mod meta;
@@ -81,6 +82,11 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.revoke_delegation" => on(f, users::revoke_delegation),
         "admin.create_scim_token" => on(f, users::create_scim_token),
         "admin.erase_user" => on(f, users::erase),
+        "admin.export_tenant_data" => on(f, exports::create),
+        "admin.list_exports" => on(f, exports::list),
+        "admin.get_export" => on(f, exports::get),
+        "admin.create_export_link" => on(f, exports::link),
+        "admin.import_tenant" => on(f, exports::import),
         "admin.list_shared_providers" => on(f, providers::list_shared),
         "admin.create_shared_provider" => on(f, providers::create_shared),
         "admin.update_shared_provider" => on(f, providers::update_shared),
@@ -148,6 +154,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(gateway::chat_completions))
         .route("/v1/tenants/{tenant_id}/runs", post(gateway::run))
         .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/v1/downloads/{token}", get(exports::download))
         .route("/v1/auth/token", post(auth::token))
         .route("/v1/auth/{tenant}/token", post(auth::tenant_token))
         .route("/v1/auth/invitations/accept", post(auth::accept_invitation))
