@@ -183,6 +183,7 @@ impl StreamOpener {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use agentplane_core::TenantId;
 
