@@ -136,6 +136,7 @@ async fn measure(
             ImportTarget {
                 new_slug: Some("bench-import".into()),
                 new_name: None,
+                new_tenant_id: None,
             },
         )
         .await?;

@@ -214,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let target = agentplane_control::ImportTarget {
                 new_slug: slug,
                 new_name: name,
+                new_tenant_id: None,
             };
             let report = control.import_tenant(&platform, &file, target).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -48,6 +48,7 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
         .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{receipt_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{export_id}", &uuid::Uuid::now_v7().to_string())
+        .replace("{backup_id}", &uuid::Uuid::now_v7().to_string())
         .replace("{shared_id}", &uuid::Uuid::now_v7().to_string());
     if a.confirmation_required {
         p.push_str("?confirm=true");
@@ -60,6 +61,9 @@ fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
     match a.intent {
         "admin.change_tenant_plan" => Some(json!({"plan_id": "pro"})),
         "admin.export_tenant_data" => Some(json!({"export_type": "users_only"})),
+        "admin.restore_backup" => Some(json!({
+            "slug": format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+        })),
         "admin.suspend_tenant" => Some(json!({"reason": "authz test"})),
         "admin.update_tenant_settings" => Some(json!({"setting_value": format!("l{n}")})),
         "admin.update_branding" => Some(json!({"product_name": format!("Brand {n}")})),
@@ -468,6 +472,32 @@ async fn send(
                 Some(token),
                 body_for(action, n),
             )
+            .await;
+    }
+    if action.path.contains("{backup_id}") {
+        // A ready backup made by the operator.
+        let op = app.platform_admin();
+        let (s, rec) = status_json(
+            app.post(
+                &format!("/v1/tenants/{tenant}/backups?confirm=true"),
+                &op,
+                json!({}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 202, "preparing a backup: {rec}");
+        app.run_jobs().await;
+        let mut path = action
+            .path
+            .replace("{tenant_id}", tenant)
+            .replace("{backup_id}", rec["id"].as_str().unwrap());
+        if action.confirmation_required {
+            path.push_str("?confirm=true");
+        }
+        let body = body_for(action, n).or(Some(json!({})));
+        return app
+            .call(method(action.method), &path, Some(token), body)
             .await;
     }
     if action.path.contains("{receipt_id}") {

@@ -156,7 +156,97 @@ both_backends!(
     worker_killed_mid_provisioning_loses_nothing_and_duplicates_nothing,
     worker_killed_mid_erasure_erases_once_with_one_receipt,
     worker_killed_mid_export_finishes_it_once_with_one_artifact,
+    worker_killed_mid_restore_restores_once,
 );
+
+async fn worker_killed_mid_restore_restores_once(b: Backend) {
+    let app = TestApp::spawn_on(Db::new(b).await, |_| {}).await;
+    let tenant = app.active_tenant("Lazarus").await;
+    crate::exports::seed(&app, &tenant, "lazarus-marker", 25).await;
+    let admin = app.tenant_user("tenant_admin", &tenant);
+    let (s, backup) = status_json(
+        app.post(
+            &format!("/v1/tenants/{tenant}/backups?confirm=true"),
+            &admin,
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{backup}");
+    app.run_jobs().await;
+    let id = backup["id"].as_str().unwrap();
+    let (s, job) = status_json(
+        app.post(
+            &format!("/v1/admin/tenants/{tenant}/backups/{id}/restore?confirm=true"),
+            &app.platform_admin(),
+            json!({"slug": "lazarus-drill"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{job}");
+    let new_id: TenantId = job["payload"]["tenant_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let store = app.control.store().clone();
+    let mut env = app.db.env(&app.secret);
+    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
+    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
+    let mut crash_env = env.clone();
+    crash_env.insert("AGENTPLANE_CRASH_AT".into(), "import.before_commit".into());
+
+    // 1. The worker dies inside the loading transaction: no tenant, not even a part of one.
+    let mut doomed = Proc::spawn(&["worker"], &crash_env);
+    let status = doomed.wait(PATIENCE).await;
+    assert_eq!(status.signal(), Some(SIGABRT), "{}", doomed.describe());
+    assert!(store.get_tenant(new_id).await.unwrap().is_none());
+    assert!(crate::exports::rows_of(&app, &new_id.to_string())
+        .await
+        .0
+        .is_empty());
+
+    // 2. A second worker restores it, once.
+    let mut rescuer = Proc::spawn(&["worker"], &env);
+    let job_id: JobId = job["id"].as_str().unwrap().parse().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while store.get_job(job_id).await.unwrap().unwrap().status != JobStatus::Succeeded {
+        if let Some(s) = rescuer.try_status() {
+            panic!("the second worker exited ({s:?})\n{}", rescuer.describe());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restored\n{}",
+            rescuer.describe()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    rescuer.terminate();
+    assert!(
+        rescuer.wait(PATIENCE).await.success(),
+        "{}",
+        rescuer.describe()
+    );
+    assert_eq!(store.get_job(job_id).await.unwrap().unwrap().attempts, 2);
+    // Exactly the backup's records (the source itself has moved on: the workers applied its
+    // retention to the 2023 records meanwhile).
+    let restored = crate::exports::rows_of(&app, &new_id.to_string()).await.0;
+    let (_, rec) = status_json(
+        app.get(&format!("/v1/tenants/{tenant}/backups/{id}"), &admin)
+            .await,
+    )
+    .await;
+    let counts = rec["manifest"]["counts"].as_object().unwrap();
+    for (t, n) in counts {
+        let got = restored.iter().filter(|(name, _)| name == t).count();
+        assert_eq!(got as u64, n.as_u64().unwrap(), "{t}");
+    }
+    assert_eq!(counts["usage_records"], 25);
+    let t = store.get_tenant(new_id).await.unwrap().unwrap();
+    assert_eq!(t.slug.as_str(), "lazarus-drill");
+}
 
 /// Every file under `dir`, recursively.
 fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {

@@ -5,6 +5,7 @@ use crate::helpers::{status_json, Backend, TestApp};
 use agentplane_core::authz::PlatformCtx;
 use agentplane_core::time::Timestamp;
 use agentplane_core::usage::UsageRecord;
+use agentplane_store::exports::{Cell, ExportFilter, ExportSink, ExportTable, EXPORT_TABLES};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -14,10 +15,266 @@ both_backends!(
     a_full_export_holds_only_its_tenant_verifies_and_imports_into_another_deployment,
     subject_and_csv_exports_select_what_they_name,
     a_tampered_export_is_refused_and_changes_nothing,
+    backups_verify_restore_into_a_new_tenant_and_leave_every_other_tenant_byte_identical,
 );
 
+/// Every row of a tenant's exportable tables, as the store reads them.
+#[derive(Default)]
+pub struct Rows(pub Vec<(&'static str, Vec<Cell>)>);
+
+impl ExportSink for Rows {
+    fn row(&mut self, t: &'static ExportTable, row: Vec<Cell>) -> agentplane_store::Result<()> {
+        self.0.push((t.name, row));
+        Ok(())
+    }
+}
+
+pub async fn rows_of(app: &TestApp, tenant: &str) -> Rows {
+    let ctx = PlatformCtx::for_system("test/rows").tenant(tenant.parse().unwrap());
+    let tables: Vec<&'static ExportTable> = EXPORT_TABLES.iter().filter(|t| t.importable).collect();
+    let mut rows = Rows::default();
+    app.control
+        .store()
+        .dump_tenant(&ctx, &tables, &ExportFilter::default(), &mut rows)
+        .await
+        .unwrap();
+    rows
+}
+
+async fn backups_verify_restore_into_a_new_tenant_and_leave_every_other_tenant_byte_identical(
+    b: Backend,
+) {
+    let app = TestApp::spawn(b).await;
+    let a = app.active_tenant("Backed").await;
+    let z = app.active_tenant("Bystander").await;
+    seed(&app, &a, "backed-marker", 30).await;
+    seed(&app, &z, "bystander-marker", 10).await;
+    let admin = app.tenant_user("tenant_admin", &a);
+    // Someone who will be erased after the backup.
+    let (_, inv) = status_json(
+        app.post(
+            &format!("/v1/tenants/{a}/invitations"),
+            &admin,
+            json!({"email": "gone@backed.test"}),
+        )
+        .await,
+    )
+    .await;
+    let (s, who) = status_json(
+        app.call(
+            reqwest::Method::POST,
+            "/v1/auth/invitations/accept",
+            None,
+            Some(json!({"token": inv["token"], "password": "correct horse battery staple"})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{who}");
+    let z_before = rows_of(&app, &z).await.0;
+
+    let path = format!("/v1/tenants/{a}/backups");
+    let (s, _) = status_json(app.post(&path, &admin, json!({})).await).await;
+    assert_eq!(s, 428);
+    let (s, _) = status_json(
+        app.post(
+            &format!("{path}?confirm=true"),
+            &app.tenant_user("auditor", &a),
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, backup) = status_json(
+        app.post(&format!("{path}?confirm=true"), &admin, json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, backup["kind"].as_str()),
+        (202, Some("backup")),
+        "{backup}"
+    );
+    app.run_jobs().await;
+    let id = backup["id"].as_str().unwrap().to_owned();
+    let (_, list) = status_json(app.get(&path, &admin).await).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["status"], "ready", "{list}");
+    let (_, exports) =
+        status_json(app.get(&format!("/v1/tenants/{a}/exports"), &admin).await).await;
+    assert!(
+        exports["items"].as_array().unwrap().is_empty(),
+        "a backup is not an export"
+    );
+    let (s, _) = status_json(
+        app.get(
+            &format!("/v1/tenants/{z}/backups/{id}"),
+            &app.tenant_user("tenant_admin", &z),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 404, "another tenant's backup is not found");
+
+    // Verification: restored into a scratch tenant and compared, then rolled back.
+    let tenants_before = status_json(app.get("/v1/tenants", &app.platform_admin()).await)
+        .await
+        .1;
+    let (s, job) = status_json(
+        app.post(&format!("{path}/{id}/verify"), &admin, json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, job["kind"].as_str()),
+        (202, Some("tenant.backup_verify")),
+        "{job}"
+    );
+    app.run_jobs().await;
+    let (_, got) = status_json(app.get(&format!("{path}/{id}"), &admin).await).await;
+    let report = &got["verification"];
+    let jobs = status_json(app.get(&format!("/v1/tenants/{a}/jobs"), &admin).await)
+        .await
+        .1;
+    assert_eq!(report["ok"], true, "{report} {jobs}");
+    assert_eq!(
+        report["tables"]["usage_records"]["restored"], 30,
+        "{report}"
+    );
+    assert!(report["tables"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|t| t["sha256_matches"] == true));
+    let tenants_after = status_json(app.get("/v1/tenants", &app.platform_admin()).await)
+        .await
+        .1;
+    assert_eq!(
+        tenants_before, tenants_after,
+        "the scratch tenant left nothing"
+    );
+
+    // The person is erased after the backup; a restore erases them again.
+    let user = who["user_id"].as_str().unwrap();
+    let (s, _) = status_json(
+        app.post(
+            &format!("/v1/tenants/{a}/users/{user}/erase?confirm=true"),
+            &admin,
+            json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202);
+    app.run_jobs().await;
+
+    // Restore into a new tenant: platform operators only.
+    let restore = format!("/v1/admin/tenants/{a}/backups/{id}/restore?confirm=true");
+    let (s, _) = status_json(
+        app.post(&restore, &admin, json!({"slug": "backed-drill"}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, job) = status_json(
+        app.post(
+            &restore,
+            &app.platform_admin(),
+            json!({"slug": "backed-drill", "name": "Drill"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, job["kind"].as_str()),
+        (202, Some("tenant.restore")),
+        "{job}"
+    );
+    app.run_jobs().await;
+    let new_id = job["payload"]["tenant_id"].as_str().unwrap().to_owned();
+    let (s, t) = status_json(
+        app.get(&format!("/v1/tenants/{new_id}"), &app.platform_admin())
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, t["slug"].as_str(), t["name"].as_str()),
+        (200, Some("backed-drill"), Some("Drill")),
+        "{t}"
+    );
+    let restored = rows_of(&app, &new_id).await.0;
+    let usage = restored
+        .iter()
+        .filter(|(t, _)| *t == "usage_records")
+        .count();
+    assert_eq!(usage, 30);
+    let text = format!("{restored:?}");
+    assert!(text.contains("backed-marker"));
+    assert!(
+        !text.contains("gone@backed.test"),
+        "the erasure was replayed on the restore"
+    );
+    // The bystander's rows are exactly what they were.
+    assert_eq!(rows_of(&app, &z).await.0, z_before);
+
+    // A backup whose sealed object was altered fails verification, saying why.
+    let (_, second) = status_json(
+        app.post(&format!("{path}?confirm=true"), &admin, json!({}))
+            .await,
+    )
+    .await;
+    app.run_jobs().await;
+    let second_id = second["id"].as_str().unwrap();
+    let sealed: Vec<std::path::PathBuf> = walk(app.db.dir.path())
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy()
+                .contains(&format!("/exports/{second_id}/"))
+        })
+        .collect();
+    assert_eq!(sealed.len(), 1);
+    let mut raw = std::fs::read(&sealed[0]).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x40;
+    std::fs::write(&sealed[0], raw).unwrap();
+    status_json(
+        app.post(&format!("{path}/{second_id}/verify"), &admin, json!({}))
+            .await,
+    )
+    .await;
+    app.run_jobs().await;
+    let (_, got) = status_json(app.get(&format!("{path}/{second_id}"), &admin).await).await;
+    assert_eq!(got["verification"]["ok"], false, "{got}");
+
+    // Retention by count: with one to keep, a new backup retires the older ones.
+    let res = app
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/tenants/{a}/settings/backup.retention_count?confirm=true"),
+            Some(&admin),
+            Some(json!({"setting_value": 1})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    status_json(
+        app.post(&format!("{path}?confirm=true"), &admin, json!({}))
+            .await,
+    )
+    .await;
+    app.run_jobs().await;
+    let (_, list) = status_json(app.get(&path, &admin).await).await;
+    let states: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["deleted", "deleted", "ready"], "{list}");
+}
+
 /// Seeds a tenant with a setting, usage records and audit events carrying `marker`.
-async fn seed(app: &TestApp, tenant: &str, marker: &str, records: usize) {
+pub async fn seed(app: &TestApp, tenant: &str, marker: &str, records: usize) {
     let admin = app.tenant_user("tenant_admin", tenant);
     let res = app
         .call(

@@ -42,6 +42,8 @@ pub const EXPORT_FORMAT: &str = "agentplane.export";
 pub const EXPORT_FORMAT_VERSION: u32 = 1;
 /// How long an artifact is kept (and downloadable).
 const EXPORT_TTL_MS: i64 = 7 * 86_400_000;
+/// Backups go by count (`backup.retention_count`), not by age.
+const BACKUP_TTL_MS: i64 = 100 * 365 * 86_400_000;
 /// How long a download link works.
 const LINK_TTL_SECS: i64 = 300;
 const LINK_AUDIENCE: &str = "agentplane-download";
@@ -84,7 +86,7 @@ impl ExportType {
         }
     }
 
-    fn tables(self) -> Vec<&'static ExportTable> {
+    pub(crate) fn tables(self) -> Vec<&'static ExportTable> {
         let names: &[&str] = match self {
             Self::Full => {
                 return EXPORT_TABLES.iter().filter(|t| t.importable).collect();
@@ -199,6 +201,8 @@ pub struct ImportReport {
 pub struct ImportTarget {
     pub new_slug: Option<String>,
     pub new_name: Option<String>,
+    /// The new tenant's id (a restore job fixes it, so a retry finds its own work).
+    pub new_tenant_id: Option<TenantId>,
 }
 
 impl ControlPlane {
@@ -235,21 +239,36 @@ impl ControlPlane {
             }
             (_, None) => None,
         };
-        let now = Timestamp::now();
-        let id = uuid::Uuid::now_v7().to_string();
-        let job = Job::new(
-            ctx.tenant_id(),
-            JobKind::Export,
-            json!({ "export_id": id }),
-            now,
-        );
         let params = json!({
             "from": from, "to": to, "user_id": subject,
         });
+        self.enqueue_export(ctx, false, req.export_type, req.format, params)
+            .await
+    }
+
+    /// Records an export (or a backup: a full export kept by count) and enqueues its job.
+    pub(crate) async fn enqueue_export(
+        &self,
+        ctx: &TenantCtx,
+        backup: bool,
+        export_type: ExportType,
+        format: ExportFormat,
+        params: Value,
+    ) -> Result<ExportRecord> {
+        let now = Timestamp::now();
+        let id = uuid::Uuid::now_v7().to_string();
+        let (kind, job_kind, action, ttl) = if backup {
+            ("backup", JobKind::Backup, "backup.requested", BACKUP_TTL_MS)
+        } else {
+            ("export", JobKind::Export, "export.requested", EXPORT_TTL_MS)
+        };
+        let job = Job::new(ctx.tenant_id(), job_kind, json!({ "export_id": id }), now);
         let rec = ExportRecord {
             id: id.clone(),
-            export_type: req.export_type.as_str().into(),
-            format: req.format.as_str().into(),
+            kind: kind.into(),
+            verification: None,
+            export_type: export_type.as_str().into(),
+            format: format.as_str().into(),
             status: "pending".into(),
             params: params.clone(),
             manifest: None,
@@ -260,19 +279,14 @@ impl ControlPlane {
             created_by: ctx.actor().id().to_owned(),
             created_at: now,
             completed_at: None,
-            expires_at: now.plus_millis(EXPORT_TTL_MS),
+            expires_at: now.plus_millis(ttl),
         };
-        let audit = NewAuditEvent::new(
-            Chain::Tenant(ctx.tenant_id()),
-            "export.requested",
-            ctx.actor(),
-            now,
-        )
-        .target("export", &id)
-        .data(json!({
-            "export_type": rec.export_type, "format": rec.format, "params": params,
-            "job_id": rec.job_id,
-        }));
+        let audit = NewAuditEvent::new(Chain::Tenant(ctx.tenant_id()), action, ctx.actor(), now)
+            .target(kind, &id)
+            .data(json!({
+                "export_type": rec.export_type, "format": rec.format, "params": params,
+                "job_id": rec.job_id,
+            }));
         self.store.insert_export(ctx, &rec, &job, audit).await?;
         Ok(rec)
     }
@@ -282,15 +296,26 @@ impl ControlPlane {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<ExportRecord>> {
-        Ok(self.store.list_exports(ctx, page).await?)
+        Ok(self.store.list_exports(ctx, "export", page).await?)
     }
 
     pub async fn export(&self, ctx: &TenantCtx, id: &str) -> Result<ExportRecord> {
+        self.artifact(ctx, id, "export").await
+    }
+
+    /// An export or backup record of the tenant, of `kind` (another kind is not found).
+    pub(crate) async fn artifact(
+        &self,
+        ctx: &TenantCtx,
+        id: &str,
+        kind: &'static str,
+    ) -> Result<ExportRecord> {
         let id = parse_export_id(id)?;
         self.store
             .get_export(ctx, &id)
             .await?
-            .ok_or(ControlError::NotFound("export"))
+            .filter(|r| r.kind == kind)
+            .ok_or(ControlError::NotFound(kind))
     }
 
     /// A signed link to download a ready export, valid for five minutes (audited).
@@ -343,13 +368,25 @@ impl ControlPlane {
             .map_err(|_| ControlError::NotFound("export"))?;
         let ctx = TenantCtx::for_signed_link(tenant, &format!("export/{}", claims.eid));
         let rec = self.export(&ctx, &claims.eid).await?;
+        let stream = self.open_artifact(&ctx, &rec).await?;
+        Ok((rec, stream))
+    }
+
+    /// A ready artifact's decrypted bytes, as a stream that ends in an error if the sealed
+    /// object was altered or cut short.
+    pub(crate) async fn open_artifact(
+        &self,
+        ctx: &TenantCtx,
+        rec: &ExportRecord,
+    ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
+        let tenant = ctx.tenant_id();
         let key = match (&rec.object_key, rec.status.as_str()) {
             (Some(k), "ready") if rec.expires_at > Timestamp::now() => k.clone(),
             _ => return Err(ControlError::Conflict(crate::error::ConflictKind::NotReady)),
         };
         let mut sealed = self
             .objects
-            .get_stream(&ctx, &key)
+            .get_stream(ctx, &key)
             .await?
             .ok_or(ControlError::NotFound("export"))?;
         // The key version is in the stream's header: read until it is there.
@@ -361,7 +398,7 @@ impl ControlPlane {
             }
         }
         let version = StreamOpener::key_version(&head)?;
-        let data_key = self.data_key_version(&ctx, i64::from(version)).await?;
+        let data_key = self.data_key_version(ctx, i64::from(version)).await?;
         let aad = Aad::new(tenant, SEALED_KIND, &rec.id);
         let stream = futures::stream::unfold(
             (
@@ -388,7 +425,27 @@ impl ControlPlane {
                 }
             },
         );
-        Ok((rec, stream))
+        Ok(stream)
+    }
+
+    /// Writes a ready artifact, decrypted, to `path`.
+    pub(crate) async fn artifact_to_file(
+        &self,
+        ctx: &TenantCtx,
+        rec: &ExportRecord,
+        path: &Path,
+    ) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let stream = self.open_artifact(ctx, rec).await?;
+        let mut stream = std::pin::pin!(stream);
+        let mut f = tokio::fs::File::create(path).await.map_err(io_err)?;
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| {
+                ControlError::Crypto(agentplane_crypto::CryptoError::Io("artifact".into(), e))
+            })?;
+            f.write_all(&piece).await.map_err(io_err)?;
+        }
+        f.flush().await.map_err(io_err)
     }
 
     /// The `tenant.export` job.
@@ -531,15 +588,22 @@ impl ControlPlane {
         };
         let audit = NewAuditEvent::new(
             Chain::Tenant(ctx.tenant_id()),
-            "export.completed",
+            if rec.kind == "backup" {
+                "backup.completed"
+            } else {
+                "export.completed"
+            },
             ctx.actor(),
             Timestamp::now(),
         )
-        .target("export", &rec.id)
+        .target(rec.kind.as_str(), &rec.id)
         .data(json!({"size": done.size, "sha256": done.sha256, "records": files.iter().map(|f| f.records).sum::<u64>()}));
         self.store
             .finish_export(ctx, job, &rec.id, &done, audit)
             .await?;
+        if rec.kind == "backup" {
+            self.prune_backups(ctx).await?;
+        }
         // What earlier attempts (killed after their upload) left behind.
         for attempt in 1..job.attempts {
             let stale = format!("exports/{}/{attempt}.{}.sealed", rec.id, format.extension());
@@ -599,10 +663,10 @@ impl ControlPlane {
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| invalid_export("the manifest names no tenant"))?;
-        let tenant_id = if target.new_slug.is_some() {
-            TenantId::new()
-        } else {
-            exported
+        let tenant_id = match (&target.new_slug, target.new_tenant_id) {
+            (Some(_), Some(id)) => id,
+            (Some(_), None) => TenantId::new(),
+            (None, _) => exported,
         };
         if self.store.get_tenant(tenant_id).await?.is_some() {
             return Err(ControlError::Conflict(
@@ -665,7 +729,7 @@ fn parse_export_id(id: &str) -> Result<String> {
         .map_err(|_| ControlError::NotFound("export"))
 }
 
-fn io_err(e: std::io::Error) -> ControlError {
+pub(crate) fn io_err(e: std::io::Error) -> ControlError {
     ControlError::Internal(format!("export working files: {e}"))
 }
 
@@ -675,22 +739,25 @@ fn invalid_export(reason: &str) -> ControlError {
 
 /// One written data file: its name in the package, hash and record count.
 #[derive(Clone, Debug, Serialize)]
-struct FileEntry {
-    name: String,
-    table: &'static str,
-    sha256: String,
-    bytes: u64,
-    records: u64,
+pub(crate) struct FileEntry {
+    pub(crate) name: String,
+    pub(crate) table: &'static str,
+    pub(crate) sha256: String,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
 }
 
 /// Writes rows to a file per table (or one file, for `json`), hashing as it goes.
-struct FileSink {
+pub(crate) struct FileSink {
     dir: PathBuf,
     format: ExportFormat,
     rows: Arc<AtomicU64>,
     current: Option<OpenFile>,
     done: Vec<FileEntry>,
     error: Option<std::io::Error>,
+    /// Cells of the tenant row written as given here (a trial restore's scratch tenant is
+    /// compared under the original's slug and name).
+    pub(crate) tenant_overrides: Vec<(&'static str, Cell)>,
 }
 
 struct OpenFile {
@@ -724,7 +791,7 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 impl FileSink {
-    fn new(dir: &Path, format: ExportFormat, rows: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(dir: &Path, format: ExportFormat, rows: Arc<AtomicU64>) -> Self {
         Self {
             dir: dir.to_owned(),
             format,
@@ -732,6 +799,7 @@ impl FileSink {
             current: None,
             done: Vec::new(),
             error: None,
+            tenant_overrides: Vec::new(),
         }
     }
 
@@ -788,7 +856,18 @@ impl FileSink {
         Ok(())
     }
 
-    fn write_row(&mut self, table: &'static ExportTable, row: Vec<Cell>) -> std::io::Result<()> {
+    fn write_row(
+        &mut self,
+        table: &'static ExportTable,
+        mut row: Vec<Cell>,
+    ) -> std::io::Result<()> {
+        if table.name == "tenant" {
+            for (col, v) in &self.tenant_overrides {
+                if let Some(i) = table.column_names().position(|c| c == *col) {
+                    row[i] = v.clone();
+                }
+            }
+        }
         let switch = self
             .current
             .as_ref()
@@ -827,7 +906,7 @@ impl FileSink {
     }
 
     /// The files written, with a file (empty) for every table that had no rows.
-    fn finish(mut self) -> Result<Vec<FileEntry>> {
+    pub(crate) fn finish(mut self) -> Result<Vec<FileEntry>> {
         if let Some(e) = self.error.take() {
             return Err(io_err(e));
         }
@@ -927,19 +1006,19 @@ fn write_package(
 }
 
 /// An export that passed verification, its files extracted.
-struct Verified {
-    manifest: Value,
-    counts: BTreeMap<String, u64>,
+pub(crate) struct Verified {
+    pub(crate) manifest: Value,
+    pub(crate) counts: BTreeMap<String, u64>,
     /// table name -> extracted file
-    files: BTreeMap<String, PathBuf>,
-    tenant_slug: String,
-    tenant_plan: String,
+    pub(crate) files: BTreeMap<String, PathBuf>,
+    pub(crate) tenant_slug: String,
+    pub(crate) tenant_plan: String,
 }
 
 /// Checks an export's manifest before anything is written: format and version, a `full`
 /// export in the ZIP encoding, the column layout of every table, and every file's SHA-256
 /// and record count. Extracts the files into `out` as it reads them.
-fn verify_and_extract(path: &Path, out: &Path) -> Result<Verified> {
+pub(crate) fn verify_and_extract(path: &Path, out: &Path) -> Result<Verified> {
     let bad = |m: String| invalid_export(&m);
     let file = File::open(path).map_err(|e| bad(format!("cannot open {}: {e}", path.display())))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file))
@@ -1036,16 +1115,16 @@ fn verify_and_extract(path: &Path, out: &Path) -> Result<Verified> {
 }
 
 /// Reads verified files back as rows, in load order.
-struct FileSource {
+pub(crate) struct FileSource {
     tables: std::vec::IntoIter<(&'static ExportTable, PathBuf)>,
     current: Option<(&'static ExportTable, std::io::Lines<BufReader<File>>)>,
-    overrides: Vec<(&'static str, Cell)>,
+    pub(crate) overrides: Vec<(&'static str, Cell)>,
 }
 
 const BATCH: usize = 2000;
 
 impl FileSource {
-    fn open(_dir: &Path, v: &Verified) -> Result<Self> {
+    pub(crate) fn open(_dir: &Path, v: &Verified) -> Result<Self> {
         let tables: Vec<_> = EXPORT_TABLES
             .iter()
             .filter(|t| t.importable)

@@ -6,6 +6,7 @@
 
 mod agents;
 mod api_keys;
+mod backups;
 mod branding;
 mod exports;
 mod idempotency;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod mail;
 pub use agents::{CreateAgent, UpdateAgent};
 pub use api_keys::{CreateApiKey, CreatedApiKey, KeyRejected};
+pub use backups::RestoreBackup;
 pub use branding::BrandingPatch;
 pub use error::{AuthFailure, ControlError};
 pub use exports::{

@@ -100,7 +100,9 @@ impl ControlPlane {
                     ControlError::Store(s) => JobError::Store(s),
                     e => JobError::Failed(e.to_string()),
                 }),
-                JobKind::Export => self.run_export(&job).await,
+                JobKind::Export | JobKind::Backup => self.run_export(&job).await,
+                JobKind::VerifyBackup => self.run_verify_backup(&job).await,
+                JobKind::Restore => self.run_restore(&job).await,
                 JobKind::EraseUser => self.run_erasure(&job).await.map_err(|e| match e {
                     ControlError::Store(s) => JobError::Store(s),
                     e => JobError::Failed(e.to_string()),
@@ -136,7 +138,7 @@ impl ControlPlane {
 
     /// Runs jobs until `shutdown` is cancelled.
     pub async fn run_worker(&self, shutdown: CancellationToken) {
-        let platform = PlatformCtx::for_system("worker/retention");
+        let platform = PlatformCtx::for_system("worker/scheduler");
         let mut retention_due = std::time::Instant::now();
         loop {
             if std::time::Instant::now() >= retention_due {
@@ -147,6 +149,11 @@ impl ControlPlane {
                     Ok(n) if n > 0 => tracing::info!(tenants = n, "retention scheduled"),
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "scheduling retention"),
+                }
+                match self.schedule_backups(&platform).await {
+                    Ok(n) if n > 0 => tracing::info!(tenants = n, "backups scheduled"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "scheduling backups"),
                 }
                 retention_due = std::time::Instant::now() + std::time::Duration::from_secs(3600);
             }

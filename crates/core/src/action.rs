@@ -1184,6 +1184,120 @@ pub static CREATE_EXPORT_LINK: ActionSpec = ActionSpec {
     )
 };
 
+const BACKUP_ID: Param =
+    Param::new("backup_id", ParamType::String, true, "the backup").format("uuid");
+
+pub static LIST_BACKUPS: ActionSpec = ActionSpec {
+    entity: "backup",
+    permission: Some(Permission::DataExport),
+    parameters: &[CURSOR, LIMIT],
+    description: "The tenant's backups with their status and last verification report",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.list_backups",
+        "backup",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/backups",
+    )
+};
+
+pub static GET_BACKUP: ActionSpec = ActionSpec {
+    entity: "backup",
+    permission: Some(Permission::DataExport),
+    parameters: &[BACKUP_ID],
+    description: "One backup: manifest and last verification report",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.get_backup",
+        "backup",
+        Method::Get,
+        "/v1/tenants/{tenant_id}/backups/{backup_id}",
+    )
+};
+
+pub static CREATE_BACKUP: ActionSpec = ActionSpec {
+    entity: "backup",
+    action_type: ActionType::Write,
+    permission: Some(Permission::DataExport),
+    parameters: &[CONFIRM],
+    preconditions: &["caller must have tenant_admin role"],
+    postconditions: &[
+        "backup job created (full export sealed with the tenant key)",
+        "backups beyond backup.retention_count are deleted",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Medium,
+    confirmation_required: true,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["audit_log", "object_store"],
+    description: "Back the tenant up now (the schedule is the setting backup.interval_hours)",
+    ..spec(
+        "admin.create_backup",
+        "backup",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/backups",
+    )
+};
+
+pub static VERIFY_BACKUP: ActionSpec = ActionSpec {
+    entity: "backup",
+    action_type: ActionType::Write,
+    permission: Some(Permission::DataExport),
+    parameters: &[BACKUP_ID],
+    preconditions: &["caller must have tenant_admin role", "the backup is ready"],
+    postconditions: &[
+        "verification job created: a restore into a scratch tenant, rolled back",
+        "the report (records and SHA-256 per table) is on the backup",
+        "audit log entry created",
+    ],
+    risk_level: Risk::Low,
+    is_async: true,
+    side_effects: &["audit_log"],
+    description: "Verify a backup by restoring it into a scratch tenant and comparing",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.verify_backup",
+        "backup",
+        Method::Post,
+        "/v1/tenants/{tenant_id}/backups/{backup_id}/verify",
+    )
+};
+
+pub static RESTORE_BACKUP: ActionSpec = ActionSpec {
+    entity: "backup",
+    action_type: ActionType::Write,
+    permission: Some(Permission::TenantsCreate),
+    parameters: &[
+        BACKUP_ID,
+        Param::new("slug", ParamType::String, true, "the new tenant's slug"),
+        Param::new("name", ParamType::String, false, "the new tenant's name"),
+        CONFIRM,
+    ],
+    preconditions: &[
+        "caller must have platform_admin role",
+        "the backup is ready",
+    ],
+    postconditions: &[
+        "restore job created: the backup becomes a new tenant; production is untouched",
+        "people erased since the backup are erased again",
+        "audit log entry created",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["audit_log", "tenant_created"],
+    description: "Restore a backup into a new tenant (disaster recovery or a drill)",
+    tenant_states: VISIBLE,
+    ..spec(
+        "admin.restore_backup",
+        "backup",
+        Method::Post,
+        "/v1/admin/tenants/{tenant_id}/backups/{backup_id}/restore",
+    )
+};
+
 pub static IMPORT_TENANT: ActionSpec = ActionSpec {
     entity: "tenant",
     action_type: ActionType::Write,
@@ -2320,6 +2434,11 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &GET_EXPORT,
     &CREATE_EXPORT_LINK,
     &IMPORT_TENANT,
+    &LIST_BACKUPS,
+    &GET_BACKUP,
+    &CREATE_BACKUP,
+    &VERIFY_BACKUP,
+    &RESTORE_BACKUP,
     &CREATE_SCIM_TOKEN,
     &DELETE_SCIM_TOKEN,
     &LIST_SSO,

@@ -65,6 +65,16 @@ pub enum JobKind {
     /// Builds an export of the tenant's data (sealed, in the object store).
     #[serde(rename = "tenant.export")]
     Export,
+    /// Builds a backup of the tenant (a full export, kept by count).
+    #[serde(rename = "tenant.backup")]
+    Backup,
+    /// Restores a backup into a scratch tenant inside a transaction that is rolled back, and
+    /// compares every table's records and hashes with the backup's manifest.
+    #[serde(rename = "tenant.backup_verify")]
+    VerifyBackup,
+    /// Restores a backup into a new tenant (disaster recovery, or a drill).
+    #[serde(rename = "tenant.restore")]
+    Restore,
 }
 
 impl JobKind {
@@ -78,6 +88,9 @@ impl JobKind {
             Self::EraseUser => "user.erase",
             Self::Retention => "tenant.retention",
             Self::Export => "tenant.export",
+            Self::Backup => "tenant.backup",
+            Self::VerifyBackup => "tenant.backup_verify",
+            Self::Restore => "tenant.restore",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -90,6 +103,9 @@ impl JobKind {
             "user.erase" => Self::EraseUser,
             "tenant.retention" => Self::Retention,
             "tenant.export" => Self::Export,
+            "tenant.backup" => Self::Backup,
+            "tenant.backup_verify" => Self::VerifyBackup,
+            "tenant.restore" => Self::Restore,
             _ => return None,
         })
     }

@@ -153,6 +153,20 @@ pub static SETTINGS: &[SettingSpec] = &[
         description: "How long run records and other tenant data are kept",
     },
     SettingSpec {
+        key: "backup.interval_hours",
+        ty: SettingType::Int { min: 0, max: 8760 },
+        category: SettingCategory::Compliance,
+        default: "24",
+        description: "How often the tenant is backed up (hours; 0: no scheduled backups)",
+    },
+    SettingSpec {
+        key: "backup.retention_count",
+        ty: SettingType::Int { min: 1, max: 365 },
+        category: SettingCategory::Compliance,
+        default: "7",
+        description: "How many backups are kept (the oldest beyond go)",
+    },
+    SettingSpec {
         key: "providers.allowed",
         ty: SettingType::IdentList { max_items: 100 },
         category: SettingCategory::Compliance,

@@ -72,6 +72,8 @@ fn decode(t: &ExportTable, row: &<Db as sqlx::Database>::Row) -> Result<Vec<Cell
 #[derive(sqlx::FromRow)]
 struct ExportRow {
     id: String,
+    kind: String,
+    verification: Option<String>,
     export_type: String,
     format: String,
     status: String,
@@ -92,6 +94,12 @@ impl TryFrom<ExportRow> for ExportRecord {
     fn try_from(r: ExportRow) -> Result<Self> {
         Ok(Self {
             id: r.id,
+            kind: r.kind,
+            verification: r
+                .verification
+                .map(|m| serde_json::from_str(&m))
+                .transpose()
+                .map_err(corrupt)?,
             export_type: r.export_type,
             format: r.format,
             status: r.status,
@@ -113,7 +121,8 @@ impl TryFrom<ExportRow> for ExportRecord {
     }
 }
 
-const EXPORT_COLUMNS: &str = "id, export_type, format, status, params, manifest, object_key, \
+const EXPORT_COLUMNS: &str =
+    "id, kind, verification, export_type, format, status, params, manifest, object_key, \
      size, sha256, job_id, created_by, created_at, completed_at, expires_at";
 
 #[async_trait]
@@ -131,7 +140,8 @@ impl ExportStore for BackendStore {
         let mut tx = self.snapshot_tenant(ctx.tenant_id()).await?;
         for &t in tables {
             let sql = select_sql(t, filter)?;
-            let mut q = sqlx::query(&sql).bind(&tenant);
+            // Built at run time: not worth a slot in the connection's statement cache.
+            let mut q = sqlx::query(&sql).persistent(false).bind(&tenant);
             if t.range != RangeRule::None {
                 q = q.bind(from).bind(to);
             }
@@ -160,53 +170,7 @@ impl ExportStore for BackendStore {
         }
         let tenant = ctx.tenant_id().to_string();
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
-        let mut loaded = 0u64;
-        let mut first = true;
-        while let Some((t, rows)) = source.next_batch()? {
-            if first && t.name != "tenant" {
-                return Err(StoreError::Config(
-                    "an import starts with its tenant".into(),
-                ));
-            }
-            first = false;
-            if !t.importable {
-                return Err(StoreError::Config(format!("{} is not importable", t.name)));
-            }
-            for chunk in rows.chunks(INSERT_ROWS) {
-                if t.name == "members" {
-                    // The person behind each membership (global: one row per e-mail).
-                    let mut people: QueryBuilder<Db> =
-                        QueryBuilder::new("INSERT INTO users (user_id, email, created_at) ");
-                    people.push_values(chunk, |mut b, r| {
-                        b.push_bind(cell_text(&r[0]))
-                            .push_bind(cell_text(&r[1]))
-                            .push_bind(cell_int(&r[7]));
-                    });
-                    people.push(" ON CONFLICT (user_id) DO NOTHING");
-                    people.build().execute(&mut *tx).await?;
-                }
-                let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
-                    "INSERT INTO {} (tenant_id, {}) ",
-                    t.table,
-                    t.column_names().collect::<Vec<_>>().join(", ")
-                ));
-                q.push_values(chunk, |mut b, r| {
-                    b.push_bind(tenant.clone());
-                    for (c, (_, ty)) in r.iter().zip(t.columns) {
-                        match c {
-                            Cell::Null if *ty == ColType::Int => b.push_bind(None::<i64>),
-                            Cell::Null => b.push_bind(None::<String>),
-                            Cell::Int(i) => b.push_bind(*i),
-                            Cell::Text(s) => b.push_bind(s.clone()),
-                        };
-                    }
-                });
-                loaded += q.build().execute(&mut *tx).await?.rows_affected();
-            }
-        }
-        if first {
-            return Err(StoreError::Config("the import holds no tenant".into()));
-        }
+        let loaded = load_rows(&mut tx, &tenant, source).await?;
         sqlx::query(super::ENTER_PLATFORM)
             .fetch_optional(&mut *tx)
             .await?;
@@ -227,11 +191,12 @@ impl ExportStore for BackendStore {
         let audit = scoped(ctx, audit)?;
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         sqlx::query(
-            "INSERT INTO exports (tenant_id, id, export_type, format, status, params, job_id, \
-             created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO exports (tenant_id, id, kind, export_type, format, status, params, job_id, \
+             created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(ctx.tenant_id().to_string())
         .bind(&rec.id)
+        .bind(&rec.kind)
         .bind(&rec.export_type)
         .bind(&rec.format)
         .bind(&rec.status)
@@ -264,16 +229,18 @@ impl ExportStore for BackendStore {
     async fn list_exports(
         &self,
         ctx: &TenantCtx,
+        kind: &str,
         page: &PageRequest,
     ) -> Result<Page<ExportRecord>> {
         let mut tx = self.read_tenant(ctx.tenant_id()).await?;
         let rows: Vec<ExportRow> = sqlx::query_as(&format!(
-            "SELECT {EXPORT_COLUMNS} FROM exports WHERE tenant_id = $1 AND id > $2 \
+            "SELECT {EXPORT_COLUMNS} FROM exports WHERE tenant_id = $1 AND kind = $4 AND id > $2 \
              ORDER BY id LIMIT $3"
         ))
         .bind(ctx.tenant_id().to_string())
         .bind(super::ops::after_key(page))
         .bind(super::ops::overfetch(page))
+        .bind(kind)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -337,7 +304,7 @@ impl ExportStore for BackendStore {
     ) -> Result<Vec<ExportRecord>> {
         let mut tx = self.read_tenant(ctx.tenant_id()).await?;
         let rows: Vec<ExportRow> = sqlx::query_as(&format!(
-            "SELECT {EXPORT_COLUMNS} FROM exports WHERE tenant_id = $1 \
+            "SELECT {EXPORT_COLUMNS} FROM exports WHERE tenant_id = $1 AND kind = 'export' \
              AND object_key IS NOT NULL AND expires_at < $2 ORDER BY id"
         ))
         .bind(ctx.tenant_id().to_string())
@@ -346,6 +313,97 @@ impl ExportStore for BackendStore {
         .await?;
         tx.commit().await?;
         rows.into_iter().map(ExportRecord::try_from).collect()
+    }
+
+    async fn latest_backup(&self, ctx: &TenantCtx) -> Result<Option<ExportRecord>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let row: Option<ExportRow> = sqlx::query_as(&format!(
+            "SELECT {EXPORT_COLUMNS} FROM exports WHERE tenant_id = $1 AND kind = 'backup' \
+             AND status IN ('pending', 'ready') ORDER BY created_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(ctx.tenant_id().to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(ExportRecord::try_from).transpose()
+    }
+
+    async fn backups_beyond(&self, ctx: &TenantCtx, keep: i64) -> Result<Vec<ExportRecord>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<ExportRow> = sqlx::query_as(&format!(
+            "SELECT {EXPORT_COLUMNS} FROM exports WHERE tenant_id = $1 AND kind = 'backup' \
+             AND status = 'ready' ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(ctx.tenant_id().to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let keep = usize::try_from(keep).unwrap_or(0);
+        rows.into_iter()
+            .skip(keep)
+            .rev()
+            .map(ExportRecord::try_from)
+            .collect()
+    }
+
+    async fn trial_restore(
+        &self,
+        ctx: &TenantCtx,
+        source: &mut dyn ImportSource,
+        tables: &[&'static ExportTable],
+        sink: &mut dyn ExportSink,
+    ) -> Result<u64> {
+        let tenant = ctx.tenant_id().to_string();
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        let loaded = load_rows(&mut tx, &tenant, source).await?;
+        for &t in tables {
+            let sql = select_sql(t, &ExportFilter::default())?;
+            // Built at run time: not worth a slot in the connection's statement cache.
+            let mut q = sqlx::query(&sql).persistent(false).bind(&tenant);
+            if t.range != RangeRule::None {
+                q = q.bind(i64::MIN).bind(i64::MAX);
+            }
+            let mut rows = q.fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                sink.row(t, decode(t, &row)?)?;
+            }
+        }
+        tx.rollback().await?;
+        Ok(loaded)
+    }
+
+    async fn set_verification(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        id: &str,
+        report: &serde_json::Value,
+        audit: NewAuditEvent,
+    ) -> Result<()> {
+        super::ops::same_tenant(ctx, job.tenant_id, "job")?;
+        let audit = scoped(ctx, audit)?;
+        let mut tx = self.write_tenant(ctx.tenant_id()).await?;
+        sqlx::query("UPDATE exports SET verification = $3 WHERE tenant_id = $1 AND id = $2")
+            .bind(ctx.tenant_id().to_string())
+            .bind(id)
+            .bind(to_json(report)?)
+            .execute(&mut *tx)
+            .await?;
+        complete_job_tx(&mut tx, job, Timestamp::now()).await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn erased_subjects(&self, ctx: &TenantCtx) -> Result<Vec<String>> {
+        let mut tx = self.read_tenant(ctx.tenant_id()).await?;
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT subject FROM erasure_receipts WHERE tenant_id = $1")
+                .bind(ctx.tenant_id().to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     async fn mark_export_deleted(&self, ctx: &TenantCtx, id: &str) -> Result<()> {
@@ -361,6 +419,69 @@ impl ExportStore for BackendStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Inserts every batch of `source` as `tenant` (the first batch must be the tenant's row).
+async fn load_rows(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    tenant: &str,
+    source: &mut dyn ImportSource,
+) -> Result<u64> {
+    let mut loaded = 0u64;
+    let mut first = true;
+    while let Some((t, rows)) = source.next_batch()? {
+        if first && t.name != "tenant" {
+            return Err(StoreError::Config(
+                "an import starts with its tenant".into(),
+            ));
+        }
+        first = false;
+        if !t.importable {
+            return Err(StoreError::Config(format!("{} is not importable", t.name)));
+        }
+        for chunk in rows.chunks(INSERT_ROWS) {
+            if t.name == "members" {
+                // The person behind each membership (global: one row per e-mail).
+                let mut people: QueryBuilder<Db> =
+                    QueryBuilder::new("INSERT INTO users (user_id, email, created_at) ");
+                people.push_values(chunk, |mut b, r| {
+                    b.push_bind(cell_text(&r[0]))
+                        .push_bind(cell_text(&r[1]))
+                        .push_bind(cell_int(&r[7]));
+                });
+                people.push(" ON CONFLICT (user_id) DO NOTHING");
+                people.build().persistent(false).execute(&mut **tx).await?;
+            }
+            let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
+                "INSERT INTO {} (tenant_id, {}) ",
+                t.table,
+                t.column_names().collect::<Vec<_>>().join(", ")
+            ));
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(tenant.to_owned());
+                for (c, (_, ty)) in r.iter().zip(t.columns) {
+                    match c {
+                        Cell::Null if *ty == ColType::Int => b.push_bind(None::<i64>),
+                        Cell::Null => b.push_bind(None::<String>),
+                        Cell::Int(i) => b.push_bind(*i),
+                        Cell::Text(s) => b.push_bind(s.clone()),
+                    };
+                }
+            });
+            // Built at run time (its text varies with the batch): not worth a slot in the
+            // connection's statement cache.
+            loaded += q
+                .build()
+                .persistent(false)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+        }
+    }
+    if first {
+        return Err(StoreError::Config("the import holds no tenant".into()));
+    }
+    Ok(loaded)
 }
 
 fn cell_text(c: &Cell) -> Option<String> {

@@ -388,6 +388,8 @@ pub trait ImportSource: Send {
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExportRecord {
     pub id: String,
+    /// `export` (kept 7 days) or `backup` (kept by the tenant's `backup.retention_count`).
+    pub kind: String,
     /// `full`, `users_only`, `audit_logs` or `gdpr_request`.
     pub export_type: String,
     /// `zip`, `json` or `csv`.
@@ -416,6 +418,10 @@ pub struct ExportRecord {
     pub completed_at: Option<Timestamp>,
     /// After this the artifact is deleted and no download link is issued.
     pub expires_at: Timestamp,
+    /// A backup's last verification: restored into a scratch tenant and compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub verification: Option<serde_json::Value>,
 }
 
 /// A finished artifact.
@@ -455,8 +461,37 @@ pub trait ExportStore: Send + Sync {
         audit: NewAuditEvent,
     ) -> Result<()>;
     async fn get_export(&self, ctx: &TenantCtx, id: &str) -> Result<Option<ExportRecord>>;
-    async fn list_exports(&self, ctx: &TenantCtx, page: &PageRequest)
-        -> Result<Page<ExportRecord>>;
+    /// The tenant's exports of `kind` (`export` or `backup`).
+    async fn list_exports(
+        &self,
+        ctx: &TenantCtx,
+        kind: &str,
+        page: &PageRequest,
+    ) -> Result<Page<ExportRecord>>;
+    /// The tenant's newest backup (any status but `deleted`, `failed`).
+    async fn latest_backup(&self, ctx: &TenantCtx) -> Result<Option<ExportRecord>>;
+    /// Ready backups beyond the newest `keep`, oldest first.
+    async fn backups_beyond(&self, ctx: &TenantCtx, keep: i64) -> Result<Vec<ExportRecord>>;
+    /// Loads an export as the scratch tenant `ctx` names inside a transaction, streams the
+    /// loaded rows of `tables` back to `sink`, and rolls everything back: a restore test
+    /// that leaves nothing behind and touches no other tenant.
+    async fn trial_restore(
+        &self,
+        ctx: &TenantCtx,
+        source: &mut dyn ImportSource,
+        tables: &[&'static ExportTable],
+        sink: &mut dyn ExportSink,
+    ) -> Result<u64>;
+    /// Records a backup's verification report and completes the verifying job, in one
+    /// transaction.
+    async fn set_verification(
+        &self,
+        ctx: &TenantCtx,
+        job: &Job,
+        id: &str,
+        report: &serde_json::Value,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
     /// Marks the export ready and completes its job, in one transaction.
     async fn finish_export(
         &self,
@@ -467,13 +502,16 @@ pub trait ExportStore: Send + Sync {
         audit: NewAuditEvent,
     ) -> Result<()>;
     async fn fail_export(&self, ctx: &TenantCtx, id: &str, error: &str) -> Result<()>;
-    /// Exports whose artifact still exists and that expired before `now`, or all of them
-    /// (`None`: an erasure removes every artifact that may hold the subject).
+    /// Exports (never backups) whose artifact still exists and that expired before `now`, or
+    /// all of them (`None`: an erasure removes every artifact that may hold the subject).
     async fn exports_to_remove(
         &self,
         ctx: &TenantCtx,
         expired_before: Option<Timestamp>,
     ) -> Result<Vec<ExportRecord>>;
+    /// The subjects (hashes) of every erasure receipt of the tenant: a restore of an older
+    /// backup erases them again.
+    async fn erased_subjects(&self, ctx: &TenantCtx) -> Result<Vec<String>>;
     /// Records that the export's artifact was deleted.
     async fn mark_export_deleted(&self, ctx: &TenantCtx, id: &str) -> Result<()>;
 }

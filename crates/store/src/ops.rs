@@ -1125,7 +1125,7 @@ impl Store for BackendStore {
              custom_domain = $5, logo_content_type = $6, logo_sha256 = $7, logo_size = $8, version = $9, \
              updated_at = $10 WHERE tenant_id = $1 AND version = $11"
         };
-        let res = sqlx::query(sql)
+        let q = sqlx::query(sql)
             .bind(ctx.tenant_id().to_string())
             .bind(&b.product_name)
             .bind(&b.primary_color)
@@ -1135,10 +1135,15 @@ impl Store for BackendStore {
             .bind(logo.map(|l| l.sha256.as_str()))
             .bind(logo.map(|l| l.size))
             .bind(expected_version + 1)
-            .bind(updated_at)
-            .bind(expected_version)
-            .execute(&mut *tx)
-            .await;
+            .bind(updated_at);
+        // The INSERT has ten parameters: an eleventh would be prepared into its statement
+        // (and break any other query of the same text on the connection).
+        let q = if expected_version == 0 {
+            q
+        } else {
+            q.bind(expected_version)
+        };
+        let res = q.execute(&mut *tx).await;
         match res {
             Err(e) if is_unique_violation(&e) => {
                 // The primary key (a concurrent first write) or the custom domain.

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 const SUBJECT_KIND: &str = "erasure_subject";
 
-fn subject_hash(tenant: &str, email: &str) -> String {
+pub(crate) fn subject_hash(tenant: &str, email: &str) -> String {
     hex::encode(Sha256::digest(format!("{tenant}:{email}").as_bytes()))
 }
 

@@ -14,7 +14,7 @@
 //!   a custom role must be within the caller's own permissions.
 
 mod delegations;
-mod erasure;
+pub(crate) mod erasure;
 pub(crate) mod ldap;
 mod members;
 pub(crate) mod oidc;

@@ -141,7 +141,7 @@ const MAX_IMPORT_BYTES: u64 = 4 << 30;
 /// Import a `full` export (the ZIP as the body, `?confirm=true`): verified against its
 /// manifest first, then loaded in one transaction.
 #[utoipa::path(post, path = "/v1/admin/tenants/import", tag = "exports", security(("bearer" = [])),
-    params(ImportParams), request_body(content = Vec<u8>, content_type = "application/zip"),
+    params(ImportParams), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the export: the ZIP bytes (sent as application/zip or application/octet-stream)"),
     responses((status = 201, body = ImportReport)))]
 pub async fn import(
     State(state): State<AppState>,
@@ -180,10 +180,100 @@ pub async fn import(
     let target = ImportTarget {
         new_slug: q.slug,
         new_name: q.name,
+        new_tenant_id: None,
     };
     let report = state
         .control()
         .import_tenant(&scope.ctx, &path, target)
         .await?;
     Ok((StatusCode::CREATED, Json(report)))
+}
+
+#[derive(Deserialize)]
+pub struct BackupPath {
+    pub backup_id: String,
+}
+
+/// The tenant's backups, oldest first, with their last verification report.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/backups", tag = "backups", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), PageParams),
+    responses((status = 200, body = Page<ExportRecord>)))]
+pub async fn list_backups(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Query(q): Query<PageParams>,
+) -> Result<Json<Page<ExportRecord>>, ApiError> {
+    Ok(Json(
+        state.control().list_backups(&scope.ctx, &q.page()?).await?,
+    ))
+}
+
+/// One backup.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/backups/{backup_id}", tag = "backups", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("backup_id" = uuid::Uuid, Path)),
+    responses((status = 200, body = ExportRecord)))]
+pub async fn get_backup(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<BackupPath>,
+) -> Result<Json<ExportRecord>, ApiError> {
+    Ok(Json(
+        state.control().backup(&scope.ctx, &p.backup_id).await?,
+    ))
+}
+
+/// Back the tenant up now (`?confirm=true`).
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/backups", tag = "backups", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("confirm" = bool, Query)),
+    responses((status = 202, body = ExportRecord)))]
+pub async fn create_backup(
+    State(state): State<AppState>,
+    scope: TenantScope,
+) -> Result<(StatusCode, Json<ExportRecord>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.control().request_backup(&scope.ctx).await?),
+    ))
+}
+
+/// Verify a backup: a job restores it into a scratch tenant (rolled back) and compares.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/backups/{backup_id}/verify", tag = "backups", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("backup_id" = uuid::Uuid, Path)),
+    responses((status = 202, body = agentplane_core::job::Job), (status = 409, description = "the backup is not ready")))]
+pub async fn verify_backup(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<BackupPath>,
+) -> Result<(StatusCode, Json<agentplane_core::job::Job>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            state
+                .control()
+                .request_backup_verification(&scope.ctx, &p.backup_id)
+                .await?,
+        ),
+    ))
+}
+
+/// Restore a backup into a new tenant (`?confirm=true`; platform operators): a job.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/backups/{backup_id}/restore", tag = "backups", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("backup_id" = uuid::Uuid, Path), ("confirm" = bool, Query)),
+    request_body = agentplane_control::RestoreBackup,
+    responses((status = 202, body = agentplane_core::job::Job)))]
+pub async fn restore_backup(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Path(p): Path<BackupPath>,
+    Body(req): Body<agentplane_control::RestoreBackup>,
+) -> Result<(StatusCode, Json<agentplane_core::job::Job>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            state
+                .control()
+                .request_restore(&scope.ctx, &p.backup_id, &req.slug, req.name)
+                .await?,
+        ),
+    ))
 }
