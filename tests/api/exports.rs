@@ -168,6 +168,20 @@ async fn backups_verify_restore_into_a_new_tenant_and_leave_every_other_tenant_b
     .await;
     assert_eq!(s, 202);
     app.run_jobs().await;
+    // Nothing anywhere reads as the person: not the database, not an object (the backup that
+    // holds them is sealed with the tenant key, and a restore erases them again, below).
+    let needle = b"gone@backed.test";
+    assert!(!crate::helpers::dump_database(&app.db)
+        .windows(needle.len())
+        .any(|w| w == needle));
+    for f in walk(app.db.dir.path()) {
+        let raw = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "{}",
+            f.display()
+        );
+    }
 
     // Restore into a new tenant: platform operators only.
     let restore = format!("/v1/admin/tenants/{a}/backups/{id}/restore?confirm=true");

@@ -29,6 +29,7 @@ mod plans;
 mod providers;
 mod residency;
 mod rls;
+mod s3_peer;
 mod scim;
 mod settings;
 mod shared_providers;

@@ -95,6 +95,12 @@ const TRANSIT_KEY: &[&str] = &["AGENTPLANE_TRANSIT_KEY"];
 const ALLOW_PRIVATE_PROVIDER_URLS: &[&str] = &["AGENTPLANE_ALLOW_PRIVATE_PROVIDER_URLS"];
 const QUOTA_LEASE_MS: &[&str] = &["AGENTPLANE_QUOTA_LEASE_MS"];
 const REGIONS: &[&str] = &["AGENTPLANE_REGIONS"];
+const OBJECT_STORE_URL: &[&str] = &["AGENTPLANE_OBJECT_STORE_URL"];
+const OBJECT_STORE_ENDPOINT: &[&str] = &["AGENTPLANE_OBJECT_STORE_ENDPOINT"];
+const OBJECT_STORE_REGION: &[&str] = &["AGENTPLANE_OBJECT_STORE_REGION"];
+const OBJECT_STORE_ACCESS_KEY_ID: &[&str] = &["AGENTPLANE_OBJECT_STORE_ACCESS_KEY_ID"];
+const OBJECT_STORE_SECRET_ACCESS_KEY: &[&str] = &["AGENTPLANE_OBJECT_STORE_SECRET_ACCESS_KEY"];
+const OBJECT_STORE_ALLOW_HTTP: &[&str] = &["AGENTPLANE_OBJECT_STORE_ALLOW_HTTP"];
 const MANAGED_IDENTITY_HOSTS: &[&str] = &["AGENTPLANE_MANAGED_IDENTITY_HOSTS"];
 const QUOTA_IDLE_MS: &[&str] = &["AGENTPLANE_QUOTA_IDLE_MS"];
 const DEFAULT_MAX_TOKENS: &[&str] = &["AGENTPLANE_DEFAULT_MAX_TOKENS"];
@@ -143,6 +149,15 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
     ("kms.transit_key", TRANSIT_KEY),
     ("providers.allow_private_urls", ALLOW_PRIVATE_PROVIDER_URLS),
     ("regions", REGIONS),
+    ("object_store.url", OBJECT_STORE_URL),
+    ("object_store.endpoint", OBJECT_STORE_ENDPOINT),
+    ("object_store.region", OBJECT_STORE_REGION),
+    ("object_store.access_key_id", OBJECT_STORE_ACCESS_KEY_ID),
+    (
+        "object_store.secret_access_key",
+        OBJECT_STORE_SECRET_ACCESS_KEY,
+    ),
+    ("object_store.allow_http", OBJECT_STORE_ALLOW_HTTP),
     ("gateway.managed_identity_hosts", MANAGED_IDENTITY_HOSTS),
     ("gateway.quota_lease_ms", QUOTA_LEASE_MS),
     ("gateway.quota_idle_ms", QUOTA_IDLE_MS),
@@ -243,6 +258,8 @@ pub struct Config {
     /// `eu=*.openai.azure.com,api.mistral.ai;us=api.openai.com`. Empty: one region, not
     /// enforced. Tenants are created only in listed regions.
     pub regions: agentplane_core::residency::Regions,
+    /// Where logos, exports and backups live.
+    pub object_store: agentplane_store::objects::ObjectStoreConfig,
     pub identity: IdentitySettings,
 }
 
@@ -423,6 +440,7 @@ impl Default for Config {
             providers: ProvidersConfig::default(),
             gateway: GatewayConfig::default(),
             regions: Default::default(),
+            object_store: Default::default(),
             identity: IdentitySettings::default(),
         }
     }
@@ -670,7 +688,20 @@ struct FileConfig {
     providers: Option<FileProviders>,
     gateway: Option<FileGateway>,
     regions: Option<String>,
+    object_store: Option<FileObjectStore>,
     identity: Option<FileIdentity>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileObjectStore {
+    url: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    allow_http: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -783,6 +814,29 @@ impl FileConfig {
         }
         if let Some(v) = self.db_role {
             cfg.db_role = v;
+        }
+        if let Some(o) = self.object_store {
+            let os = &mut cfg.object_store;
+            for (field, v) in [
+                (&mut os.url, o.url),
+                (&mut os.endpoint, o.endpoint),
+                (&mut os.region, o.region),
+                (&mut os.access_key_id, o.access_key_id),
+            ] {
+                if let Some(v) = v {
+                    *field = non_empty(v);
+                }
+            }
+            if let Some(v) = file_secret(
+                "object_store.secret_access_key",
+                o.secret_access_key,
+                o.secret_access_key_file,
+            )? {
+                os.secret_access_key = v;
+            }
+            if let Some(v) = o.allow_http {
+                os.allow_http = v;
+            }
         }
         if let Some(v) = self.allow_api_key_fallback {
             cfg.allow_api_key_fallback = v;
@@ -1010,6 +1064,25 @@ impl<'a> Env<'a> {
         }
         if let Some((_, v)) = self.get_set(DB_ROLE)? {
             cfg.db_role = v.trim().to_owned();
+        }
+        for (names, field) in [
+            (OBJECT_STORE_URL, &mut cfg.object_store.url),
+            (OBJECT_STORE_ENDPOINT, &mut cfg.object_store.endpoint),
+            (OBJECT_STORE_REGION, &mut cfg.object_store.region),
+            (
+                OBJECT_STORE_ACCESS_KEY_ID,
+                &mut cfg.object_store.access_key_id,
+            ),
+        ] {
+            if let Some((_, v)) = self.get_set(names)? {
+                *field = non_empty(v.trim().to_owned());
+            }
+        }
+        if let Some(v) = self.secret(OBJECT_STORE_SECRET_ACCESS_KEY)? {
+            cfg.object_store.secret_access_key = v;
+        }
+        if let Some(v) = self.bool(OBJECT_STORE_ALLOW_HTTP)? {
+            cfg.object_store.allow_http = v;
         }
         if let Some((name, value)) = self.get_set(JWT_ALGORITHM)? {
             cfg.jwt.algorithm = parse_algorithm(&name, value)?;
@@ -1836,6 +1909,21 @@ mod tests {
                 "smtp://mail:pw@smtp.example.com:587?tls=required",
             ),
             ("AGENTPLANE_MAIL_FROM", "Agentplane <noreply@example.com>"),
+            (
+                "AGENTPLANE_OBJECT_STORE_URL",
+                "s3://agentplane-objects/prod",
+            ),
+            (
+                "AGENTPLANE_OBJECT_STORE_ENDPOINT",
+                "http://minio.internal:9000",
+            ),
+            ("AGENTPLANE_OBJECT_STORE_REGION", "eu-west-1"),
+            ("AGENTPLANE_OBJECT_STORE_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            (
+                "AGENTPLANE_OBJECT_STORE_SECRET_ACCESS_KEY",
+                "s3-secret-example",
+            ),
+            ("AGENTPLANE_OBJECT_STORE_ALLOW_HTTP", "true"),
         ];
         // This list covers every field of ENV_VARS.
         for (field, names) in ENV_VARS {
@@ -1845,6 +1933,26 @@ mod tests {
             );
         }
         let cfg = from_env(&vars).unwrap();
+        let os = &cfg.object_store;
+        assert_eq!(
+            (
+                os.url.as_deref(),
+                os.endpoint.as_deref(),
+                os.region.as_deref()
+            ),
+            (
+                Some("s3://agentplane-objects/prod"),
+                Some("http://minio.internal:9000"),
+                Some("eu-west-1")
+            )
+        );
+        assert_eq!(os.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
+        assert_eq!(secret_of(&os.secret_access_key), Some("s3-secret-example"));
+        assert!(os.allow_http);
+        assert!(
+            !format!("{cfg:?}").contains("s3-secret-example"),
+            "Debug redacts it"
+        );
         let g = &cfg.gateway;
         assert_eq!(
             (g.quota_lease_ms, g.quota_idle_ms, g.default_max_tokens),

@@ -10,6 +10,21 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 use std::sync::Arc;
 
+/// Where objects live: the local directory when `url` is unset, else an S3-compatible
+/// bucket. `Debug` redacts the secret.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectStoreConfig {
+    /// `s3://bucket` or `s3://bucket/prefix`.
+    pub url: Option<String>,
+    /// The S3 API's address (MinIO, Ceph, R2, ...); unset: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<secrecy::SecretString>,
+    /// Allow `http://` endpoints (a store on the local network).
+    pub allow_http: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Objects {
     inner: Arc<dyn ObjectStore>,
@@ -24,6 +39,44 @@ impl Objects {
         Ok(Self {
             inner: Arc::new(fs),
         })
+    }
+
+    /// An S3-compatible bucket (`s3://bucket` or `s3://bucket/prefix`). What the
+    /// configuration leaves unset comes from the standard `AWS_*` environment variables (an
+    /// instance role, say).
+    pub fn s3(cfg: &ObjectStoreConfig) -> Result<Self> {
+        let url = cfg.url.as_deref().unwrap_or_default();
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StoreError::Config(format!("object store URL {url:?}: {e}")))?;
+        if parsed.scheme() != "s3" || parsed.host_str().is_none_or(str::is_empty) {
+            return Err(StoreError::Config(format!(
+                "object store URL {url:?}: expected s3://bucket[/prefix]"
+            )));
+        }
+        let mut b = object_store::aws::AmazonS3Builder::from_env()
+            .with_url(url)
+            .with_allow_http(cfg.allow_http);
+        if let Some(v) = &cfg.endpoint {
+            b = b.with_endpoint(v);
+        }
+        if let Some(v) = &cfg.region {
+            b = b.with_region(v);
+        }
+        if let Some(v) = &cfg.access_key_id {
+            b = b.with_access_key_id(v);
+        }
+        if let Some(v) = &cfg.secret_access_key {
+            use secrecy::ExposeSecret;
+            b = b.with_secret_access_key(v.expose_secret());
+        }
+        let s3 = b.build()?;
+        let prefix = parsed.path().trim_matches('/');
+        let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+        };
+        Ok(Self { inner })
     }
 
     /// Any `object_store` implementation (S3-compatible, in memory for tests, ...).
