@@ -8,7 +8,104 @@ use crate::helpers::{status_json, Backend, TestApp};
 use crate::mock_llm::MockLlm;
 use serde_json::{json, Value};
 
-both_backends!(a_tenant_in_eu_never_reaches_a_us_provider);
+both_backends!(
+    a_tenant_in_eu_never_reaches_a_us_provider,
+    each_tenants_objects_stay_in_its_regions_store,
+);
+
+/// Every file under `dir`.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+async fn each_tenants_objects_stay_in_its_regions_store(b: Backend) {
+    let stores = tempfile::tempdir().unwrap();
+    let (eu_dir, us_dir) = (stores.path().join("eu"), stores.path().join("us"));
+    let spec = format!(
+        "eu=file://{};us=file://{}",
+        eu_dir.display(),
+        us_dir.display()
+    );
+    let app = TestApp::spawn_with(b, |env| {
+        env.insert(
+            "AGENTPLANE_REGIONS".into(),
+            "eu=localhost;us=127.0.0.1".into(),
+        );
+        env.insert("AGENTPLANE_REGION_OBJECT_STORES".into(), spec);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for (name, region) in [("Paris", "eu"), ("Austin", "us")] {
+        let (s, t) = tenant_in(&app, name, region).await;
+        assert_eq!(s, 202, "{t}");
+        let id = t["tenant"]["id"].as_str().unwrap().to_owned();
+        app.run_jobs().await;
+        let admin = app.tenant_user("tenant_admin", &id);
+        let res = app
+            .client
+            .put(format!("{}/v1/tenants/{id}/branding/logo", app.base))
+            .bearer_auth(&admin)
+            .header("content-type", "image/png")
+            .body(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let (s, rec) = status_json(
+            app.post(
+                &format!("/v1/tenants/{id}/exports?confirm=true"),
+                &admin,
+                json!({"export_type": "full"}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 202, "{rec}");
+        app.run_jobs().await;
+        let (_, r) = status_json(
+            app.get(&format!("/v1/tenants/{id}/residency"), &admin)
+                .await,
+        )
+        .await;
+        let dir = if region == "eu" { &eu_dir } else { &us_dir };
+        assert!(
+            r["storage"]["objects"]
+                .as_str()
+                .unwrap()
+                .contains(&dir.display().to_string()),
+            "{r}"
+        );
+        ids.push(id);
+    }
+    // The EU tenant's logo and export are in the EU store only, the US tenant's in the US
+    // store only, and nothing went to the default store.
+    let eu: Vec<String> = files(&eu_dir)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let us: Vec<String> = files(&us_dir)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        eu.len() >= 2 && eu.iter().all(|p| p.contains(&ids[0])),
+        "{eu:?}"
+    );
+    assert!(
+        us.len() >= 2 && us.iter().all(|p| p.contains(&ids[1])),
+        "{us:?}"
+    );
+    assert!(files(&app.db.dir.path().join("objects")).is_empty());
+}
 
 async fn tenant_in(app: &TestApp, name: &str, region: &str) -> (u16, Value) {
     status_json(

@@ -111,7 +111,7 @@ impl ControlPlane {
         let old = self.store.backups_beyond(ctx, keep).await?;
         for b in &old {
             if let Some(k) = &b.object_key {
-                self.objects.delete(ctx, k).await?;
+                self.objects_of(ctx).await?.delete(ctx, k).await?;
             }
             self.store.mark_export_deleted(ctx, &b.id).await?;
         }

@@ -111,7 +111,10 @@ impl ControlPlane {
             sha256: hex::encode(Sha256::digest(&bytes)),
             size: bytes.len() as i64,
         };
-        self.objects.put(ctx, &logo.object_key(), bytes).await?;
+        self.objects_of(ctx)
+            .await?
+            .put(ctx, &logo.object_key(), bytes)
+            .await?;
         let mut old = None;
         let b = self
             .change_branding(ctx, "branding.logo_update", |b| {
@@ -120,7 +123,12 @@ impl ControlPlane {
             })
             .await?;
         if let Some(old) = old.filter(|o| o.sha256 != logo.sha256) {
-            if let Err(e) = self.objects.delete(ctx, &old.object_key()).await {
+            if let Err(e) = self
+                .objects_of(ctx)
+                .await?
+                .delete(ctx, &old.object_key())
+                .await
+            {
                 tracing::warn!(error = %e, "could not delete the replaced logo object");
             }
         }
@@ -136,7 +144,10 @@ impl ControlPlane {
             })
             .await?;
         if let Some(old) = old {
-            self.objects.delete(ctx, &old.object_key()).await?;
+            self.objects_of(ctx)
+                .await?
+                .delete(ctx, &old.object_key())
+                .await?;
         }
         Ok(b)
     }
@@ -151,7 +162,8 @@ impl ControlPlane {
             .ok_or(ControlError::NotFound("logo"))?;
         debug_assert!(logo.object_key().starts_with(LOGO_PREFIX));
         let bytes = self
-            .objects
+            .objects_of(ctx)
+            .await?
             .get(ctx, &logo.object_key())
             .await?
             .ok_or(ControlError::NotFound("logo"))?;

@@ -385,7 +385,8 @@ impl ControlPlane {
             _ => return Err(ControlError::Conflict(crate::error::ConflictKind::NotReady)),
         };
         let mut sealed = self
-            .objects
+            .objects_of(ctx)
+            .await?
             .get_stream(ctx, &key)
             .await?
             .ok_or(ControlError::NotFound("export"))?;
@@ -558,7 +559,8 @@ impl ControlPlane {
         let mut header = Some(sealer.header().to_vec());
         let mut sealer = Some(sealer);
         let mut buf = vec![0u8; PIECE];
-        self.objects
+        self.objects_of(ctx)
+            .await?
             .put_stream(ctx, &object_key, || {
                 if let Some(h) = header.take() {
                     return Ok(Some(h));
@@ -607,7 +609,7 @@ impl ControlPlane {
         // What earlier attempts (killed after their upload) left behind.
         for attempt in 1..job.attempts {
             let stale = format!("exports/{}/{attempt}.{}.sealed", rec.id, format.extension());
-            if let Err(e) = self.objects.delete(ctx, &stale).await {
+            if let Err(e) = self.objects_of(ctx).await?.delete(ctx, &stale).await {
                 tracing::warn!(error = %e, "an earlier attempt's artifact stays");
             }
         }
@@ -635,7 +637,7 @@ impl ControlPlane {
         let recs = self.store.exports_to_remove(ctx, before).await?;
         for r in &recs {
             if let Some(k) = &r.object_key {
-                self.objects.delete(ctx, k).await?;
+                self.objects_of(ctx).await?.delete(ctx, k).await?;
             }
             self.store.mark_export_deleted(ctx, &r.id).await?;
         }

@@ -102,6 +102,20 @@ impl ControlPlane {
         &self.objects
     }
 
+    /// The object store of the tenant's region (data residency: its logos, exports and
+    /// backups stay there).
+    pub(crate) async fn objects_of(&self, ctx: &TenantCtx) -> Result<Objects> {
+        if !self.objects.has_regions() {
+            return Ok(self.objects.clone());
+        }
+        let tenant = self
+            .store
+            .get_tenant(ctx.tenant_id())
+            .await?
+            .ok_or(ControlError::NotFound("tenant"))?;
+        Ok(self.objects.in_region(&tenant.region))
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

@@ -265,13 +265,13 @@ impl ControlPlane {
     async fn purge(&self, job: &Job) -> Result<(), StoreError> {
         let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
         let now = Timestamp::now();
-        match self.store.get_tenant(job.tenant_id).await? {
-            Some(t) if t.status == TenantStatus::Deleted => {}
+        let region = match self.store.get_tenant(job.tenant_id).await? {
+            Some(t) if t.status == TenantStatus::Deleted => t.region,
             // Reactivated (or already purged) since the job was scheduled.
             _ => return self.store.complete_job(job, now).await,
-        }
+        };
         // Objects first: if the worker dies after this, the retry finds them gone and goes on.
-        let objects = self.objects.purge_tenant(&ctx).await?;
+        let objects = self.objects.in_region(&region).purge_tenant(&ctx).await?;
         let audit = NewAuditEvent::new(
             Chain::Tenant(job.tenant_id),
             "tenant.purge",

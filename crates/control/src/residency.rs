@@ -142,7 +142,7 @@ impl ControlPlane {
                     Backend::Sqlite => "sqlite",
                     Backend::Postgres => "postgresql",
                 },
-                objects: self.objects.location(ctx),
+                objects: self.objects_of(ctx).await?.location(ctx),
             },
             providers,
             evidence,

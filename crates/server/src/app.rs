@@ -144,10 +144,10 @@ pub fn identity_config(
 /// The object store: `data_dir/objects` on the local filesystem, or the S3-compatible
 /// store of `object_store_url`.
 pub fn open_objects(cfg: &Config) -> Result<Objects, StartError> {
-    match &cfg.object_store.url {
-        None => Ok(Objects::local(&cfg.data_dir.join("objects"))?),
-        Some(_) => Ok(Objects::s3(&cfg.object_store)?),
-    }
+    Ok(Objects::open(
+        &cfg.object_store,
+        &cfg.data_dir.join("objects"),
+    )?)
 }
 
 /// Runs the schema migrations as the owner (`AGENTPLANE_MIGRATE_DSN`, else the catalog DSN).

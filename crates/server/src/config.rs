@@ -101,6 +101,7 @@ const OBJECT_STORE_REGION: &[&str] = &["AGENTPLANE_OBJECT_STORE_REGION"];
 const OBJECT_STORE_ACCESS_KEY_ID: &[&str] = &["AGENTPLANE_OBJECT_STORE_ACCESS_KEY_ID"];
 const OBJECT_STORE_SECRET_ACCESS_KEY: &[&str] = &["AGENTPLANE_OBJECT_STORE_SECRET_ACCESS_KEY"];
 const OBJECT_STORE_ALLOW_HTTP: &[&str] = &["AGENTPLANE_OBJECT_STORE_ALLOW_HTTP"];
+const REGION_OBJECT_STORES: &[&str] = &["AGENTPLANE_REGION_OBJECT_STORES"];
 const MANAGED_IDENTITY_HOSTS: &[&str] = &["AGENTPLANE_MANAGED_IDENTITY_HOSTS"];
 const QUOTA_IDLE_MS: &[&str] = &["AGENTPLANE_QUOTA_IDLE_MS"];
 const DEFAULT_MAX_TOKENS: &[&str] = &["AGENTPLANE_DEFAULT_MAX_TOKENS"];
@@ -158,6 +159,7 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
         OBJECT_STORE_SECRET_ACCESS_KEY,
     ),
     ("object_store.allow_http", OBJECT_STORE_ALLOW_HTTP),
+    ("object_store.regions", REGION_OBJECT_STORES),
     ("gateway.managed_identity_hosts", MANAGED_IDENTITY_HOSTS),
     ("gateway.quota_lease_ms", QUOTA_LEASE_MS),
     ("gateway.quota_idle_ms", QUOTA_IDLE_MS),
@@ -702,6 +704,46 @@ struct FileObjectStore {
     secret_access_key: Option<String>,
     secret_access_key_file: Option<PathBuf>,
     allow_http: Option<bool>,
+    regions: Option<String>,
+}
+
+/// `eu=s3://bucket-eu/prefix;us=file:///srv/objects-us`: a store per region.
+fn parse_region_stores(name: &str, value: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (region, url) = part
+            .split_once('=')
+            .ok_or_else(|| invalid(name, value, format!("{part:?} is not region=url")))?;
+        let (region, url) = (region.trim(), url.trim());
+        let region_ok = !region.is_empty()
+            && region.len() <= 32
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return Err(invalid(
+                name,
+                value,
+                format!("{region:?} is not a region name"),
+            ));
+        }
+        let url_ok = url.starts_with("s3://")
+            || url
+                .strip_prefix("file://")
+                .is_some_and(|p| p.starts_with('/'));
+        if !url_ok {
+            return Err(invalid(
+                name,
+                value,
+                format!("{url:?}: expected s3://bucket[/prefix] or file:///absolute/dir"),
+            ));
+        }
+        if out.iter().any(|(r, _)| r == region) {
+            return Err(invalid(name, value, format!("{region} is listed twice")));
+        }
+        out.push((region.to_owned(), url.to_owned()));
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -836,6 +878,9 @@ impl FileConfig {
             }
             if let Some(v) = o.allow_http {
                 os.allow_http = v;
+            }
+            if let Some(v) = o.regions {
+                os.regions = parse_region_stores("object_store.regions", &v)?;
             }
         }
         if let Some(v) = self.allow_api_key_fallback {
@@ -1083,6 +1128,9 @@ impl<'a> Env<'a> {
         }
         if let Some(v) = self.bool(OBJECT_STORE_ALLOW_HTTP)? {
             cfg.object_store.allow_http = v;
+        }
+        if let Some((name, v)) = self.get_set(REGION_OBJECT_STORES)? {
+            cfg.object_store.regions = parse_region_stores(&name, v)?;
         }
         if let Some((name, value)) = self.get_set(JWT_ALGORITHM)? {
             cfg.jwt.algorithm = parse_algorithm(&name, value)?;
@@ -1924,6 +1972,10 @@ mod tests {
                 "s3-secret-example",
             ),
             ("AGENTPLANE_OBJECT_STORE_ALLOW_HTTP", "true"),
+            (
+                "AGENTPLANE_REGION_OBJECT_STORES",
+                "eu=s3://objects-eu/prod;us=file:///srv/objects-us",
+            ),
         ];
         // This list covers every field of ENV_VARS.
         for (field, names) in ENV_VARS {
@@ -1949,6 +2001,25 @@ mod tests {
         assert_eq!(os.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
         assert_eq!(secret_of(&os.secret_access_key), Some("s3-secret-example"));
         assert!(os.allow_http);
+        assert_eq!(
+            os.regions,
+            [
+                ("eu".to_owned(), "s3://objects-eu/prod".to_owned()),
+                ("us".to_owned(), "file:///srv/objects-us".to_owned())
+            ]
+        );
+        for bad in [
+            "eu",
+            "eu=http://x",
+            "EU=s3://b",
+            "eu=file://relative",
+            "eu=s3://a;eu=s3://b",
+        ] {
+            assert!(
+                parse_region_stores("AGENTPLANE_REGION_OBJECT_STORES", bad).is_err(),
+                "{bad}"
+            );
+        }
         assert!(
             !format!("{cfg:?}").contains("s3-secret-example"),
             "Debug redacts it"

@@ -1,6 +1,6 @@
-//! Blobs (logos now; exports and backups later) through one object-store interface: a local
-//! directory by default, any store the `object_store` crate speaks by configuration. Every
-//! path starts with `tenants/<tenant id>/`, and only a `TenantCtx` opens one.
+//! Blobs (logos, exports, backups) through one object-store interface: a local directory by
+//! default, an S3-compatible bucket by configuration, and, for data residency, a store per
+//! region. Every path starts with `tenants/<tenant id>/`, and only a `TenantCtx` opens one.
 
 use crate::{Result, StoreError};
 use agentplane_core::authz::TenantCtx;
@@ -23,14 +23,53 @@ pub struct ObjectStoreConfig {
     pub secret_access_key: Option<secrecy::SecretString>,
     /// Allow `http://` endpoints (a store on the local network).
     pub allow_http: bool,
+    /// A store per region (`s3://...` with the settings above, or `file:///dir`); a tenant's
+    /// objects live in its region's store. Regions not listed use the default store.
+    pub regions: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Objects {
     inner: Arc<dyn ObjectStore>,
+    regions: Arc<std::collections::BTreeMap<String, Arc<dyn ObjectStore>>>,
 }
 
 impl Objects {
+    /// The configured stores: the default one (`cfg.url`, else `local_root`) and one per
+    /// region.
+    pub fn open(cfg: &ObjectStoreConfig, local_root: &std::path::Path) -> Result<Self> {
+        let mut objects = match &cfg.url {
+            None => Self::local(local_root)?,
+            Some(url) => Self::s3(cfg, url)?,
+        };
+        let mut regions = std::collections::BTreeMap::new();
+        for (region, url) in &cfg.regions {
+            let store = match url.strip_prefix("file://") {
+                Some(dir) => Self::local(std::path::Path::new(dir))?,
+                None => Self::s3(cfg, url)?,
+            };
+            regions.insert(region.clone(), store.inner);
+        }
+        objects.regions = Arc::new(regions);
+        Ok(objects)
+    }
+
+    /// Whether some region has a store of its own.
+    pub fn has_regions(&self) -> bool {
+        !self.regions.is_empty()
+    }
+
+    /// The store of `region` (the default one when the region has none).
+    pub fn in_region(&self, region: &str) -> Objects {
+        Self {
+            inner: self
+                .regions
+                .get(region)
+                .cloned()
+                .unwrap_or_else(|| self.inner.clone()),
+            regions: Arc::default(),
+        }
+    }
     /// Objects under a local directory (created if missing).
     pub fn local(root: &std::path::Path) -> Result<Self> {
         std::fs::create_dir_all(root)
@@ -38,14 +77,14 @@ impl Objects {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(root)?;
         Ok(Self {
             inner: Arc::new(fs),
+            regions: Arc::default(),
         })
     }
 
     /// An S3-compatible bucket (`s3://bucket` or `s3://bucket/prefix`). What the
     /// configuration leaves unset comes from the standard `AWS_*` environment variables (an
     /// instance role, say).
-    pub fn s3(cfg: &ObjectStoreConfig) -> Result<Self> {
-        let url = cfg.url.as_deref().unwrap_or_default();
+    pub fn s3(cfg: &ObjectStoreConfig, url: &str) -> Result<Self> {
         let parsed = url::Url::parse(url)
             .map_err(|e| StoreError::Config(format!("object store URL {url:?}: {e}")))?;
         if parsed.scheme() != "s3" || parsed.host_str().is_none_or(str::is_empty) {
@@ -76,12 +115,18 @@ impl Objects {
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
         };
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            regions: Arc::default(),
+        })
     }
 
     /// Any `object_store` implementation (S3-compatible, in memory for tests, ...).
     pub fn from_store(inner: Arc<dyn ObjectStore>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            regions: Arc::default(),
+        }
     }
 
     /// Where the tenant's objects live (for the residency report).
