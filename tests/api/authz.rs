@@ -60,6 +60,7 @@ fn path_for(a: &ActionSpec, tenant: &str) -> String {
 fn body_for(a: &ActionSpec, n: usize) -> Option<Value> {
     match a.intent {
         "admin.change_tenant_plan" => Some(json!({"plan_id": "pro"})),
+        "admin.move_tenant_region" => Some(json!({"region": format!("region-{n}")})),
         "admin.export_tenant_data" => Some(json!({"export_type": "users_only"})),
         "admin.restore_backup" => Some(json!({
             "slug": format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])

@@ -105,6 +105,84 @@ async fn each_tenants_objects_stay_in_its_regions_store(b: Backend) {
         "{us:?}"
     );
     assert!(files(&app.db.dir.path().join("objects")).is_empty());
+
+    // Moving the EU tenant to the US: operators only, confirmed, a job; its objects follow.
+    let paris = &ids[0];
+    let admin = app.tenant_user("tenant_admin", paris);
+    let path = format!("/v1/admin/tenants/{paris}/region");
+    let (s, _) = status_json(
+        app.post(
+            &format!("{path}?confirm=true"),
+            &admin,
+            json!({"region": "us"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 403, "a tenant admin may not move their tenant");
+    let op = app.platform_admin();
+    let (s, _) = status_json(app.post(&path, &op, json!({"region": "us"})).await).await;
+    assert_eq!(s, 428);
+    let (s, _) = status_json(
+        app.post(
+            &format!("{path}?confirm=true"),
+            &op,
+            json!({"region": "apac"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 422, "not a region of this deployment");
+    let (s, job) = status_json(
+        app.post(
+            &format!("{path}?confirm=true"),
+            &op,
+            json!({"region": "us"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, job["kind"].as_str()),
+        (202, Some("tenant.move_region")),
+        "{job}"
+    );
+    app.run_jobs().await;
+    let (_, t) = status_json(app.get(&format!("/v1/tenants/{paris}"), &op).await).await;
+    assert_eq!(t["region"], "us", "{t}");
+    assert!(files(&eu_dir).is_empty(), "the EU store forgot the tenant");
+    let us: Vec<String> = files(&us_dir)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        us.iter().filter(|p| p.contains(paris.as_str())).count() >= 2,
+        "{us:?}"
+    );
+    // Its logo is served from the new store, and the audit trail holds the move.
+    let res = app
+        .client
+        .get(format!("{}/v1/tenants/{paris}/branding/logo", app.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, events) = status_json(
+        app.get(
+            &format!("/v1/tenants/{paris}/audit?action=tenant.region_moved"),
+            &admin,
+        )
+        .await,
+    )
+    .await;
+    let ev = &events["items"][0];
+    assert_eq!(
+        (ev["data"]["from"].as_str(), ev["data"]["to"].as_str()),
+        (Some("eu"), Some("us")),
+        "{events}"
+    );
+    assert!(ev["data"]["objects_copied"].as_u64().unwrap() >= 2, "{ev}");
 }
 
 async fn tenant_in(app: &TestApp, name: &str, region: &str) -> (u16, Value) {

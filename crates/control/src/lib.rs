@@ -36,7 +36,9 @@ pub use idempotency::{IdempotencyKey, Replayable};
 pub use keys::{Keys, MasterRotation};
 pub use providers::{CreateProvider, ProbeResult, UpdateProvider};
 pub use provisioning::{JobOutcome, WorkerConfig};
-pub use residency::{provider_host, ProviderResidency, ResidencyReport, ResidencyStorage};
+pub use residency::{
+    provider_host, MoveRegion, ProviderResidency, ResidencyReport, ResidencyStorage,
+};
 pub use settings::{EffectiveSetting, Feature};
 pub use shared_providers::{AttachSharedProvider, CreateSharedProvider, UpdateSharedProvider};
 pub use tenants::{CreateTenant, TenantCreated};

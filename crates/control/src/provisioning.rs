@@ -103,6 +103,10 @@ impl ControlPlane {
                 JobKind::Export | JobKind::Backup => self.run_export(&job).await,
                 JobKind::VerifyBackup => self.run_verify_backup(&job).await,
                 JobKind::Restore => self.run_restore(&job).await,
+                JobKind::MoveRegion => self.run_region_move(&job).await.map_err(|e| match e {
+                    ControlError::Store(s) => JobError::Store(s),
+                    e => JobError::Failed(e.to_string()),
+                }),
                 JobKind::EraseUser => self.run_erasure(&job).await.map_err(|e| match e {
                     ControlError::Store(s) => JobError::Store(s),
                     e => JobError::Failed(e.to_string()),

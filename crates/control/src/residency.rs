@@ -150,3 +150,95 @@ impl ControlPlane {
         })
     }
 }
+
+/// `admin.move_tenant_region`'s body.
+#[derive(Clone, Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRegion {
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
+    pub region: String,
+}
+
+impl ControlPlane {
+    /// `admin.move_tenant_region` (platform operators): queues the move of the tenant to
+    /// another region of this deployment.
+    pub async fn request_region_move(
+        &self,
+        ctx: &TenantCtx,
+        req: MoveRegion,
+    ) -> Result<agentplane_core::job::Job> {
+        let to = agentplane_core::tenant::validate_region(&req.region)?;
+        if !self.cfg.regions.knows(&to) {
+            return Err(agentplane_core::DomainError::invalid(
+                "region",
+                format!("{to} is not one of this deployment's regions"),
+            )
+            .into());
+        }
+        let t = self.tenant(ctx).await?;
+        if t.region == to {
+            return Err(agentplane_core::DomainError::invalid(
+                "region",
+                format!("the tenant is in {to} already"),
+            )
+            .into());
+        }
+        let now = Timestamp::now();
+        let job = agentplane_core::job::Job::new(
+            t.id,
+            agentplane_core::job::JobKind::MoveRegion,
+            serde_json::json!({"from": t.region, "to": to}),
+            now,
+        );
+        let audit = NewAuditEvent::new(
+            Chain::Tenant(t.id),
+            "tenant.region_move_requested",
+            ctx.actor(),
+            now,
+        )
+        .target("tenant", t.id)
+        .data(serde_json::json!({"from": t.region, "to": to, "job_id": job.id}));
+        self.store.enqueue(ctx, &job, audit).await?;
+        Ok(job)
+    }
+
+    /// The `tenant.move_region` job: copies the tenant's objects into the new region's
+    /// store, re-pins the tenant (audited; from then on its runs, objects and residency
+    /// report follow the new region), then copies what was written meanwhile and deletes
+    /// the old region's copies. A retry picks up wherever the last attempt stopped.
+    pub(crate) async fn run_region_move(&self, job: &agentplane_core::job::Job) -> Result<()> {
+        let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
+        let from = job.payload["from"].as_str().unwrap_or_default().to_owned();
+        let to = job.payload["to"].as_str().unwrap_or_default().to_owned();
+        let (old, new) = (self.objects.in_region(&from), self.objects.in_region(&to));
+        let separate = !self.objects.same_store(&from, &to);
+        let t = self.tenant(&ctx).await?;
+        if t.region == from {
+            let mut copied = 0u64;
+            if separate {
+                for key in old.keys(&ctx).await? {
+                    copied += u64::from(old.copy_to(&ctx, &key, &new).await?);
+                }
+            }
+            self.update(&ctx, "tenant.region_moved", |t| {
+                t.region = to.clone();
+                Ok(serde_json::json!({"from": from, "to": to, "objects_copied": copied}))
+            })
+            .await?;
+        } else if t.region != to {
+            // Moved elsewhere since: nothing of this job is left to do.
+            return Ok(self.store.complete_job(job, Timestamp::now()).await?);
+        }
+        if separate {
+            // Objects written to the old store between the copy and the re-pin come along
+            // too; then the old store forgets the tenant.
+            for key in old.keys(&ctx).await? {
+                if new.get_stream(&ctx, &key).await?.is_none() {
+                    old.copy_to(&ctx, &key, &new).await?;
+                }
+                old.delete(&ctx, &key).await?;
+            }
+        }
+        Ok(self.store.complete_job(job, Timestamp::now()).await?)
+    }
+}

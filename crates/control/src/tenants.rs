@@ -279,7 +279,7 @@ impl ControlPlane {
         .await
     }
 
-    async fn update(
+    pub(crate) async fn update(
         &self,
         ctx: &TenantCtx,
         action: &str,

@@ -1298,6 +1298,36 @@ pub static RESTORE_BACKUP: ActionSpec = ActionSpec {
     )
 };
 
+pub static MOVE_TENANT_REGION: ActionSpec = ActionSpec {
+    entity: "tenant",
+    action_type: ActionType::Write,
+    permission: Some(Permission::TenantsManage),
+    parameters: &[
+        Param::new("region", ParamType::String, true, "the region to move to"),
+        CONFIRM,
+    ],
+    preconditions: &[
+        "caller must have platform_admin role",
+        "the region is one of the deployment's",
+    ],
+    postconditions: &[
+        "move job created: the tenant's objects go to the region's store, then it is pinned there",
+        "audit log entries created (requested, moved)",
+    ],
+    risk_level: Risk::High,
+    confirmation_required: true,
+    idempotent: false,
+    is_async: true,
+    side_effects: &["audit_log", "object_store", "residency_change"],
+    description: "Move a tenant to another region (data residency)",
+    ..spec(
+        "admin.move_tenant_region",
+        "tenant",
+        Method::Post,
+        "/v1/admin/tenants/{tenant_id}/region",
+    )
+};
+
 pub static IMPORT_TENANT: ActionSpec = ActionSpec {
     entity: "tenant",
     action_type: ActionType::Write,
@@ -2434,6 +2464,7 @@ pub static REGISTRY: &[&ActionSpec] = &[
     &GET_EXPORT,
     &CREATE_EXPORT_LINK,
     &IMPORT_TENANT,
+    &MOVE_TENANT_REGION,
     &LIST_BACKUPS,
     &GET_BACKUP,
     &CREATE_BACKUP,

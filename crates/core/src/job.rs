@@ -75,6 +75,9 @@ pub enum JobKind {
     /// Restores a backup into a new tenant (disaster recovery, or a drill).
     #[serde(rename = "tenant.restore")]
     Restore,
+    /// Moves a tenant to another region: its objects to that region's store, then its pin.
+    #[serde(rename = "tenant.move_region")]
+    MoveRegion,
 }
 
 impl JobKind {
@@ -91,6 +94,7 @@ impl JobKind {
             Self::Backup => "tenant.backup",
             Self::VerifyBackup => "tenant.backup_verify",
             Self::Restore => "tenant.restore",
+            Self::MoveRegion => "tenant.move_region",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -106,6 +110,7 @@ impl JobKind {
             "tenant.backup" => Self::Backup,
             "tenant.backup_verify" => Self::VerifyBackup,
             "tenant.restore" => Self::Restore,
+            "tenant.move_region" => Self::MoveRegion,
             _ => return None,
         })
     }

@@ -54,6 +54,58 @@ impl Objects {
         Ok(objects)
     }
 
+    /// Whether two regions keep their objects in the same store.
+    pub fn same_store(&self, a: &str, b: &str) -> bool {
+        match (self.regions.get(a), self.regions.get(b)) {
+            (None, None) => true,
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+            _ => false,
+        }
+    }
+
+    /// The keys of every object of the tenant (as `put` takes them).
+    pub async fn keys(&self, ctx: &TenantCtx) -> Result<Vec<String>> {
+        let prefix = ObjectPath::from(format!("tenants/{}", ctx.tenant_id()));
+        let strip = format!("tenants/{}/", ctx.tenant_id());
+        let paths: Vec<ObjectPath> = self
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        Ok(paths
+            .iter()
+            .filter_map(|p| p.as_ref().strip_prefix(&strip).map(str::to_owned))
+            .collect())
+    }
+
+    /// Copies one of the tenant's objects into `to` (another region's store), streaming.
+    pub async fn copy_to(&self, ctx: &TenantCtx, key: &str, to: &Objects) -> Result<bool> {
+        let Some(mut src) = self.get_stream(ctx, key).await? else {
+            return Ok(false);
+        };
+        let upload = to.inner.put_multipart(&Self::path(ctx, key)?).await?;
+        let mut w = object_store::WriteMultipart::new(upload);
+        let copied: Result<()> = async {
+            while let Some(piece) = src.try_next().await? {
+                w.wait_for_capacity(4).await?;
+                w.write(&piece);
+            }
+            Ok(())
+        }
+        .await;
+        match copied {
+            Ok(()) => {
+                w.finish().await?;
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = w.abort().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Whether some region has a store of its own.
     pub fn has_regions(&self) -> bool {
         !self.regions.is_empty()

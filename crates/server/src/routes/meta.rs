@@ -56,7 +56,7 @@ pub async fn openapi() -> impl IntoResponse {
     paths(
         health, debug_identity, manifest,
         super::plans::list, super::plans::get, super::plans::create,
-        super::tenants::create, super::tenants::get, super::tenants::list, super::tenants::change_plan,
+        super::tenants::create, super::tenants::get, super::tenants::list, super::tenants::change_plan, super::tenants::move_region,
         super::tenants::suspend, super::tenants::reactivate, super::tenants::delete, super::tenants::purge,
         super::tenants::list_users, super::tenants::run_next_job, super::jobs::run_retention,
         super::usage::tenant_usage, super::usage::export,

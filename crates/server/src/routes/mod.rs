@@ -62,6 +62,7 @@ pub fn action_route(spec: &ActionSpec) -> Option<MethodRouter<AppState>> {
         "admin.create_tenant" => on(f, tenants::create),
         "admin.get_tenant" => on(f, tenants::get),
         "admin.change_tenant_plan" => on(f, tenants::change_plan),
+        "admin.move_tenant_region" => on(f, tenants::move_region),
         "admin.suspend_tenant" => on(f, tenants::suspend),
         "admin.reactivate_tenant" => on(f, tenants::reactivate),
         "admin.delete_tenant" => on(f, tenants::delete),

@@ -212,3 +212,20 @@ pub async fn residency(
 ) -> Result<Json<agentplane_control::ResidencyReport>, ApiError> {
     Ok(Json(state.control().residency_report(&scope.ctx).await?))
 }
+
+/// Move the tenant to another region (`?confirm=true`): a job moves its objects to the
+/// region's store, then pins it there. Answers the job.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/region", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path, description = "the tenant"), ("confirm" = bool, Query)),
+    request_body = agentplane_control::MoveRegion,
+    responses((status = 202, body = agentplane_core::job::Job), (status = 422)))]
+pub async fn move_region(
+    State(state): State<AppState>,
+    scope: TenantScope,
+    Body(req): Body<agentplane_control::MoveRegion>,
+) -> Result<(axum::http::StatusCode, Json<agentplane_core::job::Job>), ApiError> {
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(state.control().request_region_move(&scope.ctx, req).await?),
+    ))
+}
