@@ -15,6 +15,7 @@ mod audit;
 mod authz;
 mod branding;
 mod conformance;
+mod console;
 mod crash;
 mod exports;
 mod gateway;

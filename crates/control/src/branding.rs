@@ -210,3 +210,64 @@ impl ControlPlane {
         ))
     }
 }
+
+impl ControlPlane {
+    /// The console's tenant and branding before anyone signs in: the tenant whose custom
+    /// domain or subdomain (`AGENTPLANE_BASE_DOMAIN`) the host is, or the one the path names.
+    /// Host and path naming different tenants, an unknown tenant and one that is not active
+    /// all read as not found: one tenant's branding is never shown for another.
+    pub async fn console_branding(
+        &self,
+        host: Option<&str>,
+        path: Option<&str>,
+    ) -> Result<(agentplane_core::tenant::Tenant, Branding)> {
+        let host = host
+            .map(|h| h.split(':').next().unwrap_or_default().to_ascii_lowercase())
+            .filter(|h| !h.is_empty());
+        let mut by_host = None;
+        if let Some(h) = &host {
+            by_host = self.store.tenant_by_domain(h).await?;
+            if by_host.is_none() {
+                if let Some(base) = &self.identity.cfg.base_domain {
+                    let label = h
+                        .strip_suffix(base.as_str())
+                        .and_then(|s| s.strip_suffix('.'))
+                        .filter(|s| !s.is_empty() && !s.contains('.'));
+                    if let Some(label) = label {
+                        by_host = self.tenant_by_ref(label).await?.map(|t| t.id);
+                    }
+                }
+            }
+        }
+        let by_path = match path {
+            Some(p) => Some(
+                self.tenant_by_ref(p)
+                    .await?
+                    .ok_or(ControlError::NotFound("tenant"))?
+                    .id,
+            ),
+            None => None,
+        };
+        let id = match (by_host, by_path) {
+            (Some(a), Some(b)) if a != b => return Err(ControlError::NotFound("tenant")),
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => return Err(ControlError::NotFound("tenant")),
+        };
+        let tenant = self
+            .store
+            .get_tenant(id)
+            .await?
+            .filter(|t| t.status == agentplane_core::tenant::TenantStatus::Active)
+            .ok_or(ControlError::NotFound("tenant"))?;
+        let ctx = TenantCtx::for_public_page(tenant.id, "console");
+        let branding = self.store.get_branding(&ctx).await?;
+        Ok((tenant, branding))
+    }
+
+    /// The logo the console shows (public, like the sign-in page it is on).
+    pub async fn console_logo(&self, tenant: &str) -> Result<(Logo, bytes::Bytes)> {
+        let (t, _) = self.console_branding(None, Some(tenant)).await?;
+        self.logo(&TenantCtx::for_public_page(t.id, "console"))
+            .await
+    }
+}

@@ -452,6 +452,17 @@ impl TenantCtx {
         }
     }
 
+    /// A public page of the tenant (its console's sign-in page) reading what the tenant
+    /// shows to everyone: its branding.
+    pub fn for_public_page(tenant_id: TenantId, page: &str) -> Self {
+        Self {
+            tenant_id,
+            actor: Actor::System {
+                component: format!("public/{page}"),
+            },
+        }
+    }
+
     /// An import loading an export as the tenant `tenant_id` (an operator's platform action).
     pub fn for_import(tenant_id: TenantId) -> Self {
         Self {

@@ -400,6 +400,9 @@ pub trait Store: identity::IdentityStore + exports::ExportStore + Send + Sync + 
         version: i64,
     ) -> Result<Option<SettingVersion>>;
     async fn get_branding(&self, ctx: &TenantCtx) -> Result<agentplane_core::branding::Branding>;
+    /// The tenant whose console is served on `domain` (its branding's custom domain): the
+    /// console's tenant discovery, before anyone signed in.
+    async fn tenant_by_domain(&self, domain: &str) -> Result<Option<TenantId>>;
     /// Writes the branding if its stored version is still `expected_version` (0: never set),
     /// with its audit event. `Conflict::Version` if it moved on, `Conflict::Domain` if the
     /// custom domain belongs to another tenant.

@@ -1105,6 +1105,17 @@ impl Store for BackendStore {
         Ok(row.map(Into::into).unwrap_or_default())
     }
 
+    async fn tenant_by_domain(&self, domain: &str) -> Result<Option<TenantId>> {
+        let mut tx = self.read_platform().await?;
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT tenant_id FROM tenant_branding WHERE custom_domain = $1")
+                .bind(domain)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        id.map(|s| s.parse().map_err(corrupt)).transpose()
+    }
+
     async fn put_branding(
         &self,
         ctx: &TenantCtx,

@@ -135,7 +135,7 @@ fn unresolved(why: &'static str) -> ControlError {
 }
 
 impl ControlPlane {
-    async fn tenant_by_ref(&self, r: &str) -> Result<Option<Tenant>> {
+    pub(crate) async fn tenant_by_ref(&self, r: &str) -> Result<Option<Tenant>> {
         if let Ok(id) = r.parse::<TenantId>() {
             return Ok(self.store.get_tenant(id).await?);
         }

@@ -7,6 +7,7 @@ mod api_keys;
 mod audit;
 mod auth;
 mod branding;
+mod console;
 mod exports;
 mod gateway;
 mod jobs;
@@ -161,6 +162,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/tenants/{tenant_id}/runs", post(gateway::run))
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/v1/downloads/{token}", get(exports::download))
+        .route("/console", get(console::root))
+        .route("/console/app.js", get(console::app_js))
+        .route("/console/{tenant}", get(console::tenant))
+        .route("/console/{tenant}/logo", get(console::logo))
         .route("/v1/auth/token", post(auth::token))
         .route("/v1/auth/{tenant}/token", post(auth::tenant_token))
         .route("/v1/auth/invitations/accept", post(auth::accept_invitation))
