@@ -59,7 +59,7 @@ async fn main() -> Result<()> {
     let events = env_usize("AGENTPLANE_BENCH_EVENTS", 100_000);
     let backends =
         std::env::var("AGENTPLANE_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    println!("backend   rows        export s   rows/s    peak MiB   artifact MiB   import s   rows/s    peak MiB");
+    println!("backend   rows        export s   rows/s    peak MiB   artifact MiB   import s   rows/s    peak MiB  raw dump (export / raw)");
     for b in backends.split(',') {
         let (src_dir, dst_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
         let (mut src_env, mut dst_env) = (env_for(src_dir.path()), env_for(dst_dir.path()));
@@ -101,6 +101,7 @@ async fn measure(
     let tenant = create_tenant(&control, &platform).await?;
     seed(src_env, dir, tenant, records, events).await?;
     let ctx = platform.tenant(tenant);
+    let baseline_s = raw_dump(src_env, dir);
 
     reset_peak();
     let started = Instant::now();
@@ -146,11 +147,42 @@ async fn measure(
         bail!("imported {} rows of {rows}", report.rows);
     }
     println!(
-        "{backend:<9} {rows:<11} {export_s:<10.1} {:<9.0} {export_peak:<10.0} {artifact_mib:<14.1} {import_s:<10.1} {:<9.0} {import_peak:.0}",
+        "{backend:<9} {rows:<11} {export_s:<10.1} {:<9.0} {export_peak:<10.0} {artifact_mib:<14.1} {import_s:<10.1} {:<9.0} {import_peak:<9.0} {}",
         rows as f64 / export_s,
         rows as f64 / import_s,
+        baseline_s.map_or("-".to_owned(), |b| format!("{b:.1} s ({:.1}x)", export_s / b)),
     );
     Ok(())
+}
+
+/// The baseline: the database's own dump of the two big tables (`pg_dump --data-only`, or
+/// `sqlite3 .dump`), unencrypted, unverified, to /dev/null; `None` when the tool is missing.
+fn raw_dump(env: &HashMap<String, String>, dir: &std::path::Path) -> Option<f64> {
+    let mut cmd = match env.get("TENANT_CATALOG_DSN") {
+        Some(dsn) => {
+            let mut c = std::process::Command::new("pg_dump");
+            c.args([
+                "--data-only",
+                "--table=usage_records",
+                "--table=audit_events",
+                dsn,
+            ]);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new("sqlite3");
+            c.arg(dir.join("agentplane.db"))
+                .arg(".dump usage_records audit_events");
+            c
+        }
+    };
+    let started = Instant::now();
+    let ok = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| started.elapsed().as_secs_f64())
 }
 
 async fn create_tenant(control: &ControlPlane, platform: &PlatformCtx) -> Result<TenantId> {
