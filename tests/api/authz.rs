@@ -427,27 +427,7 @@ async fn send(
         app.run_jobs().await;
         let id = rec["id"].as_str().unwrap();
         if action.intent == "admin.import_tenant" {
-            let (s, link) = status_json(
-                app.post(
-                    &format!("/v1/tenants/{tenant}/exports/{id}/link"),
-                    &op,
-                    json!({}),
-                )
-                .await,
-            )
-            .await;
-            assert_eq!(s, 200, "preparing a link: {link}");
-            let url = link["url"].as_str().unwrap();
-            let path = &url[url.find("/v1/downloads/").unwrap()..];
-            let bytes = app
-                .client
-                .get(format!("{}{path}", app.base))
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let bytes = crate::exports::link_bytes(app, tenant, id).await;
             return app
                 .client
                 .post(format!(

@@ -346,31 +346,11 @@ async fn worker_killed_mid_export_finishes_it_once_with_one_artifact(b: Backend)
         .count();
     assert_eq!(completed, 1);
     // And it downloads whole: the manifest inside matches the record.
-    let (s, link) = status_json(
-        app.post(
-            &format!("/v1/tenants/{tenant}/exports/{id}/link"),
-            &admin,
-            json!({}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(s, 200, "{link}");
-    let url = link["url"].as_str().unwrap();
-    let path = &url[url.find("/v1/downloads/").unwrap()..];
-    let bytes = app
-        .client
-        .get(format!("{}{path}", app.base))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let (_, now) = status_json(get().await).await;
+    let bytes = crate::exports::download(&app, &tenant, &now).await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_reader(zip.by_name("manifest.json").unwrap()).unwrap();
-    let (_, now) = status_json(get().await).await;
     assert_eq!(manifest, now["manifest"]);
 }
 

@@ -353,15 +353,12 @@ async fn export(app: &TestApp, tenant: &str, body: Value) -> Value {
     rec
 }
 
-/// Downloads a ready export through its signed link.
-async fn download(app: &TestApp, tenant: &str, rec: &Value) -> Vec<u8> {
+/// The bytes of a ready export, through a signed link its tenant's admin asks for.
+pub async fn link_bytes(app: &TestApp, tenant: &str, id: &str) -> Vec<u8> {
     let admin = app.tenant_user("tenant_admin", tenant);
     let (s, link) = status_json(
         app.post(
-            &format!(
-                "/v1/tenants/{tenant}/exports/{}/link",
-                rec["id"].as_str().unwrap()
-            ),
+            &format!("/v1/tenants/{tenant}/exports/{id}/link"),
             &admin,
             json!({}),
         )
@@ -378,7 +375,12 @@ async fn download(app: &TestApp, tenant: &str, rec: &Value) -> Vec<u8> {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let bytes = res.bytes().await.unwrap().to_vec();
+    res.bytes().await.unwrap().to_vec()
+}
+
+/// Downloads a ready export through its signed link: the bytes its record describes.
+pub async fn download(app: &TestApp, tenant: &str, rec: &Value) -> Vec<u8> {
+    let bytes = link_bytes(app, tenant, rec["id"].as_str().unwrap()).await;
     assert_eq!(bytes.len() as i64, rec["size"].as_i64().unwrap());
     assert_eq!(
         hex::encode(Sha256::digest(&bytes)),

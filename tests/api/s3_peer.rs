@@ -196,29 +196,8 @@ async fn exports_and_logos_live_sealed_in_an_s3_bucket_under_the_tenants_prefix(
     assert_eq!(res.bytes().await.unwrap().to_vec(), png);
 
     // The download opens the sealed object from the bucket, whole.
-    let (s, link) = status_json(
-        app.post(
-            &format!("/v1/tenants/{tenant}/exports/{id}/link"),
-            &admin,
-            json!({}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(s, 200, "{link}");
-    let url = link["url"].as_str().unwrap();
-    let path = &url[url.find("/v1/downloads/").unwrap()..];
-    let bytes = app
-        .client
-        .get(format!("{}{path}", app.base))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(bytes.len() as i64, rec["size"].as_i64().unwrap());
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let bytes = crate::exports::download(&app, &tenant, &rec).await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
     assert!(zip.by_name("manifest.json").is_ok());
 
     // Purging the tenant empties its prefix in the bucket.
