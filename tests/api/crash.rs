@@ -192,11 +192,7 @@ async fn worker_killed_mid_restore_restores_once(b: Backend) {
         .parse()
         .unwrap();
     let store = app.control.store().clone();
-    let mut env = app.db.env(&app.secret);
-    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
-    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
-    let mut crash_env = env.clone();
-    crash_env.insert("AGENTPLANE_CRASH_AT".into(), "import.before_commit".into());
+    let (env, crash_env) = worker_envs(&app, "import.before_commit");
 
     // 1. The worker dies inside the loading transaction: no tenant, not even a part of one.
     let mut doomed = Proc::spawn(&["worker"], &crash_env);
@@ -248,18 +244,18 @@ async fn worker_killed_mid_restore_restores_once(b: Backend) {
     assert_eq!(t.slug.as_str(), "lazarus-drill");
 }
 
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+/// The environment of worker processes on `app`'s database with a one-second lease and a
+/// quick poll: a rescuer's, and a doomed one's that aborts at `crash_point`.
+fn worker_envs(
+    app: &TestApp,
+    crash_point: &str,
+) -> (HashMap<String, String>, HashMap<String, String>) {
+    let mut env = app.db.env(&app.secret);
+    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
+    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
+    let mut crash_env = env.clone();
+    crash_env.insert("AGENTPLANE_CRASH_AT".into(), crash_point.into());
+    (env, crash_env)
 }
 
 async fn worker_killed_mid_export_finishes_it_once_with_one_artifact(b: Backend) {
@@ -279,11 +275,7 @@ async fn worker_killed_mid_export_finishes_it_once_with_one_artifact(b: Backend)
     let id = rec["id"].as_str().unwrap().to_owned();
     let export_path = format!("/v1/tenants/{tenant}/exports/{id}");
     let get = || app.get(&export_path, &admin);
-    let mut env = app.db.env(&app.secret);
-    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
-    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
-    let mut crash_env = env.clone();
-    crash_env.insert("AGENTPLANE_CRASH_AT".into(), "export.before_commit".into());
+    let (env, crash_env) = worker_envs(&app, "export.before_commit");
 
     // 1. The worker dies after uploading, before recording: the export is still pending.
     let mut doomed = Proc::spawn(&["worker"], &crash_env);
@@ -329,7 +321,7 @@ async fn worker_killed_mid_export_finishes_it_once_with_one_artifact(b: Backend)
         "{job:?}"
     );
     // One artifact (the first attempt's upload is gone), one completion in the audit trail.
-    let artifacts: Vec<PathBuf> = files_under(app.db.dir.path())
+    let artifacts: Vec<PathBuf> = crate::helpers::files_under(app.db.dir.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains(&format!("/exports/{id}/")))
         .collect();
@@ -392,11 +384,7 @@ async fn worker_killed_mid_erasure_erases_once_with_one_receipt(b: Backend) {
     let job_id = job["id"].as_str().unwrap().to_owned();
     let store = app.control.store().clone();
     let ctx = PlatformCtx::for_system("test/crash").tenant(tenant.parse().unwrap());
-    let mut env = app.db.env(&app.secret);
-    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
-    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
-    let mut crash_env = env.clone();
-    crash_env.insert("AGENTPLANE_CRASH_AT".into(), "erase.before_commit".into());
+    let (env, crash_env) = worker_envs(&app, "erase.before_commit");
 
     // 1. The worker dies inside the erasing transaction: nothing of it is visible.
     let mut doomed = Proc::spawn(&["worker"], &crash_env);
@@ -490,14 +478,7 @@ async fn worker_killed_mid_provisioning_loses_nothing_and_duplicates_nothing(b: 
     let ctx = platform.tenant(tenant);
     let page = PageRequest::first(50);
 
-    let mut env = app.db.env(&app.secret);
-    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
-    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
-    let mut crash_env = env.clone();
-    crash_env.insert(
-        "AGENTPLANE_CRASH_AT".into(),
-        "provision.before_commit".into(),
-    );
+    let (env, crash_env) = worker_envs(&app, "provision.before_commit");
 
     // 1. The worker dies inside the provisioning transaction.
     let mut doomed = Proc::spawn(&["worker"], &crash_env);

@@ -174,7 +174,7 @@ async fn backups_verify_restore_into_a_new_tenant_and_leave_every_other_tenant_b
     assert!(!crate::helpers::dump_database(&app.db)
         .windows(needle.len())
         .any(|w| w == needle));
-    for f in walk(app.db.dir.path()) {
+    for f in crate::helpers::files_under(app.db.dir.path()) {
         let raw = std::fs::read(&f).unwrap_or_default();
         assert!(
             !raw.windows(needle.len()).any(|w| w == needle),
@@ -240,7 +240,7 @@ async fn backups_verify_restore_into_a_new_tenant_and_leave_every_other_tenant_b
     .await;
     app.run_jobs().await;
     let second_id = second["id"].as_str().unwrap();
-    let sealed: Vec<std::path::PathBuf> = walk(app.db.dir.path())
+    let sealed: Vec<std::path::PathBuf> = crate::helpers::files_under(app.db.dir.path())
         .into_iter()
         .filter(|p| {
             p.to_string_lossy()
@@ -509,7 +509,7 @@ async fn a_full_export_holds_only_its_tenant_verifies_and_imports_into_another_d
     assert!(!text.contains(&z), "not even its id");
     assert!(!text.contains("$argon2"), "no password hash leaves");
     // The stored artifact is sealed: its bytes are not the export's.
-    let stored: Vec<_> = walk(app.db.dir.path())
+    let stored: Vec<_> = crate::helpers::files_under(app.db.dir.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("/exports/"))
         .collect();
@@ -594,21 +594,6 @@ async fn a_full_export_holds_only_its_tenant_verifies_and_imports_into_another_d
     )
     .await;
     assert_eq!((s, t["slug"].as_str()), (200, Some("alpha-copy")), "{t}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 async fn subject_and_csv_exports_select_what_they_name(b: Backend) {

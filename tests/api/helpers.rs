@@ -352,3 +352,17 @@ pub async fn raw_exec(db: &Db, sql: &str, args: &[&str]) {
         }
     }
 }
+
+/// Every file under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

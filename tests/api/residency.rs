@@ -13,20 +13,6 @@ both_backends!(
     each_tenants_objects_stay_in_its_regions_store,
 );
 
-/// Every file under `dir`.
-fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 async fn each_tenants_objects_stay_in_its_regions_store(b: Backend) {
     let stores = tempfile::tempdir().unwrap();
     let (eu_dir, us_dir) = (stores.path().join("eu"), stores.path().join("us"));
@@ -88,11 +74,11 @@ async fn each_tenants_objects_stay_in_its_regions_store(b: Backend) {
     }
     // The EU tenant's logo and export are in the EU store only, the US tenant's in the US
     // store only, and nothing went to the default store.
-    let eu: Vec<String> = files(&eu_dir)
+    let eu: Vec<String> = crate::helpers::files_under(&eu_dir)
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    let us: Vec<String> = files(&us_dir)
+    let us: Vec<String> = crate::helpers::files_under(&us_dir)
         .iter()
         .map(|p| p.display().to_string())
         .collect();
@@ -104,7 +90,7 @@ async fn each_tenants_objects_stay_in_its_regions_store(b: Backend) {
         us.len() >= 2 && us.iter().all(|p| p.contains(&ids[1])),
         "{us:?}"
     );
-    assert!(files(&app.db.dir.path().join("objects")).is_empty());
+    assert!(crate::helpers::files_under(&app.db.dir.path().join("objects")).is_empty());
 
     // Moving the EU tenant to the US: operators only, confirmed, a job; its objects follow.
     let paris = &ids[0];
@@ -150,8 +136,11 @@ async fn each_tenants_objects_stay_in_its_regions_store(b: Backend) {
     app.run_jobs().await;
     let (_, t) = status_json(app.get(&format!("/v1/tenants/{paris}"), &op).await).await;
     assert_eq!(t["region"], "us", "{t}");
-    assert!(files(&eu_dir).is_empty(), "the EU store forgot the tenant");
-    let us: Vec<String> = files(&us_dir)
+    assert!(
+        crate::helpers::files_under(&eu_dir).is_empty(),
+        "the EU store forgot the tenant"
+    );
+    let us: Vec<String> = crate::helpers::files_under(&us_dir)
         .iter()
         .map(|p| p.display().to_string())
         .collect();

@@ -60,14 +60,6 @@ impl ControlPlane {
             .await
     }
 
-    async fn setting_i64(&self, ctx: &TenantCtx, key: &str) -> Result<i64> {
-        self.setting(ctx, key)
-            .await?
-            .value
-            .as_i64()
-            .ok_or_else(|| ControlError::Internal(format!("setting {key} is not a number")))
-    }
-
     /// Enqueues a backup for every active tenant whose last one is older than its
     /// `backup.interval_hours`; answers how many.
     pub async fn schedule_backups(&self, platform: &PlatformCtx) -> Result<u64> {
@@ -109,13 +101,7 @@ impl ControlPlane {
     pub(crate) async fn prune_backups(&self, ctx: &TenantCtx) -> Result<u64> {
         let keep = self.setting_i64(ctx, "backup.retention_count").await?;
         let old = self.store.backups_beyond(ctx, keep).await?;
-        for b in &old {
-            if let Some(k) = &b.object_key {
-                self.objects_of(ctx).await?.delete(ctx, k).await?;
-            }
-            self.store.mark_export_deleted(ctx, &b.id).await?;
-        }
-        Ok(old.len() as u64)
+        self.delete_artifacts(ctx, &old).await
     }
 
     fn ready(rec: &ExportRecord) -> Result<()> {
@@ -194,7 +180,7 @@ impl ControlPlane {
             .await
             .map_err(|e| ControlError::Internal(e.to_string()))??;
         let scratch = TenantId::new();
-        let mut source = FileSource::open(dir.path(), &verified)?;
+        let mut source = FileSource::open(&verified)?;
         let scratch_slug = format!("verify-{}", &scratch.to_string()[..8]);
         source.overrides.push(("slug", Cell::Text(scratch_slug)));
         let restored_dir = dir.path().join("restored");

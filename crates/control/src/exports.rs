@@ -635,9 +635,19 @@ impl ControlPlane {
         before: Option<Timestamp>,
     ) -> Result<u64> {
         let recs = self.store.exports_to_remove(ctx, before).await?;
-        for r in &recs {
+        self.delete_artifacts(ctx, &recs).await
+    }
+
+    /// Deletes the artifacts of `recs` (exports or backups) and records that they are gone.
+    pub(crate) async fn delete_artifacts(
+        &self,
+        ctx: &TenantCtx,
+        recs: &[ExportRecord],
+    ) -> Result<u64> {
+        let objects = self.objects_of(ctx).await?;
+        for r in recs {
             if let Some(k) = &r.object_key {
-                self.objects_of(ctx).await?.delete(ctx, k).await?;
+                objects.delete(ctx, k).await?;
             }
             self.store.mark_export_deleted(ctx, &r.id).await?;
         }
@@ -675,7 +685,7 @@ impl ControlPlane {
                 crate::error::ConflictKind::TenantExists,
             ));
         }
-        let mut source = FileSource::open(dir.path(), &verified)?;
+        let mut source = FileSource::open(&verified)?;
         if let Some(slug) = &target.new_slug {
             let slug = agentplane_core::tenant::Slug::parse(slug)?;
             source
@@ -756,7 +766,6 @@ pub(crate) struct FileSink {
     rows: Arc<AtomicU64>,
     current: Option<OpenFile>,
     done: Vec<FileEntry>,
-    error: Option<std::io::Error>,
     /// Cells of the tenant row written as given here (a trial restore's scratch tenant is
     /// compared under the original's slug and name).
     pub(crate) tenant_overrides: Vec<(&'static str, Cell)>,
@@ -800,7 +809,6 @@ impl FileSink {
             rows,
             current: None,
             done: Vec::new(),
-            error: None,
             tenant_overrides: Vec::new(),
         }
     }
@@ -909,9 +917,6 @@ impl FileSink {
 
     /// The files written, with a file (empty) for every table that had no rows.
     pub(crate) fn finish(mut self) -> Result<Vec<FileEntry>> {
-        if let Some(e) = self.error.take() {
-            return Err(io_err(e));
-        }
         self.close().map_err(io_err)?;
         Ok(self.done)
     }
@@ -1126,7 +1131,7 @@ pub(crate) struct FileSource {
 const BATCH: usize = 2000;
 
 impl FileSource {
-    pub(crate) fn open(_dir: &Path, v: &Verified) -> Result<Self> {
+    pub(crate) fn open(v: &Verified) -> Result<Self> {
         let tables: Vec<_> = EXPORT_TABLES
             .iter()
             .filter(|t| t.importable)

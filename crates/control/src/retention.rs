@@ -8,7 +8,7 @@
 //!   hash chain (so the chain still verifies), but its personal data is deleted. What
 //!   remains is pseudonymous.
 
-use crate::{ControlError, ControlPlane, Result};
+use crate::{ControlPlane, Result};
 use agentplane_core::audit::{Chain, NewAuditEvent};
 use agentplane_core::authz::{PlatformCtx, TenantCtx};
 use agentplane_core::job::Job;
@@ -46,21 +46,13 @@ impl ControlPlane {
         Ok(n)
     }
 
-    async fn days(&self, ctx: &TenantCtx, key: &str) -> Result<i64> {
-        self.setting(ctx, key)
-            .await?
-            .value
-            .as_i64()
-            .ok_or_else(|| ControlError::Internal(format!("setting {key} is not a number")))
-    }
-
     /// The `tenant.retention` job.
     pub(crate) async fn run_retention(&self, job: &Job) -> Result<()> {
         let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
         let now = Timestamp::now();
         self.remove_export_artifacts(&ctx, Some(now)).await?;
-        let data_days = self.days(&ctx, "data.retention_days").await?;
-        let audit_days = self.days(&ctx, "audit.retention_days").await?;
+        let data_days = self.setting_i64(&ctx, "data.retention_days").await?;
+        let audit_days = self.setting_i64(&ctx, "audit.retention_days").await?;
         let audit = NewAuditEvent::new(
             Chain::Tenant(job.tenant_id),
             "retention.applied",

@@ -76,6 +76,15 @@ impl ControlPlane {
             .collect())
     }
 
+    /// An integer setting's effective value.
+    pub(crate) async fn setting_i64(&self, ctx: &TenantCtx, key: &str) -> Result<i64> {
+        self.setting(ctx, key)
+            .await?
+            .value
+            .as_i64()
+            .ok_or_else(|| ControlError::Internal(format!("setting {key} is not a number")))
+    }
+
     pub async fn setting(&self, ctx: &TenantCtx, key: &str) -> Result<EffectiveSetting> {
         let spec = setting_spec(key)?;
         Ok(effective(spec, self.store.get_setting(ctx, key).await?))

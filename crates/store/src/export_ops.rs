@@ -134,25 +134,8 @@ impl ExportStore for BackendStore {
         filter: &ExportFilter,
         sink: &mut dyn ExportSink,
     ) -> Result<()> {
-        let tenant = ctx.tenant_id().to_string();
-        let from = filter.from.map_or(i64::MIN, |t| t.millis());
-        let to = filter.to.map_or(i64::MAX, |t| t.millis());
         let mut tx = self.snapshot_tenant(ctx.tenant_id()).await?;
-        for &t in tables {
-            let sql = select_sql(t, filter)?;
-            // Built at run time: not worth a slot in the connection's statement cache.
-            let mut q = sqlx::query(&sql).persistent(false).bind(&tenant);
-            if t.range != RangeRule::None {
-                q = q.bind(from).bind(to);
-            }
-            if let Some(s) = &filter.subject {
-                q = q.bind(s);
-            }
-            let mut rows = q.fetch(&mut *tx);
-            while let Some(row) = rows.try_next().await? {
-                sink.row(t, decode(t, &row)?)?;
-            }
-        }
+        stream_rows(&mut tx, &ctx.tenant_id().to_string(), tables, filter, sink).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -356,18 +339,7 @@ impl ExportStore for BackendStore {
         let tenant = ctx.tenant_id().to_string();
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let loaded = load_rows(&mut tx, &tenant, source).await?;
-        for &t in tables {
-            let sql = select_sql(t, &ExportFilter::default())?;
-            // Built at run time: not worth a slot in the connection's statement cache.
-            let mut q = sqlx::query(&sql).persistent(false).bind(&tenant);
-            if t.range != RangeRule::None {
-                q = q.bind(i64::MIN).bind(i64::MAX);
-            }
-            let mut rows = q.fetch(&mut *tx);
-            while let Some(row) = rows.try_next().await? {
-                sink.row(t, decode(t, &row)?)?;
-            }
-        }
+        stream_rows(&mut tx, &tenant, tables, &ExportFilter::default(), sink).await?;
         tx.rollback().await?;
         Ok(loaded)
     }
@@ -419,6 +391,34 @@ impl ExportStore for BackendStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Streams the rows `filter` selects of every table in `tables` to `sink`, inside `tx`.
+async fn stream_rows(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    tenant: &str,
+    tables: &[&'static ExportTable],
+    filter: &ExportFilter,
+    sink: &mut dyn ExportSink,
+) -> Result<()> {
+    let from = filter.from.map_or(i64::MIN, |t| t.millis());
+    let to = filter.to.map_or(i64::MAX, |t| t.millis());
+    for &t in tables {
+        let sql = select_sql(t, filter)?;
+        // Built at run time: not worth a slot in the connection's statement cache.
+        let mut q = sqlx::query(&sql).persistent(false).bind(tenant);
+        if t.range != RangeRule::None {
+            q = q.bind(from).bind(to);
+        }
+        if let Some(s) = &filter.subject {
+            q = q.bind(s);
+        }
+        let mut rows = q.fetch(&mut **tx);
+        while let Some(row) = rows.try_next().await? {
+            sink.row(t, decode(t, &row)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Inserts every batch of `source` as `tenant` (the first batch must be the tenant's row).
