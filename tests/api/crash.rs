@@ -669,16 +669,31 @@ async fn two_workers_on_postgres_provision_every_tenant_exactly_once() {
     .await
     .unwrap();
     assert_eq!(admins, expected, "one admin per tenant");
-    let jobs: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT tenant_id, status, attempts FROM jobs ORDER BY tenant_id")
-            .fetch_all(&mut owner)
-            .await
-            .unwrap();
+    let jobs: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT tenant_id, status, attempts FROM jobs WHERE kind = 'tenant.provision' \
+         ORDER BY tenant_id",
+    )
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
     let expected_jobs: Vec<(String, String, i64)> = expected
         .iter()
         .map(|(id, _)| (id.clone(), "succeeded".to_owned(), 1))
         .collect();
     assert_eq!(jobs, expected_jobs, "each job claimed once, never twice");
+    // Each worker schedules backups as it starts: two at once still take one per tenant.
+    let backups: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tenant_id, count(*) FROM jobs WHERE kind = 'tenant.backup' \
+         GROUP BY tenant_id HAVING count(*) > 1",
+    )
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(
+        backups,
+        vec![],
+        "one backup per tenant, whatever the workers"
+    );
     owner.close().await.ok();
 
     let platform = PlatformCtx::for_system("test/crash");

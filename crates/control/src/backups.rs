@@ -11,6 +11,7 @@
 //!   (disaster recovery, or a drill that never touches production). The restored tenant gets
 //!   every erasure done since the backup again.
 
+use crate::error::ConflictKind;
 use crate::exports::{io_err, verify_and_extract, ExportFormat, ExportType, FileSink, FileSource};
 use crate::identity::erasure::subject_hash;
 use crate::provisioning::JobError;
@@ -23,6 +24,7 @@ use agentplane_core::tenant::{Slug, TenantStatus};
 use agentplane_core::time::Timestamp;
 use agentplane_core::TenantId;
 use agentplane_store::exports::{Cell, ExportRecord};
+use agentplane_store::{Conflict, StoreError};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -54,10 +56,22 @@ impl ControlPlane {
     }
 
     /// `admin.create_backup`: a backup now (the schedule takes the others).
+    /// A backup pending already (asked by someone else, or scheduled by another worker at the
+    /// same time) is the answer: one is taken at a time.
     pub async fn request_backup(&self, ctx: &TenantCtx) -> Result<ExportRecord> {
         let params = json!({"from": null, "to": null, "user_id": null});
-        self.enqueue_export(ctx, true, ExportType::Full, ExportFormat::Zip, params)
+        match self
+            .enqueue_export(ctx, true, ExportType::Full, ExportFormat::Zip, params)
             .await
+        {
+            Err(ControlError::Store(StoreError::Conflict(Conflict::BackupPending))) => self
+                .store
+                .latest_backup(ctx)
+                .await?
+                .filter(|b| b.status == "pending")
+                .ok_or(ControlError::Conflict(ConflictKind::ConcurrentUpdate)),
+            other => other,
+        }
     }
 
     /// Enqueues a backup for every active tenant whose last one is older than its

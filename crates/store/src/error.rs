@@ -44,6 +44,8 @@ pub enum Conflict {
     Reference,
     /// The change would leave the tenant without an active `tenant_admin`.
     LastAdmin,
+    /// The tenant has a backup pending already.
+    BackupPending,
 }
 
 impl std::fmt::Display for Conflict {
@@ -58,6 +60,7 @@ impl std::fmt::Display for Conflict {
             Self::Name => "name in use",
             Self::Reference => "missing or still-referenced resource",
             Self::LastAdmin => "the tenant's last active tenant_admin",
+            Self::BackupPending => "a backup is pending already",
         })
     }
 }

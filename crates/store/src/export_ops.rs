@@ -4,7 +4,7 @@
 
 use super::ops::{append_audit, complete_job_tx, scoped, to_json};
 use super::{BackendStore, Db};
-use crate::error::corrupt;
+use crate::error::{corrupt, is_unique_violation};
 use crate::exports::*;
 use crate::*;
 use agentplane_core::audit::{Chain, NewAuditEvent};
@@ -189,7 +189,14 @@ impl ExportStore for BackendStore {
         .bind(rec.created_at.millis())
         .bind(rec.expires_at.millis())
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) && rec.kind == "backup" {
+                StoreError::Conflict(Conflict::BackupPending)
+            } else {
+                e.into()
+            }
+        })?;
         super::ops::insert_job(&mut tx, job).await?;
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
