@@ -16,6 +16,7 @@ mod authz;
 mod branding;
 mod conformance;
 mod console;
+mod console_browser;
 mod crash;
 mod exports;
 mod gateway;

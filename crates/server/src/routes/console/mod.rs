@@ -45,12 +45,17 @@ async fn page(
     let primary = escape(b.primary_color.as_deref().unwrap_or(DEFAULT_PRIMARY));
     let accent = escape(b.accent_color.as_deref().unwrap_or(DEFAULT_ACCENT));
     let slug = escape(tenant.slug.as_str());
-    let logo = match &b.logo {
-        Some(l) => format!(
-            r#"<img src="/console/{slug}/logo?v={}" alt="">"#,
-            escape(&l.sha256)
-        ),
-        None => String::new(),
+    // The logo is the tab's icon too (else the browser asks for a /favicon.ico there is none
+    // of, a 404 in the console of every page; an inline `data:` icon would break the CSP).
+    let (logo, icon) = match &b.logo {
+        Some(l) => {
+            let src = format!("/console/{slug}/logo?v={}", escape(&l.sha256));
+            (
+                format!(r#"<img src="{src}" alt="">"#),
+                format!(r#"<link rel="icon" href="{src}">"#),
+            )
+        }
+        None => (String::new(), String::new()),
     };
     let html = format!(
         r#"<!doctype html>
@@ -59,6 +64,7 @@ async fn page(
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{name}</title>
+{icon}
 <style>
 :root {{ --primary: {primary}; --accent: {accent}; }}
 body {{ font-family: system-ui, sans-serif; margin: 0; color: #1a1a1a; }}
