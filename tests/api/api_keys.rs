@@ -274,3 +274,132 @@ async fn last_used(app: &TestApp, t: &str, admin: &str, id: &str) -> Value {
         .unwrap()["last_used_at"]
         .clone()
 }
+
+/// Key lookups are cached in each server process. A change made through one process, or by
+/// hand in the database, reaches another process by `NOTIFY`: this second process keeps
+/// lookups for an hour, yet refuses a revoked key, and a suspended tenant's key, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_change_reaches_every_process_without_waiting_for_its_cache() {
+    use crate::crash::Proc;
+    use crate::gateway::fixture;
+    use crate::mock_llm::MockLlm;
+    use std::time::{Duration, Instant};
+    let mock = MockLlm::start().await;
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let f = fixture(&app, "Cached", "openai", &mock.base, "gpt-test", json!({})).await;
+    let new_key = || async {
+        let (s, k) = status_json(
+            app.post(
+                &format!("/v1/tenants/{}/api-keys", f.tenant),
+                &f.admin,
+                json!({"name": "more"}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 201, "{k}");
+        (
+            k["key"].as_str().unwrap().to_owned(),
+            k["api_key"]["id"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (by_hand, by_hand_id) = new_key().await;
+    let (third, _) = new_key().await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = app.db.env(&app.secret);
+    env.insert("AGENTPLANE_LISTEN".into(), format!("127.0.0.1:{port}"));
+    env.insert("AGENTPLANE_KEY_CACHE_MS".into(), "3600000".into());
+    let other = Proc::spawn(&["serve"], &env);
+    let base = format!("http://127.0.0.1:{port}");
+    let status = |key: String| {
+        let (client, url) = (app.client.clone(), format!("{base}/v1/models"));
+        async move {
+            match client.get(url).bearer_auth(key).send().await {
+                Ok(r) => Some(r.status().as_u16()),
+                Err(_) => None,
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(f.key.clone()).await != Some(200) {
+        assert!(Instant::now() < deadline, "{}", other.describe());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every key is now in the other process's cache.
+    for k in [&f.key, &by_hand, &third] {
+        assert_eq!(status(k.clone()).await, Some(200));
+    }
+    // Within seconds, where the cache alone would take an hour.
+    let refused = |key: String, expected: u16| {
+        let status = &status;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let s = status(key.clone()).await;
+                if s == Some(expected) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "still {s:?}, not {expected}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // Revoked through this process: refused here on the next request, and there.
+    let key_id = {
+        let (s, page) = status_json(
+            app.get(&format!("/v1/tenants/{}/api-keys", f.tenant), &f.admin)
+                .await,
+        )
+        .await;
+        assert_eq!(s, 200);
+        let prefix = &f.key[..f.key.rfind('_').unwrap()];
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["prefix"] == prefix)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let res = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/tenants/{}/api-keys/{key_id}?confirm=true", f.tenant),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(models(&app, Some(&f.key)).await.0, 401);
+    refused(f.key.clone(), 401).await;
+
+    // Revoked by an operator in psql, past every server.
+    crate::helpers::raw_exec(
+        &app.db,
+        "UPDATE api_keys SET revoked_at = 1 WHERE tenant_id = $1 AND id = $2",
+        &[&f.tenant, &by_hand_id],
+    )
+    .await;
+    refused(by_hand.clone(), 401).await;
+    assert_eq!(models(&app, Some(&by_hand)).await.0, 401);
+
+    // The tenant suspended through this process: its last key is refused there too.
+    let res = app
+        .post(
+            &format!("/v1/admin/tenants/{}/suspend?confirm=true", f.tenant),
+            &app.platform_admin(),
+            json!({"reason": "unpaid"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    refused(third.clone(), 403).await;
+    drop(other);
+}

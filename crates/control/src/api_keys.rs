@@ -1,7 +1,9 @@
 //! Tenant API keys for apps: created by a tenant admin and shown once, stored as a hash,
-//! scoped to agents and models, expiring, revocable with immediate effect (every request
-//! looks the key up). When a key was last used is buffered in memory and written in batches,
-//! never on the request path.
+//! scoped to agents and models, expiring, revocable with immediate effect. Lookups are held
+//! in memory by the store, which drops a tenant's keys whenever a key, the tenant's status, plan
+//! or region changes (in every process, on PostgreSQL): the request path reads no database.
+//! When a key was last used is buffered in memory and written in batches, never on the request
+//! path.
 
 use crate::{ControlError, ControlPlane, Result};
 use agentplane_core::agent::Agent;

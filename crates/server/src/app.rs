@@ -46,19 +46,22 @@ pub enum StartError {
 /// have been migrated with `agentplane migrate`), else the embedded SQLite file, created and
 /// migrated on the spot.
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let key_cache = std::time::Duration::from_millis(cfg.gateway.key_cache_ms);
     match &cfg.tenant_catalog_dsn {
         Some(dsn) => {
             let role = (!cfg.db_role.is_empty()).then_some(cfg.db_role.as_str());
-            Ok(Arc::new(
-                PgStore::connect(dsn.expose_secret(), role, 16).await?,
-            ))
+            let store = PgStore::connect(dsn.expose_secret(), role, 16).await?;
+            store.set_key_cache_ttl(key_cache);
+            Ok(Arc::new(store))
         }
         None => {
             std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
                 path: cfg.data_dir.display().to_string(),
                 source,
             })?;
-            Ok(Arc::new(SqliteStore::open(&cfg.sqlite_path()).await?))
+            let store = SqliteStore::open(&cfg.sqlite_path()).await?;
+            store.set_key_cache_ttl(key_cache);
+            Ok(Arc::new(store))
         }
     }
 }

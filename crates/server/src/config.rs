@@ -106,6 +106,7 @@ const MANAGED_IDENTITY_HOSTS: &[&str] = &["AGENTPLANE_MANAGED_IDENTITY_HOSTS"];
 const QUOTA_IDLE_MS: &[&str] = &["AGENTPLANE_QUOTA_IDLE_MS"];
 const DEFAULT_MAX_TOKENS: &[&str] = &["AGENTPLANE_DEFAULT_MAX_TOKENS"];
 const GATEWAY_CACHE_MS: &[&str] = &["AGENTPLANE_GATEWAY_CACHE_MS"];
+const KEY_CACHE_MS: &[&str] = &["AGENTPLANE_KEY_CACHE_MS"];
 const UPSTREAM_TIMEOUT_SECS: &[&str] = &["AGENTPLANE_UPSTREAM_TIMEOUT_SECS"];
 const UPSTREAM_MAX_RETRIES: &[&str] = &["AGENTPLANE_UPSTREAM_MAX_RETRIES"];
 const IDENTITY_ENDPOINT: &[&str] = &["IDENTITY_ENDPOINT", "AGENTPLANE_IDENTITY_ENDPOINT"];
@@ -165,6 +166,7 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
     ("gateway.quota_idle_ms", QUOTA_IDLE_MS),
     ("gateway.default_max_tokens", DEFAULT_MAX_TOKENS),
     ("gateway.config_cache_ms", GATEWAY_CACHE_MS),
+    ("gateway.key_cache_ms", KEY_CACHE_MS),
     ("gateway.upstream_timeout_secs", UPSTREAM_TIMEOUT_SECS),
     ("gateway.upstream_max_retries", UPSTREAM_MAX_RETRIES),
     ("gateway.identity_endpoint", IDENTITY_ENDPOINT),
@@ -315,9 +317,14 @@ pub struct GatewayConfig {
     /// Completion bound when neither the request nor the agent sets `max_tokens`. Default 1024.
     pub default_max_tokens: i64,
     /// How long each process caches an agent's and its provider's configuration: changes to
-    /// them apply within this time (0: at once, one more database read per run). API keys
-    /// are checked on every request. Default 1 000 ms.
+    /// them apply within this time (0: at once, one more database read per run). Default
+    /// 1 000 ms.
     pub config_cache_ms: u64,
+    /// Per-process cache of API-key lookups. A change made through the server applies at once
+    /// (its process drops the tenant's keys; on PostgreSQL every process hears of it by
+    /// `NOTIFY`); this bounds what nothing announces (another process writing the SQLite
+    /// file). 0: look the key up on every request. Default 10 000 ms.
+    pub key_cache_ms: u64,
     /// Whole-call limit of a non-streaming provider call (streams: first byte and each gap).
     /// Default 120 s.
     pub upstream_timeout_secs: u64,
@@ -339,6 +346,7 @@ impl Default for GatewayConfig {
             quota_idle_ms: 2_000,
             default_max_tokens: 1024,
             config_cache_ms: 1_000,
+            key_cache_ms: 10_000,
             upstream_timeout_secs: 120,
             upstream_max_retries: 2,
             identity_endpoint: None,
@@ -767,6 +775,7 @@ struct FileGateway {
     quota_idle_ms: Option<u64>,
     default_max_tokens: Option<i64>,
     config_cache_ms: Option<u64>,
+    key_cache_ms: Option<u64>,
     upstream_timeout_secs: Option<u64>,
     upstream_max_retries: Option<u32>,
     identity_endpoint: Option<String>,
@@ -994,6 +1003,7 @@ impl FileConfig {
             d.quota_idle_ms = g.quota_idle_ms.unwrap_or(d.quota_idle_ms);
             d.default_max_tokens = g.default_max_tokens.unwrap_or(d.default_max_tokens);
             d.config_cache_ms = g.config_cache_ms.unwrap_or(d.config_cache_ms);
+            d.key_cache_ms = g.key_cache_ms.unwrap_or(d.key_cache_ms);
             d.upstream_timeout_secs = g.upstream_timeout_secs.unwrap_or(d.upstream_timeout_secs);
             d.upstream_max_retries = g.upstream_max_retries.unwrap_or(d.upstream_max_retries);
             if let Some(v) = g.identity_endpoint {
@@ -1211,6 +1221,9 @@ impl<'a> Env<'a> {
         }
         if let Some(v) = self.parsed(GATEWAY_CACHE_MS, ms)? {
             cfg.gateway.config_cache_ms = v;
+        }
+        if let Some(v) = self.parsed(KEY_CACHE_MS, ms)? {
+            cfg.gateway.key_cache_ms = v;
         }
         if let Some(v) = self.parsed(UPSTREAM_TIMEOUT_SECS, "a whole number of seconds")? {
             cfg.gateway.upstream_timeout_secs = v;
@@ -1937,6 +1950,7 @@ mod tests {
             ("AGENTPLANE_QUOTA_IDLE_MS", "300"),
             ("AGENTPLANE_DEFAULT_MAX_TOKENS", "256"),
             ("AGENTPLANE_GATEWAY_CACHE_MS", "0"),
+            ("AGENTPLANE_KEY_CACHE_MS", "0"),
             (
                 "AGENTPLANE_REGIONS",
                 "eu=*.eu.example.com;us=api.openai.com",
@@ -2030,7 +2044,7 @@ mod tests {
             (5000, 300, 256)
         );
         assert_eq!((g.upstream_timeout_secs, g.upstream_max_retries), (30, 0));
-        assert_eq!(g.config_cache_ms, 0);
+        assert_eq!((g.config_cache_ms, g.key_cache_ms), (0, 0));
         assert!(g.managed_identity_hosts[0].matches("x.openai.azure.com"));
         assert_eq!(
             cfg.regions.verdict("eu", "llm.eu.example.com"),

@@ -413,6 +413,7 @@ impl IdentityStore for BackendStore {
         append_audit(&mut tx, audit).await?;
         let m = member_in(&mut tx, &tenant, &user).await?;
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         Ok(m)
     }
 
@@ -441,6 +442,7 @@ impl IdentityStore for BackendStore {
         revoke_user_access(&mut tx, &tenant, &user, "membership_removed", now).await?;
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         Ok(true)
     }
 
@@ -1497,6 +1499,7 @@ impl IdentityStore for BackendStore {
         .await?;
         crate::crash_point("erase.before_commit");
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         self.after_erasure().await?;
         Ok(ErasureReceipt {
             id: job.id.to_string(),

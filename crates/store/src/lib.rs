@@ -17,6 +17,7 @@
 mod error;
 pub mod exports;
 pub mod identity;
+mod key_cache;
 pub mod objects;
 mod postgres;
 mod rows;

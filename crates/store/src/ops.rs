@@ -216,16 +216,6 @@ async fn insert_usage_record(tx: &mut Tx<'_>, ctx: &TenantCtx, r: &UsageRecord) 
     Ok(())
 }
 
-/// Locks a counter row (on PostgreSQL) before its leases are touched.
-async fn lock_counter(tx: &mut Tx<'_>, tenant: TenantId, period: &str) -> Result<()> {
-    let _: Option<UsageCounterRow> = sqlx::query_as(super::SELECT_COUNTER_FOR_UPDATE)
-        .bind(tenant.to_string())
-        .bind(period)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 /// Enqueues a usage notification for each 80% / 100% threshold this settlement crossed, once
 /// per quota, threshold and month (`usage_notices` remembers which were sent).
 async fn notify_thresholds(
@@ -313,67 +303,6 @@ async fn counter_add(
     Ok(Amount::new(m, t))
 }
 
-/// Moves what a run consumed from its lease to the counter's `used`. A run can only consume
-/// from a lease (its process admitted it from there); if the lease is gone (it expired and was
-/// returned while the run was in flight) the consumption is counted all the same.
-async fn settle_from_lease(
-    tx: &mut Tx<'_>,
-    ctx: &TenantCtx,
-    period: &str,
-    lease_id: &str,
-    consumed: Amount,
-) -> Result<Amount> {
-    let tenant = ctx.tenant_id().to_string();
-    let exact = sqlx::query(
-        "UPDATE quota_leases SET messages = messages - $4, tokens = tokens - $5 \
-         WHERE tenant_id = $1 AND period = $2 AND id = $3 AND messages >= $4 AND tokens >= $5",
-    )
-    .bind(&tenant)
-    .bind(period)
-    .bind(lease_id)
-    .bind(consumed.messages)
-    .bind(consumed.tokens)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    let from_lease = if exact == 1 {
-        consumed
-    } else {
-        // More than the lease holds (a provider that reported more tokens than were reserved),
-        // or no lease: take what is there.
-        let left: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT messages, tokens FROM quota_leases WHERE tenant_id = $1 AND period = $2 AND id = $3",
-        )
-        .bind(&tenant)
-        .bind(period)
-        .bind(lease_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let (m, t) = left.unwrap_or((0, 0));
-        let take = Amount::new(consumed.messages.min(m), consumed.tokens.min(t));
-        sqlx::query(
-            "UPDATE quota_leases SET messages = messages - $4, tokens = tokens - $5 \
-             WHERE tenant_id = $1 AND period = $2 AND id = $3 AND messages >= $4 AND tokens >= $5",
-        )
-        .bind(&tenant)
-        .bind(period)
-        .bind(lease_id)
-        .bind(take.messages)
-        .bind(take.tokens)
-        .execute(&mut **tx)
-        .await?;
-        take
-    };
-    counter_add(
-        tx,
-        ctx,
-        period,
-        consumed,
-        Amount::new(-from_lease.messages, -from_lease.tokens),
-    )
-    .await
-}
-
 pub(super) fn scoped(ctx: &TenantCtx, ev: NewAuditEvent) -> Result<NewAuditEvent> {
     if ev.chain == agentplane_core::audit::Chain::Tenant(ctx.tenant_id()) {
         Ok(ev)
@@ -434,7 +363,123 @@ pub(super) fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Res
     rows.into_iter().map(T::try_from).collect()
 }
 
+fn add(a: Amount, b: Amount) -> Amount {
+    Amount::new(a.messages + b.messages, a.tokens + b.tokens)
+}
+
+/// A JSON array of rows: how a settlement batch reaches its set-based statements.
+fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
+    serde_json::Value::Array(rows.collect()).to_string()
+}
+
+/// What one counter (tenant and month) gets from a settlement batch.
+struct CounterSettlement<'a> {
+    ctx: &'a TenantCtx,
+    /// What the batch's runs consumed (added to `used`).
+    consumed: Amount,
+    /// What of it came out of leases (taken off `reserved`).
+    taken: Amount,
+    /// The plan's limits as of the batch's last run (for the 80% / 100% notifications).
+    limit: Amount,
+}
+
+/// A settlement batch, grouped: usage records, consumption per lease, per counter, and the
+/// releases in order. Keys are ordered (`BTreeMap`), so rows are always locked in one order.
+struct SettleBatch<'a> {
+    records: Vec<serde_json::Value>,
+    leases: std::collections::BTreeMap<(String, String, String), Amount>,
+    counters: std::collections::BTreeMap<(String, String), CounterSettlement<'a>>,
+    releases: Vec<(&'a TenantCtx, &'a str, &'a str)>,
+}
+
+impl<'a> SettleBatch<'a> {
+    fn of(ops: &'a [QuotaOp]) -> Result<Self> {
+        let mut batch = Self {
+            records: Vec::with_capacity(ops.len()),
+            leases: Default::default(),
+            counters: Default::default(),
+            releases: Vec::new(),
+        };
+        for op in ops {
+            let (ctx, period, limit) = match op {
+                QuotaOp::Settle {
+                    ctx, period, limit, ..
+                } => (ctx, period, *limit),
+                QuotaOp::Release { ctx, period, .. } => (ctx, period, Amount::ZERO),
+            };
+            let tenant = ctx.tenant_id().to_string();
+            // Released counters are locked with the others, in the same order.
+            let counter = batch
+                .counters
+                .entry((tenant.clone(), period.clone()))
+                .or_insert(CounterSettlement {
+                    ctx,
+                    consumed: Amount::ZERO,
+                    taken: Amount::ZERO,
+                    limit,
+                });
+            match op {
+                QuotaOp::Settle {
+                    record,
+                    lease_id,
+                    consumed,
+                    ..
+                } => {
+                    same_tenant(ctx, record.tenant_id, "usage record")?;
+                    counter.consumed = add(counter.consumed, *consumed);
+                    counter.limit = limit;
+                    if *consumed != Amount::ZERO {
+                        let lease = batch
+                            .leases
+                            .entry((tenant.clone(), period.clone(), lease_id.clone()))
+                            .or_insert(Amount::ZERO);
+                        *lease = add(*lease, *consumed);
+                    }
+                    batch.records.push(serde_json::json!({
+                        "tenant_id": tenant, "id": record.id.to_string(), "ts": record.ts.millis(),
+                        "agent_id": record.agent_id, "model": record.model, "provider": record.provider,
+                        "tokens_in": record.tokens_in, "tokens_out": record.tokens_out,
+                        "latency_ms": record.latency_ms, "status": record.status,
+                        "trace_id": record.trace_id,
+                    }));
+                }
+                QuotaOp::Release { lease_id, .. } => {
+                    batch.releases.push((ctx, period, lease_id));
+                }
+            }
+        }
+        Ok(batch)
+    }
+}
+
 impl BackendStore {
+    /// The key and its tenant's status, plan and region, from the database.
+    async fn find_api_key_uncached(&self, public_id: &str) -> Result<Option<ApiKeyLookup>> {
+        let mut tx = self.read_platform().await?;
+        let row: Option<ApiKeyTenantRow> = sqlx::query_as(
+            "SELECT k.*, t.status AS tenant_status, t.plan_id AS tenant_plan, t.region AS tenant_region FROM api_keys k \
+             JOIN tenants t ON t.tenant_id = k.tenant_id WHERE k.public_id = $1",
+        )
+        .bind(public_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(|r| {
+            let tenant_status = agentplane_core::tenant::TenantStatus::parse(&r.tenant_status)
+                .ok_or_else(|| corrupt("tenants.status"))?;
+            let plan_id = PlanId::parse(&r.tenant_plan).map_err(corrupt)?;
+            let (key, secret_hash) = r.key.into_key()?;
+            Ok(ApiKeyLookup {
+                key,
+                secret_hash,
+                tenant_status,
+                plan_id,
+                region: r.tenant_region,
+            })
+        })
+        .transpose()
+    }
+
     /// One page of a tenant's rows of a table keyed by `id`, in id order (`sql` takes the
     /// tenant, the cursor and the limit; one extra row only tells that there is more).
     async fn tenant_rows_by_id<R>(
@@ -652,6 +697,7 @@ impl Store for BackendStore {
         }
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         Ok(())
     }
 
@@ -780,6 +826,7 @@ impl Store for BackendStore {
         complete_job_tx(&mut tx, job, now).await?;
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.keys.invalidate(t.id);
         Ok(())
     }
 
@@ -882,6 +929,7 @@ impl Store for BackendStore {
         }
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         self.after_erasure().await?;
         Ok(report)
     }
@@ -1905,33 +1953,20 @@ impl Store for BackendStore {
             append_audit(&mut tx, audit).await?;
         }
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         row.map(|r| r.into_key().map(|(k, _)| k)).transpose()
     }
 
     async fn find_api_key(&self, public_id: &str) -> Result<Option<ApiKeyLookup>> {
-        let mut tx = self.read_platform().await?;
-        let row: Option<ApiKeyTenantRow> = sqlx::query_as(
-            "SELECT k.*, t.status AS tenant_status, t.plan_id AS tenant_plan, t.region AS tenant_region FROM api_keys k \
-             JOIN tenants t ON t.tenant_id = k.tenant_id WHERE k.public_id = $1",
-        )
-        .bind(public_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.map(|r| {
-            let tenant_status = agentplane_core::tenant::TenantStatus::parse(&r.tenant_status)
-                .ok_or_else(|| corrupt("tenants.status"))?;
-            let plan_id = PlanId::parse(&r.tenant_plan).map_err(corrupt)?;
-            let (key, secret_hash) = r.key.into_key()?;
-            Ok(ApiKeyLookup {
-                key,
-                secret_hash,
-                tenant_status,
-                plan_id,
-                region: r.tenant_region,
-            })
-        })
-        .transpose()
+        if let Some(found) = self.keys.get(public_id) {
+            return Ok(Some(found));
+        }
+        let read_at = self.keys.generation();
+        let found = self.find_api_key_uncached(public_id).await?;
+        if let Some(f) = &found {
+            self.keys.insert(public_id, read_at, f.clone());
+        }
+        Ok(found)
     }
 
     async fn touch_api_keys(
@@ -2064,66 +2099,108 @@ impl Store for BackendStore {
     }
 
     async fn settle_quota(&self, ops: &[QuotaOp]) -> Result<()> {
-        let key = |op: &&QuotaOp| match op {
-            QuotaOp::Settle { ctx, period, .. } | QuotaOp::Release { ctx, period, .. } => {
-                (ctx.tenant_id(), period.clone())
-            }
-        };
-        // Rows are locked in one order everywhere (tenant, then its counter, then its leases),
-        // so concurrent batches and grants never deadlock. The sort is stable: a lease's
-        // settlements stay before its release.
-        let mut ops: Vec<&QuotaOp> = ops.iter().collect();
-        ops.sort_by_key(key);
-        let Some(first) = ops.first() else {
+        let batch = SettleBatch::of(ops)?;
+        if ops.is_empty() {
             return Ok(());
-        };
-        let (mut scope, mut period) = key(first);
-        let mut tx = self.write_tenant(scope).await?;
-        lock_counter(&mut tx, scope, &period).await?;
-        for op in ops {
-            let (t, p) = key(&op);
-            if t != scope {
-                super::rescope(&mut tx, t).await?;
-            }
-            if (t, &p) != (scope, &period) {
-                lock_counter(&mut tx, t, &p).await?;
-                (scope, period) = (t, p);
-            }
-            match op {
-                QuotaOp::Settle {
-                    ctx,
-                    record,
-                    period,
-                    lease_id,
-                    consumed,
-                    limit,
-                } => {
-                    insert_usage_record(&mut tx, ctx, record).await?;
-                    if *consumed != Amount::ZERO {
-                        let used =
-                            settle_from_lease(&mut tx, ctx, period, lease_id, *consumed).await?;
-                        notify_thresholds(&mut tx, ctx, period, used, *consumed, *limit).await?;
-                    }
+        }
+        // A cross-tenant path by nature (one transaction settles every tenant's runs that
+        // finished together); each row comes from its own run's tenant context.
+        let mut tx = self.write_platform().await?;
+        if let Some(lock) = super::SETTLE_LOCK_COUNTERS {
+            let keys = batch
+                .counters
+                .keys()
+                .map(|(t, p)| serde_json::json!({"tenant_id": t, "period": p}));
+            sqlx::query(lock)
+                .bind(json_rows(keys))
+                .fetch_all(&mut *tx)
+                .await?;
+        }
+        if !batch.records.is_empty() {
+            sqlx::query(super::SETTLE_RECORDS)
+                .bind(json_rows(batch.records.iter().cloned()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut counters = batch.counters;
+        if !batch.leases.is_empty() {
+            // A run consumes from the lease it was admitted from; what a lease no longer holds
+            // (the provider reported more than was reserved, or the lease expired and went
+            // back) is counted as used all the same.
+            let wanted = batch
+                .leases
+                .keys()
+                .map(|(t, p, l)| serde_json::json!({"tenant_id": t, "period": p, "id": l}));
+            let held: std::collections::HashMap<(String, String, String), (i64, i64)> =
+                sqlx::query_as::<_, (String, String, String, i64, i64)>(super::SETTLE_READ_LEASES)
+                    .bind(json_rows(wanted))
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .map(|(t, p, l, m, k)| ((t, p, l), (m, k)))
+                    .collect();
+            let mut takes = Vec::new();
+            for ((t, p, l), consumed) in batch.leases {
+                let (m, k) = held
+                    .get(&(t.clone(), p.clone(), l.clone()))
+                    .copied()
+                    .unwrap_or((0, 0));
+                let take = Amount::new(consumed.messages.min(m), consumed.tokens.min(k));
+                if take == Amount::ZERO {
+                    continue;
                 }
-                QuotaOp::Release {
-                    ctx,
-                    period,
-                    lease_id,
-                } => {
-                    let left: Option<(i64, i64)> = sqlx::query_as(
-                        "DELETE FROM quota_leases WHERE tenant_id = $1 AND period = $2 AND id = $3 \
-                         RETURNING messages, tokens",
-                    )
-                    .bind(ctx.tenant_id().to_string())
-                    .bind(period)
-                    .bind(lease_id)
-                    .fetch_optional(&mut *tx)
+                if let Some(g) = counters.get_mut(&(t.clone(), p.clone())) {
+                    g.taken = add(g.taken, take);
+                }
+                takes.push(serde_json::json!({"tenant_id": t, "period": p, "id": l,
+                    "messages": take.messages, "tokens": take.tokens}));
+            }
+            if !takes.is_empty() {
+                sqlx::query(super::SETTLE_TAKE_FROM_LEASES)
+                    .bind(json_rows(takes.into_iter()))
+                    .execute(&mut *tx)
                     .await?;
-                    if let Some((m, t)) = left {
-                        counter_add(&mut tx, ctx, period, Amount::ZERO, Amount::new(-m, -t))
-                            .await?;
-                    }
+            }
+        }
+        let changes: Vec<serde_json::Value> = counters
+            .iter()
+            .filter(|(_, g)| g.consumed != Amount::ZERO || g.taken != Amount::ZERO)
+            .map(|((t, p), g)| {
+                serde_json::json!({"tenant_id": t, "period": p,
+                    "used_messages": g.consumed.messages, "used_tokens": g.consumed.tokens,
+                    "taken_messages": g.taken.messages, "taken_tokens": g.taken.tokens})
+            })
+            .collect();
+        if !changes.is_empty() {
+            let n = changes.len();
+            let after: Vec<(String, String, i64, i64)> = sqlx::query_as(super::SETTLE_COUNTERS)
+                .bind(json_rows(changes.into_iter()))
+                .fetch_all(&mut *tx)
+                .await?;
+            // A grant created every counter a lease was taken from.
+            if after.len() != n {
+                return Err(corrupt("a settled run's usage counter is missing"));
+            }
+            for (t, p, m, k) in after {
+                if let Some(g) = counters.get(&(t, p.clone())) {
+                    notify_thresholds(&mut tx, g.ctx, &p, Amount::new(m, k), g.consumed, g.limit)
+                        .await?;
                 }
+            }
+        }
+        // Releases come after the settlements: what a lease's runs consumed leaves it first.
+        for (ctx, period, lease_id) in batch.releases {
+            let left: Option<(i64, i64)> = sqlx::query_as(
+                "DELETE FROM quota_leases WHERE tenant_id = $1 AND period = $2 AND id = $3 \
+                 RETURNING messages, tokens",
+            )
+            .bind(ctx.tenant_id().to_string())
+            .bind(period)
+            .bind(lease_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((m, t)) = left {
+                counter_add(&mut tx, ctx, period, Amount::ZERO, Amount::new(-m, -t)).await?;
             }
         }
         tx.commit().await?;

@@ -4,15 +4,18 @@
 //! server runs as a role without `BYPASSRLS` that owns nothing, so the row-level-security
 //! policies of the migrations hold even if a query forgets its `WHERE tenant_id`.
 
+use crate::key_cache::{self, KeyCache};
 use crate::{Backend, Result, StoreError};
 use agentplane_core::job::Job;
 use agentplane_core::time::Timestamp;
 use agentplane_core::TenantId;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Executor, Transaction};
 use std::str::FromStr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 #[path = "ops.rs"]
 #[allow(clippy::duplicate_mod)] // compiled once per backend, on purpose
@@ -42,26 +45,115 @@ const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1 FO
 const SELECT_COUNTER_FOR_UPDATE: &str =
     "SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2 FOR UPDATE";
 
+// A settlement batch, set by set: each statement takes the whole batch as one JSON array
+// (`$1`), so a batch costs the same few round trips whatever its size.
+
+/// Locks the batch's counters in key order (grants lock a counter before its leases too).
+const SETTLE_LOCK_COUNTERS: Option<&str> = Some(
+    "SELECT c.tenant_id FROM usage_counters c \
+     JOIN jsonb_to_recordset($1::jsonb) AS v(tenant_id text, period text) \
+     ON c.tenant_id = v.tenant_id AND c.period = v.period \
+     ORDER BY c.tenant_id, c.period FOR UPDATE OF c",
+);
+
+/// The batch's leases as they are, locked in key order (as renewals lock them).
+const SETTLE_READ_LEASES: &str = "SELECT q.tenant_id, q.period, q.id, q.messages, q.tokens \
+     FROM quota_leases q JOIN jsonb_to_recordset($1::jsonb) AS v(tenant_id text, period text, id text) \
+     ON q.tenant_id = v.tenant_id AND q.period = v.period AND q.id = v.id \
+     ORDER BY q.tenant_id, q.period, q.id FOR UPDATE OF q";
+
+const SETTLE_TAKE_FROM_LEASES: &str = "UPDATE quota_leases q \
+     SET messages = q.messages - v.messages, tokens = q.tokens - v.tokens \
+     FROM jsonb_to_recordset($1::jsonb) AS v(tenant_id text, period text, id text, messages bigint, tokens bigint) \
+     WHERE q.tenant_id = v.tenant_id AND q.period = v.period AND q.id = v.id";
+
+const SETTLE_COUNTERS: &str = "UPDATE usage_counters c \
+     SET messages_used = c.messages_used + v.used_messages, tokens_used = c.tokens_used + v.used_tokens, \
+     messages_reserved = c.messages_reserved - v.taken_messages, tokens_reserved = c.tokens_reserved - v.taken_tokens \
+     FROM jsonb_to_recordset($1::jsonb) AS v(tenant_id text, period text, used_messages bigint, \
+     used_tokens bigint, taken_messages bigint, taken_tokens bigint) \
+     WHERE c.tenant_id = v.tenant_id AND c.period = v.period \
+     RETURNING c.tenant_id, c.period, c.messages_used, c.tokens_used";
+
+const SETTLE_RECORDS: &str = "INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, \
+     tokens_in, tokens_out, latency_ms, status, trace_id) \
+     SELECT tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, latency_ms, status, trace_id \
+     FROM jsonb_to_recordset($1::jsonb) AS r(tenant_id text, id text, ts bigint, agent_id text, \
+     model text, provider text, tokens_in bigint, tokens_out bigint, latency_ms bigint, status text, trace_id text)";
+
 /// Locks the leases in key order, as settlements do, so the two never wait on each other in a
 /// cycle.
 const RENEW_LEASES: &str = "UPDATE quota_leases SET expires_at = $2 \
      WHERE (tenant_id, period, id) IN (SELECT tenant_id, period, id FROM quota_leases \
      WHERE holder = $1 ORDER BY tenant_id, period, id FOR UPDATE)";
 
-/// Switches a transaction to another tenant's scope (batched settlement spans tenants).
-async fn rescope(tx: &mut Transaction<'static, Db>, tenant: TenantId) -> Result<()> {
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(tenant.to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    keys: Arc<KeyCache>,
+    /// Dropped with the last clone of the store: stops the listener of `agentplane_auth`.
+    _listening: Arc<oneshot::Sender<()>>,
+}
+
+/// The channel the migrations' triggers announce API-key and tenant changes on.
+const AUTH_CHANNEL: &str = "agentplane_auth";
+
+/// Keeps `keys` in step with `NOTIFY agentplane_auth` (from any process) until `stop` drops
+/// or the pool closes. Whenever it (re)starts listening it empties the cache: what changed
+/// while nobody listened cannot be known.
+async fn listen_for_auth_changes(
+    pool: PgPool,
+    keys: Weak<KeyCache>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(AUTH_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let listener = tokio::select! {
+            _ = &mut stop => return,
+            l = listener => l,
+        };
+        let Some(cache) = keys.upgrade() else { return };
+        cache.clear();
+        drop(cache);
+        let mut listener = match listener {
+            Ok(l) => l,
+            Err(_) if pool.is_closed() => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "not listening for API-key changes; retrying");
+                tokio::select! {
+                    _ = &mut stop => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = &mut stop => return,
+                n = listener.try_recv() => n,
+            };
+            let Some(cache) = keys.upgrade() else { return };
+            match next {
+                Ok(Some(n)) => match n.payload().parse::<TenantId>() {
+                    Ok(tenant) => cache.invalidate(tenant),
+                    Err(_) => cache.clear(),
+                },
+                // The connection was lost and is back: anything may have changed meanwhile.
+                Ok(None) => cache.clear(),
+                Err(_) if pool.is_closed() => return,
+                Err(e) => {
+                    cache.clear();
+                    tracing::warn!(error = %e, "listening for API-key changes failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// A role name safe to put in `SET ROLE` (identifiers cannot be bound as parameters).
@@ -136,6 +228,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // No ping before each use: a connection that died fails its query, is dropped, and
+            // the next acquire opens a new one. The ping was a round trip on every request.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 let set_role = set_role.clone();
                 Box::pin(async move {
@@ -147,7 +242,18 @@ impl PgStore {
             })
             .connect_with(opts)
             .await?;
-        let store = Self { pool };
+        let keys = Arc::new(KeyCache::new(key_cache::DEFAULT_TTL));
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(listen_for_auth_changes(
+            pool.clone(),
+            Arc::downgrade(&keys),
+            rx,
+        ));
+        let store = Self {
+            pool,
+            keys,
+            _listening: Arc::new(tx),
+        };
         store.check_schema().await?;
         Ok(store)
     }
@@ -172,18 +278,33 @@ impl PgStore {
         }
     }
 
+    /// How long an API-key lookup is kept when nothing announces a change (zero: not at all).
+    pub fn set_key_cache_ttl(&self, ttl: Duration) {
+        self.keys.set_ttl(ttl);
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
-    async fn scoped(&self, name: &str, value: &str) -> Result<Transaction<'static, Db>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config($1, $2, true)")
-            .bind(name)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+    /// `BEGIN` and the transaction's scope in one round trip (one simple query). The value is
+    /// a tenant id or `on`, never input; it is checked to be plain characters all the same,
+    /// since it is written into the statement.
+    async fn scoped(&self, name: &'static str, value: &str) -> Result<Transaction<'static, Db>> {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if !plain(name) || !plain(value) {
+            return Err(StoreError::CrossTenant("a scope that is not an id"));
+        }
+        Ok(self
+            .pool
+            .begin_with(format!(
+                "BEGIN; SELECT set_config('{name}', '{value}', true)"
+            ))
+            .await?)
     }
     /// Deleted tuples are unreachable through SQL at once; VACUUM reclaims them (autovacuum).
     async fn after_erasure(&self) -> Result<()> {

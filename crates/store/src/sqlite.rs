@@ -2,6 +2,7 @@
 //! one writer at a time; a single pooled writer serialises writes without busy retries) and
 //! a pool of read-only connections.
 
+use crate::key_cache::{self, KeyCache};
 use crate::{Backend, Result};
 use agentplane_core::job::Job;
 use agentplane_core::time::Timestamp;
@@ -12,6 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Transaction;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "ops.rs"]
@@ -42,12 +44,39 @@ const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1";
 const SELECT_COUNTER_FOR_UPDATE: &str =
     "SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2";
 
-const RENEW_LEASES: &str = "UPDATE quota_leases SET expires_at = $2 WHERE holder = $1";
+// A settlement batch, set by set: each statement takes the whole batch as one JSON array
+// (`$1`), so a batch costs the same few statements whatever its size. The single writer
+// serialises batches and grants: nothing to lock.
 
-/// One writer connection: a transaction needs no tenant scope to switch.
-async fn rescope(_tx: &mut Transaction<'static, Db>, _tenant: TenantId) -> Result<()> {
-    Ok(())
-}
+const SETTLE_LOCK_COUNTERS: Option<&str> = None;
+
+const SETTLE_READ_LEASES: &str = "SELECT q.tenant_id, q.period, q.id, q.messages, q.tokens \
+     FROM quota_leases q JOIN json_each($1) AS v \
+     ON q.tenant_id = v.value ->> '$.tenant_id' AND q.period = v.value ->> '$.period' \
+     AND q.id = v.value ->> '$.id'";
+
+const SETTLE_TAKE_FROM_LEASES: &str = "UPDATE quota_leases \
+     SET messages = messages - (v.value ->> '$.messages'), tokens = tokens - (v.value ->> '$.tokens') \
+     FROM json_each($1) AS v \
+     WHERE quota_leases.tenant_id = v.value ->> '$.tenant_id' AND quota_leases.period = v.value ->> '$.period' \
+     AND quota_leases.id = v.value ->> '$.id'";
+
+const SETTLE_COUNTERS: &str = "UPDATE usage_counters \
+     SET messages_used = messages_used + (v.value ->> '$.used_messages'), \
+     tokens_used = tokens_used + (v.value ->> '$.used_tokens'), \
+     messages_reserved = messages_reserved - (v.value ->> '$.taken_messages'), \
+     tokens_reserved = tokens_reserved - (v.value ->> '$.taken_tokens') \
+     FROM json_each($1) AS v \
+     WHERE usage_counters.tenant_id = v.value ->> '$.tenant_id' AND usage_counters.period = v.value ->> '$.period' \
+     RETURNING tenant_id, period, messages_used, tokens_used";
+
+const SETTLE_RECORDS: &str = "INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, \
+     tokens_in, tokens_out, latency_ms, status, trace_id) \
+     SELECT value ->> '$.tenant_id', value ->> '$.id', value ->> '$.ts', value ->> '$.agent_id', \
+     value ->> '$.model', value ->> '$.provider', value ->> '$.tokens_in', value ->> '$.tokens_out', \
+     value ->> '$.latency_ms', value ->> '$.status', value ->> '$.trace_id' FROM json_each($1) WHERE true";
+
+const RENEW_LEASES: &str = "UPDATE quota_leases SET expires_at = $2 WHERE holder = $1";
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -55,6 +84,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    keys: Arc<KeyCache>,
 }
 
 impl SqliteStore {
@@ -74,14 +104,28 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            // A file does not go away like a socket: no ping before each use.
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&write).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Self { write, read })
+        Ok(Self {
+            write,
+            read,
+            keys: Arc::new(KeyCache::new(key_cache::DEFAULT_TTL)),
+        })
+    }
+
+    /// How long an API-key lookup is kept when nothing announces a change (zero: not at all).
+    /// Every change this process makes applies at once; this bounds changes another process
+    /// makes to the same file.
+    pub fn set_key_cache_ttl(&self, ttl: Duration) {
+        self.keys.set_ttl(ttl);
     }
 
     pub async fn close(&self) {
