@@ -92,9 +92,11 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The connection that listens to `agentplane_auth`.
+    listening: PgPool,
     keys: Arc<KeyCache>,
-    /// Dropped with the last clone of the store: stops the listener of `agentplane_auth`.
-    _listening: Arc<oneshot::Sender<()>>,
+    /// Dropped with the last clone of the store: stops the listener.
+    _stop_listening: Arc<oneshot::Sender<()>>,
 }
 
 /// The channel the migrations' triggers announce API-key and tenant changes on.
@@ -240,19 +242,24 @@ impl PgStore {
                     Ok(())
                 })
             })
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
+        // The listener's connection is its own, beside the pool's `max_connections`.
+        let listening = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(opts);
         let keys = Arc::new(KeyCache::new(key_cache::DEFAULT_TTL));
         let (tx, rx) = oneshot::channel();
         tokio::spawn(listen_for_auth_changes(
-            pool.clone(),
+            listening.clone(),
             Arc::downgrade(&keys),
             rx,
         ));
         let store = Self {
             pool,
+            listening,
             keys,
-            _listening: Arc::new(tx),
+            _stop_listening: Arc::new(tx),
         };
         store.check_schema().await?;
         Ok(store)
@@ -284,6 +291,7 @@ impl PgStore {
     }
 
     pub async fn close(&self) {
+        self.listening.close().await;
         self.pool.close().await;
     }
 
