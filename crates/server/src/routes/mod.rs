@@ -164,6 +164,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/downloads/{token}", get(exports::download))
         .route("/console", get(console::root))
         .route("/console/app.js", get(console::app_js))
+        .route("/console/icon.svg", get(console::icon))
         .route("/console/{tenant}", get(console::tenant))
         .route("/console/{tenant}/logo", get(console::logo))
         .route("/v1/auth/token", post(auth::token))

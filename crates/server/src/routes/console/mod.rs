@@ -15,6 +15,9 @@ const CSP: &str = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'
 const DEFAULT_NAME: &str = "Agentplane";
 const DEFAULT_PRIMARY: &str = "#1f2937";
 const DEFAULT_ACCENT: &str = "#2563eb";
+/// The tab icon of a tenant without a logo (a browser asks for `/favicon.ico` otherwise).
+const DEFAULT_ICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
+<rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#1f2937\"/></svg>";
 
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -45,8 +48,8 @@ async fn page(
     let primary = escape(b.primary_color.as_deref().unwrap_or(DEFAULT_PRIMARY));
     let accent = escape(b.accent_color.as_deref().unwrap_or(DEFAULT_ACCENT));
     let slug = escape(tenant.slug.as_str());
-    // The logo is the tab's icon too (else the browser asks for a /favicon.ico there is none
-    // of, a 404 in the console of every page; an inline `data:` icon would break the CSP).
+    // The logo is the tab's icon too, else a neutral one (a page naming none makes the
+    // browser ask for /favicon.ico; an inline `data:` icon would break the CSP).
     let (logo, icon) = match &b.logo {
         Some(l) => {
             let src = format!("/console/{slug}/logo?v={}", escape(&l.sha256));
@@ -55,7 +58,10 @@ async fn page(
                 format!(r#"<link rel="icon" href="{src}">"#),
             )
         }
-        None => (String::new(), String::new()),
+        None => (
+            String::new(),
+            r#"<link rel="icon" href="/console/icon.svg">"#.to_owned(),
+        ),
     };
     let html = format!(
         r#"<!doctype html>
@@ -140,6 +146,16 @@ pub async fn logo(
 }
 
 /// The console's script.
+pub async fn icon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        DEFAULT_ICON,
+    )
+}
+
 pub async fn app_js() -> impl IntoResponse {
     (
         [
