@@ -368,7 +368,7 @@ fn add(a: Amount, b: Amount) -> Amount {
 }
 
 /// A JSON array of rows: how a settlement batch reaches its set-based statements.
-fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
+pub(super) fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
     serde_json::Value::Array(rows.collect()).to_string()
 }
 
@@ -2116,13 +2116,8 @@ impl Store for BackendStore {
                 .fetch_all(&mut *tx)
                 .await?;
         }
-        if !batch.records.is_empty() {
-            sqlx::query(super::SETTLE_RECORDS)
-                .bind(json_rows(batch.records.iter().cloned()))
-                .execute(&mut *tx)
-                .await?;
-        }
         let mut counters = batch.counters;
+        let mut takes = Vec::new();
         if !batch.leases.is_empty() {
             // A run consumes from the lease it was admitted from; what a lease no longer holds
             // (the provider reported more than was reserved, or the lease expired and went
@@ -2139,7 +2134,6 @@ impl Store for BackendStore {
                     .into_iter()
                     .map(|(t, p, l, m, k)| ((t, p, l), (m, k)))
                     .collect();
-            let mut takes = Vec::new();
             for ((t, p, l), consumed) in batch.leases {
                 let (m, k) = held
                     .get(&(t.clone(), p.clone(), l.clone()))
@@ -2155,12 +2149,6 @@ impl Store for BackendStore {
                 takes.push(serde_json::json!({"tenant_id": t, "period": p, "id": l,
                     "messages": take.messages, "tokens": take.tokens}));
             }
-            if !takes.is_empty() {
-                sqlx::query(super::SETTLE_TAKE_FROM_LEASES)
-                    .bind(json_rows(takes.into_iter()))
-                    .execute(&mut *tx)
-                    .await?;
-            }
         }
         let changes: Vec<serde_json::Value> = counters
             .iter()
@@ -2171,21 +2159,16 @@ impl Store for BackendStore {
                     "taken_messages": g.taken.messages, "taken_tokens": g.taken.tokens})
             })
             .collect();
-        if !changes.is_empty() {
-            let n = changes.len();
-            let after: Vec<(String, String, i64, i64)> = sqlx::query_as(super::SETTLE_COUNTERS)
-                .bind(json_rows(changes.into_iter()))
-                .fetch_all(&mut *tx)
-                .await?;
-            // A grant created every counter a lease was taken from.
-            if after.len() != n {
-                return Err(corrupt("a settled run's usage counter is missing"));
-            }
-            for (t, p, m, k) in after {
-                if let Some(g) = counters.get(&(t, p.clone())) {
-                    notify_thresholds(&mut tx, g.ctx, &p, Amount::new(m, k), g.consumed, g.limit)
-                        .await?;
-                }
+        let n = changes.len();
+        let after = super::settle_writes(&mut tx, &batch.records, &takes, &changes).await?;
+        // A grant created every counter a lease was taken from.
+        if after.len() != n {
+            return Err(corrupt("a settled run's usage counter is missing"));
+        }
+        for (t, p, m, k) in after {
+            if let Some(g) = counters.get(&(t, p.clone())) {
+                notify_thresholds(&mut tx, g.ctx, &p, Amount::new(m, k), g.consumed, g.limit)
+                    .await?;
             }
         }
         // Releases come after the settlements: what a lease's runs consumed leaves it first.

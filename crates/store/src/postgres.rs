@@ -4,6 +4,7 @@
 //! server runs as a role without `BYPASSRLS` that owns nothing, so the row-level-security
 //! policies of the migrations hold even if a query forgets its `WHERE tenant_id`.
 
+use crate::error::corrupt;
 use crate::key_cache::{self, KeyCache};
 use crate::{Backend, Result, StoreError};
 use agentplane_core::job::Job;
@@ -62,24 +63,43 @@ const SETTLE_READ_LEASES: &str = "SELECT q.tenant_id, q.period, q.id, q.messages
      ON q.tenant_id = v.tenant_id AND q.period = v.period AND q.id = v.id \
      ORDER BY q.tenant_id, q.period, q.id FOR UPDATE OF q";
 
-const SETTLE_TAKE_FROM_LEASES: &str = "UPDATE quota_leases q \
+/// The batch's writes in one statement (data-modifying CTEs): its usage records (`$1`), what
+/// it takes from each lease (`$2`) and adds to each counter (`$3`), answering each counter's
+/// `used` after. The counters and leases are locked already, in order.
+const SETTLE_WRITES: &str = "WITH records AS (\
+     INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, \
+     latency_ms, status, trace_id) \
+     SELECT tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, latency_ms, status, trace_id \
+     FROM jsonb_to_recordset($1::jsonb) AS r(tenant_id text, id text, ts bigint, agent_id text, \
+     model text, provider text, tokens_in bigint, tokens_out bigint, latency_ms bigint, status text, \
+     trace_id text)), \
+     leases AS (UPDATE quota_leases q \
      SET messages = q.messages - v.messages, tokens = q.tokens - v.tokens \
-     FROM jsonb_to_recordset($1::jsonb) AS v(tenant_id text, period text, id text, messages bigint, tokens bigint) \
-     WHERE q.tenant_id = v.tenant_id AND q.period = v.period AND q.id = v.id";
-
-const SETTLE_COUNTERS: &str = "UPDATE usage_counters c \
+     FROM jsonb_to_recordset($2::jsonb) AS v(tenant_id text, period text, id text, messages bigint, tokens bigint) \
+     WHERE q.tenant_id = v.tenant_id AND q.period = v.period AND q.id = v.id) \
+     UPDATE usage_counters c \
      SET messages_used = c.messages_used + v.used_messages, tokens_used = c.tokens_used + v.used_tokens, \
      messages_reserved = c.messages_reserved - v.taken_messages, tokens_reserved = c.tokens_reserved - v.taken_tokens \
-     FROM jsonb_to_recordset($1::jsonb) AS v(tenant_id text, period text, used_messages bigint, \
+     FROM jsonb_to_recordset($3::jsonb) AS v(tenant_id text, period text, used_messages bigint, \
      used_tokens bigint, taken_messages bigint, taken_tokens bigint) \
      WHERE c.tenant_id = v.tenant_id AND c.period = v.period \
      RETURNING c.tenant_id, c.period, c.messages_used, c.tokens_used";
 
-const SETTLE_RECORDS: &str = "INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, \
-     tokens_in, tokens_out, latency_ms, status, trace_id) \
-     SELECT tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, latency_ms, status, trace_id \
-     FROM jsonb_to_recordset($1::jsonb) AS r(tenant_id text, id text, ts bigint, agent_id text, \
-     model text, provider text, tokens_in bigint, tokens_out bigint, latency_ms bigint, status text, trace_id text)";
+/// A settlement batch's writes: one round trip.
+async fn settle_writes(
+    tx: &mut Transaction<'_, Db>,
+    records: &[serde_json::Value],
+    takes: &[serde_json::Value],
+    counters: &[serde_json::Value],
+) -> Result<Vec<(String, String, i64, i64)>> {
+    let json = |rows: &[serde_json::Value]| serde_json::to_string(rows).map_err(corrupt);
+    Ok(sqlx::query_as(SETTLE_WRITES)
+        .bind(json(records)?)
+        .bind(json(takes)?)
+        .bind(json(counters)?)
+        .fetch_all(&mut **tx)
+        .await?)
+}
 
 /// Locks the leases in key order, as settlements do, so the two never wait on each other in a
 /// cycle.

@@ -2,6 +2,7 @@
 //! one writer at a time; a single pooled writer serialises writes without busy retries) and
 //! a pool of read-only connections.
 
+use crate::error::corrupt;
 use crate::key_cache::{self, KeyCache};
 use crate::{Backend, Result};
 use agentplane_core::job::Job;
@@ -15,6 +16,7 @@ use sqlx::Transaction;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 #[path = "ops.rs"]
 #[allow(clippy::duplicate_mod)] // compiled once per backend, on purpose
@@ -76,6 +78,36 @@ const SETTLE_RECORDS: &str = "INSERT INTO usage_records (tenant_id, id, ts, agen
      value ->> '$.model', value ->> '$.provider', value ->> '$.tokens_in', value ->> '$.tokens_out', \
      value ->> '$.latency_ms', value ->> '$.status', value ->> '$.trace_id' FROM json_each($1) WHERE true";
 
+/// A settlement batch's writes: its usage records, what it takes from each lease and adds to
+/// each counter, answering each counter's `used` after.
+async fn settle_writes(
+    tx: &mut Transaction<'_, Db>,
+    records: &[serde_json::Value],
+    takes: &[serde_json::Value],
+    counters: &[serde_json::Value],
+) -> Result<Vec<(String, String, i64, i64)>> {
+    let json = |rows: &[serde_json::Value]| serde_json::to_string(rows).map_err(corrupt);
+    if !records.is_empty() {
+        sqlx::query(SETTLE_RECORDS)
+            .bind(json(records)?)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !takes.is_empty() {
+        sqlx::query(SETTLE_TAKE_FROM_LEASES)
+            .bind(json(takes)?)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if counters.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(SETTLE_COUNTERS)
+        .bind(json(counters)?)
+        .fetch_all(&mut **tx)
+        .await?)
+}
+
 const RENEW_LEASES: &str = "UPDATE quota_leases SET expires_at = $2 WHERE holder = $1";
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -84,7 +116,34 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    /// The connection that checkpoints the write-ahead log.
+    checkpoints: SqlitePool,
     keys: Arc<KeyCache>,
+    /// Dropped with the last clone of the store: stops the checkpoints.
+    _stop_checkpoints: Arc<oneshot::Sender<()>>,
+}
+
+/// How often the write-ahead log is folded into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints (`PASSIVE`: it copies what no reader still needs, never waits for the writer
+/// nor blocks it) every `CHECKPOINT_EVERY` until `stop` drops or the pool closes.
+async fn checkpoint_in_background(pool: SqlitePool, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "checkpointing the write-ahead log failed");
+        }
+    }
 }
 
 impl SqliteStore {
@@ -100,6 +159,11 @@ impl SqliteStore {
             .foreign_keys(true)
             // Erased rows are overwritten, not left readable in free pages of the file.
             .pragma("secure_delete", "ON")
+            // The write-ahead log is folded into the file by a connection of its own (below),
+            // not by whichever commit crosses the threshold: that commit would hold the single
+            // writer, and every settlement behind it, for the checkpoint's I/O and fsync.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", "67108864")
             .busy_timeout(Duration::from_secs(10));
         let write = SqlitePoolOptions::new()
             .max_connections(1)
@@ -112,12 +176,19 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
-            .connect_with(opts.read_only(true))
+            .connect_with(opts.clone().read_only(true))
             .await?;
+        let checkpoints = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(opts);
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(checkpoint_in_background(checkpoints.clone(), stopped));
         Ok(Self {
             write,
             read,
+            checkpoints,
             keys: Arc::new(KeyCache::new(key_cache::DEFAULT_TTL)),
+            _stop_checkpoints: Arc::new(stop),
         })
     }
 
@@ -129,6 +200,7 @@ impl SqliteStore {
     }
 
     pub async fn close(&self) {
+        self.checkpoints.close().await;
         self.write.close().await;
         self.read.close().await;
     }
