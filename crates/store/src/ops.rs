@@ -368,8 +368,8 @@ fn add(a: Amount, b: Amount) -> Amount {
 }
 
 /// A JSON array of rows: how a settlement batch reaches its set-based statements.
-pub(super) fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
-    serde_json::Value::Array(rows.collect()).to_string()
+pub(super) fn json_rows(rows: &[serde_json::Value]) -> Result<String> {
+    serde_json::to_string(rows).map_err(corrupt)
 }
 
 /// What one counter (tenant and month) gets from a settlement batch.
@@ -2107,12 +2107,13 @@ impl Store for BackendStore {
         // finished together); each row comes from its own run's tenant context.
         let mut tx = self.write_platform().await?;
         if let Some(lock) = super::SETTLE_LOCK_COUNTERS {
-            let keys = batch
+            let keys: Vec<_> = batch
                 .counters
                 .keys()
-                .map(|(t, p)| serde_json::json!({"tenant_id": t, "period": p}));
+                .map(|(t, p)| serde_json::json!({"tenant_id": t, "period": p}))
+                .collect();
             sqlx::query(lock)
-                .bind(json_rows(keys))
+                .bind(json_rows(&keys)?)
                 .fetch_all(&mut *tx)
                 .await?;
         }
@@ -2122,13 +2123,14 @@ impl Store for BackendStore {
             // A run consumes from the lease it was admitted from; what a lease no longer holds
             // (the provider reported more than was reserved, or the lease expired and went
             // back) is counted as used all the same.
-            let wanted = batch
+            let wanted: Vec<_> = batch
                 .leases
                 .keys()
-                .map(|(t, p, l)| serde_json::json!({"tenant_id": t, "period": p, "id": l}));
+                .map(|(t, p, l)| serde_json::json!({"tenant_id": t, "period": p, "id": l}))
+                .collect();
             let held: std::collections::HashMap<(String, String, String), (i64, i64)> =
                 sqlx::query_as::<_, (String, String, String, i64, i64)>(super::SETTLE_READ_LEASES)
-                    .bind(json_rows(wanted))
+                    .bind(json_rows(&wanted)?)
                     .fetch_all(&mut *tx)
                     .await?
                     .into_iter()

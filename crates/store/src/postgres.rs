@@ -4,7 +4,6 @@
 //! server runs as a role without `BYPASSRLS` that owns nothing, so the row-level-security
 //! policies of the migrations hold even if a query forgets its `WHERE tenant_id`.
 
-use crate::error::corrupt;
 use crate::key_cache::{self, KeyCache};
 use crate::{Backend, Result, StoreError};
 use agentplane_core::job::Job;
@@ -92,11 +91,10 @@ async fn settle_writes(
     takes: &[serde_json::Value],
     counters: &[serde_json::Value],
 ) -> Result<Vec<(String, String, i64, i64)>> {
-    let json = |rows: &[serde_json::Value]| serde_json::to_string(rows).map_err(corrupt);
     Ok(sqlx::query_as(SETTLE_WRITES)
-        .bind(json(records)?)
-        .bind(json(takes)?)
-        .bind(json(counters)?)
+        .bind(ops::json_rows(records)?)
+        .bind(ops::json_rows(takes)?)
+        .bind(ops::json_rows(counters)?)
         .fetch_all(&mut **tx)
         .await?)
 }

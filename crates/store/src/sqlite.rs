@@ -2,7 +2,6 @@
 //! one writer at a time; a single pooled writer serialises writes without busy retries) and
 //! a pool of read-only connections.
 
-use crate::error::corrupt;
 use crate::key_cache::{self, KeyCache};
 use crate::{Backend, Result};
 use agentplane_core::job::Job;
@@ -86,16 +85,15 @@ async fn settle_writes(
     takes: &[serde_json::Value],
     counters: &[serde_json::Value],
 ) -> Result<Vec<(String, String, i64, i64)>> {
-    let json = |rows: &[serde_json::Value]| serde_json::to_string(rows).map_err(corrupt);
     if !records.is_empty() {
         sqlx::query(SETTLE_RECORDS)
-            .bind(json(records)?)
+            .bind(ops::json_rows(records)?)
             .execute(&mut **tx)
             .await?;
     }
     if !takes.is_empty() {
         sqlx::query(SETTLE_TAKE_FROM_LEASES)
-            .bind(json(takes)?)
+            .bind(ops::json_rows(takes)?)
             .execute(&mut **tx)
             .await?;
     }
@@ -103,7 +101,7 @@ async fn settle_writes(
         return Ok(Vec::new());
     }
     Ok(sqlx::query_as(SETTLE_COUNTERS)
-        .bind(json(counters)?)
+        .bind(ops::json_rows(counters)?)
         .fetch_all(&mut **tx)
         .await?)
 }

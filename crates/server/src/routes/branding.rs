@@ -60,29 +60,33 @@ pub async fn upload_logo(
     ))
 }
 
+/// A stored image: its type as validated at upload, never sniffed as anything else.
+pub(crate) fn image(content_type: &str, bytes: impl IntoResponse, cache: &'static str) -> Response {
+    let mut res = bytes.into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    res
+}
+
 /// The logo image.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/branding/logo", tag = "branding", security(("bearer" = [])),
     params(("tenant_id" = uuid::Uuid, Path, description = "the tenant")),
     responses((status = 200, description = "the image", content_type = "image/png")))]
 pub async fn logo(State(state): State<AppState>, scope: TenantScope) -> Result<Response, ApiError> {
     let (logo, bytes) = state.control().logo(&scope.ctx).await?;
-    let mut res = bytes.into_response();
+    // Served from the API origin: never cached across users.
+    let mut res = image(&logo.content_type, bytes, "private, max-age=300");
     let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&logo.content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", logo.sha256)) {
         h.insert(header::ETAG, v);
     }
-    // Served from the API origin: never sniffed as anything else, never cached across users.
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=300"),
-    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; sandbox"),

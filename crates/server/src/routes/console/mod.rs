@@ -5,7 +5,7 @@
 use crate::problem::ApiError;
 use crate::state::AppState;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 
 const APP_JS: &str = include_str!("app.js");
@@ -129,23 +129,14 @@ pub async fn logo(
     Path(tenant): Path<String>,
 ) -> Result<Response, ApiError> {
     let (logo, bytes) = state.control().console_logo(&tenant).await?;
-    let mut res = bytes.into_response();
-    let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&logo.content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    Ok(res)
+    Ok(super::branding::image(
+        &logo.content_type,
+        bytes,
+        "public, max-age=300",
+    ))
 }
 
-/// The console's script.
+/// The tab icon of a tenant without a logo.
 pub async fn icon() -> impl IntoResponse {
     (
         [
@@ -156,6 +147,7 @@ pub async fn icon() -> impl IntoResponse {
     )
 }
 
+/// The console's script.
 pub async fn app_js() -> impl IntoResponse {
     (
         [
