@@ -29,6 +29,7 @@ mod mock_llm;
 mod oidc_peer;
 mod plans;
 mod providers;
+mod regions;
 mod residency;
 mod rls;
 mod s3_peer;

@@ -34,6 +34,9 @@ pub struct ResidencyReport {
 pub struct ResidencyStorage {
     /// `sqlite` or `postgresql`.
     pub database: &'static str,
+    /// Which database holds the tenant's rows: its region's own (the region's name, with
+    /// `AGENTPLANE_REGION_DATABASES`) or `main`.
+    pub database_name: String,
     pub objects: String,
 }
 
@@ -132,6 +135,7 @@ impl ControlPlane {
             evidence.extend(read.items);
         }
         evidence.sort_by_key(|e| std::cmp::Reverse(e.ts));
+        let database_name = self.store.database_of_region(&tenant.region);
         Ok(ResidencyReport {
             tenant_id: ctx.tenant_id(),
             enforced: regions.is_enforced(),
@@ -142,6 +146,7 @@ impl ControlPlane {
                     Backend::Sqlite => "sqlite",
                     Backend::Postgres => "postgresql",
                 },
+                database_name,
                 objects: self.objects_of(ctx).await?.location(ctx),
             },
             providers,
@@ -180,6 +185,17 @@ impl ControlPlane {
             return Err(agentplane_core::DomainError::invalid(
                 "region",
                 format!("the tenant is in {to} already"),
+            )
+            .into());
+        }
+        if !self.store.shares_database(&t.region, &to) {
+            return Err(agentplane_core::DomainError::invalid(
+                "region",
+                format!(
+                    "{} and {to} keep their tenants in separate databases: moving a tenant's \
+                     rows between databases is not supported",
+                    t.region
+                ),
             )
             .into());
         }

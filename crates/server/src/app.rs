@@ -10,7 +10,7 @@ use agentplane_crypto::{Kms, LocalKms, TransitKms};
 use agentplane_runtime::gateway::{Runtime, RuntimeConfig};
 use agentplane_runtime::quota::{LeaseConfig, Quotas};
 use agentplane_runtime::upstream::{UpstreamConfig, Upstreams};
-use agentplane_store::{Objects, PgStore, SqliteStore, Store, StoreError};
+use agentplane_store::{Objects, PgStore, RegionalStore, SqliteStore, Store, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,26 +44,49 @@ pub enum StartError {
 
 /// Opens the configured store: PostgreSQL when `TENANT_CATALOG_DSN` is set (the schema must
 /// have been migrated with `agentplane migrate`), else the embedded SQLite file, created and
-/// migrated on the spot.
+/// migrated on the spot. With `AGENTPLANE_REGION_DATABASES`, each of those regions' tenants
+/// are kept in the region's own database.
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
-    let key_cache = std::time::Duration::from_millis(cfg.gateway.key_cache_ms);
-    match &cfg.tenant_catalog_dsn {
-        Some(dsn) => {
-            let role = (!cfg.db_role.is_empty()).then_some(cfg.db_role.as_str());
-            let store = PgStore::connect(dsn.expose_secret(), role, 16).await?;
-            store.set_key_cache_ttl(key_cache);
-            Ok(Arc::new(store))
-        }
+    let main = match &cfg.tenant_catalog_dsn {
+        Some(dsn) => open_database(cfg, dsn.expose_secret()).await?,
         None => {
             std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
                 path: cfg.data_dir.display().to_string(),
                 source,
             })?;
-            let store = SqliteStore::open(&cfg.sqlite_path()).await?;
-            store.set_key_cache_ttl(key_cache);
-            Ok(Arc::new(store))
+            open_database(cfg, &cfg.sqlite_path().to_string_lossy()).await?
         }
+    };
+    let regions = cfg.region_databases()?;
+    if regions.is_empty() {
+        return Ok(main);
     }
+    let mut dbs = Vec::with_capacity(regions.len());
+    for (region, dsn) in regions {
+        dbs.push((region, open_database(cfg, dsn.expose_secret()).await?));
+    }
+    Ok(Arc::new(RegionalStore::open(main, dbs).await?))
+}
+
+/// One database: a PostgreSQL DSN, or (with SQLite) the file's path, its directory created.
+async fn open_database(cfg: &Config, dsn: &str) -> Result<Arc<dyn Store>, StartError> {
+    let key_cache = std::time::Duration::from_millis(cfg.gateway.key_cache_ms);
+    if cfg.tenant_catalog_dsn.is_some() {
+        let role = (!cfg.db_role.is_empty()).then_some(cfg.db_role.as_str());
+        let store = PgStore::connect(dsn, role, 16).await?;
+        store.set_key_cache_ttl(key_cache);
+        return Ok(Arc::new(store));
+    }
+    let path = std::path::Path::new(dsn);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let store = SqliteStore::open(path).await?;
+    store.set_key_cache_ttl(key_cache);
+    Ok(Arc::new(store))
 }
 
 /// The KMS that wraps tenant data keys: the local keyring (a keyring given in the
@@ -158,6 +181,10 @@ pub async fn migrate(cfg: &Config) -> Result<&'static str, StartError> {
     match cfg.migrate_dsn.as_ref().or(cfg.tenant_catalog_dsn.as_ref()) {
         Some(dsn) => {
             PgStore::migrate(dsn.expose_secret()).await?;
+            // Each region's database is migrated with its own DSN.
+            for (_, dsn) in cfg.region_databases()? {
+                PgStore::migrate(dsn.expose_secret()).await?;
+            }
             Ok("postgres")
         }
         None => {

@@ -102,6 +102,7 @@ const OBJECT_STORE_ACCESS_KEY_ID: &[&str] = &["AGENTPLANE_OBJECT_STORE_ACCESS_KE
 const OBJECT_STORE_SECRET_ACCESS_KEY: &[&str] = &["AGENTPLANE_OBJECT_STORE_SECRET_ACCESS_KEY"];
 const OBJECT_STORE_ALLOW_HTTP: &[&str] = &["AGENTPLANE_OBJECT_STORE_ALLOW_HTTP"];
 const REGION_OBJECT_STORES: &[&str] = &["AGENTPLANE_REGION_OBJECT_STORES"];
+const REGION_DATABASES: &[&str] = &["AGENTPLANE_REGION_DATABASES"];
 const MANAGED_IDENTITY_HOSTS: &[&str] = &["AGENTPLANE_MANAGED_IDENTITY_HOSTS"];
 const QUOTA_IDLE_MS: &[&str] = &["AGENTPLANE_QUOTA_IDLE_MS"];
 const DEFAULT_MAX_TOKENS: &[&str] = &["AGENTPLANE_DEFAULT_MAX_TOKENS"];
@@ -128,6 +129,7 @@ pub const ENV_VARS: &[(&str, &[&str])] = &[
     ("data_dir", DATA_DIR),
     ("tenant_catalog_dsn", TENANT_CATALOG_DSN),
     ("migrate_dsn", MIGRATE_DSN),
+    ("region_databases", REGION_DATABASES),
     ("db_role", DB_ROLE),
     ("jwt.algorithm", JWT_ALGORITHM),
     ("jwt.shared_secret", JWT_SHARED_SECRET),
@@ -245,6 +247,10 @@ pub struct Config {
     pub tenant_catalog_dsn: Option<SecretString>,
     /// Owner DSN used to run migrations on PostgreSQL; `None` = use `tenant_catalog_dsn`.
     pub migrate_dsn: Option<SecretString>,
+    /// A database per region, `eu=postgres://...;us=postgres://...` (with SQLite,
+    /// `eu=sqlite:///srv/eu.db`): a tenant's rows are kept in its region's database; regions
+    /// not listed keep theirs in the main one. Parsed by [`Config::region_databases`].
+    pub region_databases: Option<SecretString>,
     /// The non-owner role the server uses on PostgreSQL. Default `agentplane_app`.
     pub db_role: String,
     pub jwt: JwtConfig,
@@ -441,6 +447,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             tenant_catalog_dsn: None,
             migrate_dsn: None,
+            region_databases: None,
             db_role: "agentplane_app".to_owned(),
             jwt: JwtConfig::default(),
             allow_api_key_fallback: false,
@@ -689,6 +696,8 @@ struct FileConfig {
     tenant_catalog_dsn_file: Option<PathBuf>,
     migrate_dsn: Option<String>,
     migrate_dsn_file: Option<PathBuf>,
+    region_databases: Option<String>,
+    region_databases_file: Option<PathBuf>,
     db_role: Option<String>,
     jwt: Option<FileJwt>,
     allow_api_key_fallback: Option<bool>,
@@ -862,6 +871,13 @@ impl FileConfig {
         }
         if let Some(v) = file_secret("migrate_dsn", self.migrate_dsn, self.migrate_dsn_file)? {
             cfg.migrate_dsn = v;
+        }
+        if let Some(v) = file_secret(
+            "region_databases",
+            self.region_databases,
+            self.region_databases_file,
+        )? {
+            cfg.region_databases = v;
         }
         if let Some(v) = self.db_role {
             cfg.db_role = v;
@@ -1116,6 +1132,9 @@ impl<'a> Env<'a> {
         }
         if let Some(v) = self.secret(MIGRATE_DSN)? {
             cfg.migrate_dsn = v;
+        }
+        if let Some(v) = self.secret(REGION_DATABASES)? {
+            cfg.region_databases = v;
         }
         if let Some((_, v)) = self.get_set(DB_ROLE)? {
             cfg.db_role = v.trim().to_owned();
@@ -1409,6 +1428,7 @@ impl Config {
 
     /// Refuses insecure or inconsistent settings. `serve` calls it before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.region_databases()?;
         if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
             return Err(ConfigError::BodyLimitOutOfRange {
                 value: self.max_body_bytes,
@@ -1696,6 +1716,58 @@ impl Config {
     }
 
     /// The embedded SQLite database file: `data_dir/agentplane.db`.
+    /// The regions with a database of their own and its DSN (`postgres://...`, or with
+    /// SQLite the file's path), checked: each region is one of [`Config::regions`], once,
+    /// and its database of the main database's kind. Errors never repeat a DSN.
+    pub fn region_databases(&self) -> Result<Vec<(String, SecretString)>, ConfigError> {
+        const NAME: &str = "AGENTPLANE_REGION_DATABASES";
+        let Some(spec) = &self.region_databases else {
+            return Ok(Vec::new());
+        };
+        let bad = |reason: String| invalid(NAME, "(not shown: it holds credentials)", reason);
+        let mut out: Vec<(String, SecretString)> = Vec::new();
+        for part in spec.expose_secret().split(';').map(str::trim) {
+            if part.is_empty() {
+                continue;
+            }
+            let (region, dsn) = part
+                .split_once('=')
+                .ok_or_else(|| bad("expected region=database;region=database".into()))?;
+            let (region, dsn) = (region.trim(), dsn.trim());
+            let region = agentplane_core::tenant::validate_region(region)
+                .map_err(|_| bad(format!("{region:?} is not a region name")))?;
+            if !self.regions.is_enforced() || !self.regions.knows(&region) {
+                return Err(bad(format!(
+                    "{region} is not one of AGENTPLANE_REGIONS (a region needs its providers \
+                     before it gets a database)"
+                )));
+            }
+            if out.iter().any(|(r, _)| *r == region) {
+                return Err(bad(format!("{region} is listed twice")));
+            }
+            let dsn = match (&self.tenant_catalog_dsn, dsn) {
+                (Some(_), d) if d.starts_with("postgres://") || d.starts_with("postgresql://") => {
+                    d.to_owned()
+                }
+                (Some(_), _) => {
+                    return Err(bad(format!(
+                        "{region}: expected a postgres:// DSN (the main database is PostgreSQL)"
+                    )))
+                }
+                (None, d) => match d.strip_prefix("sqlite://") {
+                    Some(path) if path.starts_with('/') => path.to_owned(),
+                    _ => {
+                        return Err(bad(format!(
+                            "{region}: expected sqlite:///absolute/path.db (the main database is SQLite)"
+                        )))
+                    }
+                },
+            };
+            out.push((region, SecretString::from(dsn)));
+        }
+        Ok(out)
+    }
+
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join(SQLITE_FILE)
     }
@@ -1917,6 +1989,89 @@ mod tests {
     }
 
     #[test]
+    fn region_databases_name_known_regions_once_with_the_main_databases_kind() {
+        let regions = ("AGENTPLANE_REGIONS", "eu=a.example;us=b.example");
+        let pg = ("TENANT_CATALOG_DSN", "postgres://main/x");
+        let ok = |pairs: &[(&str, &str)]| from_env(pairs).unwrap().validate();
+        assert!(ok(&[
+            regions,
+            pg,
+            ("AGENTPLANE_REGION_DATABASES", "eu=postgres://p:pw@eu/x")
+        ])
+        .is_ok());
+        assert!(ok(&[
+            regions,
+            ("AGENTPLANE_REGION_DATABASES", "eu=sqlite:///srv/eu.db")
+        ])
+        .is_ok());
+        for (pairs, why) in [
+            (
+                vec![
+                    pg,
+                    ("AGENTPLANE_REGION_DATABASES", "eu=postgres://p:pw@eu/x"),
+                ],
+                "no regions",
+            ),
+            (
+                vec![
+                    regions,
+                    pg,
+                    ("AGENTPLANE_REGION_DATABASES", "apac=postgres://p:pw@a/x"),
+                ],
+                "unknown region",
+            ),
+            (
+                vec![
+                    regions,
+                    pg,
+                    ("AGENTPLANE_REGION_DATABASES", "eu=sqlite:///srv/eu.db"),
+                ],
+                "kind",
+            ),
+            (
+                vec![
+                    regions,
+                    ("AGENTPLANE_REGION_DATABASES", "eu=postgres://p:pw@eu/x"),
+                ],
+                "kind",
+            ),
+            (
+                vec![
+                    regions,
+                    ("AGENTPLANE_REGION_DATABASES", "eu=sqlite://relative.db"),
+                ],
+                "relative",
+            ),
+            (
+                vec![
+                    regions,
+                    pg,
+                    (
+                        "AGENTPLANE_REGION_DATABASES",
+                        "eu=postgres://p:pw@a/x;eu=postgres://p:pw@b/x",
+                    ),
+                ],
+                "twice",
+            ),
+            (
+                vec![
+                    regions,
+                    pg,
+                    ("AGENTPLANE_REGION_DATABASES", "postgres://p:pw@a/x"),
+                ],
+                "no region",
+            ),
+        ] {
+            let err = ok(&pairs).expect_err(why).to_string();
+            assert!(err.contains("AGENTPLANE_REGION_DATABASES"), "{why}: {err}");
+            assert!(
+                !err.contains("pw@"),
+                "{why}: the DSN's password is never shown: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn every_field_has_an_env_name() {
         let vars = [
             ("AGENTPLANE_PROFILE", "Production"),
@@ -1990,6 +2145,10 @@ mod tests {
                 "AGENTPLANE_REGION_OBJECT_STORES",
                 "eu=s3://objects-eu/prod;us=file:///srv/objects-us",
             ),
+            (
+                "AGENTPLANE_REGION_DATABASES",
+                "eu=postgres://app:pw@eu-db/agentplane",
+            ),
         ];
         // This list covers every field of ENV_VARS.
         for (field, names) in ENV_VARS {
@@ -1999,6 +2158,13 @@ mod tests {
             );
         }
         let cfg = from_env(&vars).unwrap();
+        let dbs = cfg.region_databases().unwrap();
+        assert_eq!(
+            dbs.iter()
+                .map(|(r, d)| (r.as_str(), d.expose_secret()))
+                .collect::<Vec<_>>(),
+            [("eu", "postgres://app:pw@eu-db/agentplane")]
+        );
         let os = &cfg.object_store;
         assert_eq!(
             (

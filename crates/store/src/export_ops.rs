@@ -146,17 +146,23 @@ impl ExportStore for BackendStore {
         source: &mut dyn ImportSource,
         audit: NewAuditEvent,
     ) -> Result<u64> {
-        if audit.chain != Chain::Platform {
-            return Err(StoreError::CrossTenant(
-                "import audited off the platform chain",
-            ));
-        }
+        let platform = match audit.chain {
+            Chain::Platform => true,
+            Chain::Tenant(t) if t == ctx.tenant_id() => false,
+            Chain::Tenant(_) => {
+                return Err(StoreError::CrossTenant(
+                    "import audited on another tenant's chain",
+                ))
+            }
+        };
         let tenant = ctx.tenant_id().to_string();
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let loaded = load_rows(&mut tx, &tenant, source).await?;
-        sqlx::query(super::ENTER_PLATFORM)
-            .fetch_optional(&mut *tx)
-            .await?;
+        if platform {
+            sqlx::query(super::ENTER_PLATFORM)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
         append_audit(&mut tx, audit).await?;
         crate::crash_point("import.before_commit");
         tx.commit().await?;

@@ -445,7 +445,8 @@ pub trait ExportStore: Send + Sync {
     ) -> Result<()>;
 
     /// Loads an export as the tenant `ctx` names (which must not exist yet), all in one
-    /// transaction with `audit` (a platform event); answers the rows loaded.
+    /// transaction with `audit` (a platform event, or an event of the loaded tenant's own
+    /// chain, which continues it); answers the rows loaded.
     async fn load_tenant(
         &self,
         ctx: &TenantCtx,

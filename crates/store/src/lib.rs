@@ -20,12 +20,14 @@ pub mod identity;
 mod key_cache;
 pub mod objects;
 mod postgres;
+mod regional;
 mod rows;
 mod sqlite;
 
 pub use error::{Conflict, StoreError};
 pub use objects::Objects;
 pub use postgres::PgStore;
+pub use regional::RegionalStore;
 pub use sqlite::SqliteStore;
 pub use sqlx::Error as SqlxError;
 
@@ -276,6 +278,15 @@ pub enum QuotaOp {
 #[async_trait]
 pub trait Store: identity::IdentityStore + exports::ExportStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
+    /// Whether tenants of regions `a` and `b` are kept in the same database (so a tenant
+    /// can move between them without its rows moving).
+    fn shares_database(&self, _a: &str, _b: &str) -> bool {
+        true
+    }
+    /// The name of the database that keeps a region's tenants: `main`, or the region's own.
+    fn database_of_region(&self, _region: &str) -> String {
+        "main".to_owned()
+    }
     /// A round trip to the database.
     async fn ping(&self) -> Result<()>;
 
@@ -290,6 +301,9 @@ pub trait Store: identity::IdentityStore + exports::ExportStore + Send + Sync + 
         audit: NewAuditEvent,
         idempotency: Option<IdempotencyRecord>,
     ) -> Result<()>;
+    /// Copies a plan into this database unless it is there already (plans are immutable),
+    /// without an audit event: a region's database holds the plans its tenants refer to.
+    async fn copy_plan(&self, plan: &Plan) -> Result<()>;
 
     // --- Tenant catalog ---
     /// `Conflict::IdempotencyKey` if the key was used concurrently, `Conflict::Slug` if the
@@ -671,6 +685,11 @@ pub trait Store: identity::IdentityStore + exports::ExportStore + Send + Sync + 
 /// Test-only crash point: debug builds abort the process here when `AGENTPLANE_CRASH_AT`
 /// names it, so tests can kill a worker at an exact place (mid-transaction). Release builds
 /// compile it to nothing.
+/// A usage record's page cursor (the order of the usage pages: time, tenant, id).
+pub(crate) fn usage_key(r: &UsageRecord) -> String {
+    format!("{}|{}|{}", r.ts.millis(), r.tenant_id, r.id)
+}
+
 pub(crate) fn crash_point(name: &str) {
     #[cfg(debug_assertions)]
     if std::env::var("AGENTPLANE_CRASH_AT").is_ok_and(|v| v == name) {

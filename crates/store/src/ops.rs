@@ -348,10 +348,6 @@ fn usage_cursor(page: &PageRequest) -> Result<(i64, String, String)> {
     }
 }
 
-fn usage_key(r: &UsageRecord) -> String {
-    format!("{}|{}|{}", r.ts.millis(), r.tenant_id, r.id)
-}
-
 fn range_bounds(range: TimeRange) -> (i64, i64) {
     (
         range.from.map_or(i64::MIN, Timestamp::millis),
@@ -573,6 +569,27 @@ impl Store for BackendStore {
             r => r?,
         };
         append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn copy_plan(&self, plan: &Plan) -> Result<()> {
+        let mut tx = self.write_platform().await?;
+        sqlx::query(
+            "INSERT INTO plans (id, name, monthly_messages, monthly_tokens, requests_per_minute, \
+             max_concurrent_runs, features, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(plan.id.as_str())
+        .bind(&plan.name)
+        .bind(plan.limits.monthly_messages)
+        .bind(plan.limits.monthly_tokens)
+        .bind(plan.limits.requests_per_minute)
+        .bind(plan.limits.max_concurrent_runs)
+        .bind(to_json(&plan.features)?)
+        .bind(plan.created_at.millis())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -2327,7 +2344,11 @@ impl Store for BackendStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Page::from_overfetch(convert(rows)?, page.limit, usage_key))
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            crate::usage_key,
+        ))
     }
 
     async fn all_usage_records(
@@ -2353,7 +2374,11 @@ impl Store for BackendStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Page::from_overfetch(convert(rows)?, page.limit, usage_key))
+        Ok(Page::from_overfetch(
+            convert(rows)?,
+            page.limit,
+            crate::usage_key,
+        ))
     }
 
     async fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
