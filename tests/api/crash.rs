@@ -21,10 +21,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How often the tests poll for a state change, and the longest they wait for one.
-const POLL: Duration = Duration::from_millis(100);
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 /// SIGABRT, the signal `std::process::abort` raises.
-const SIGABRT: i32 = 6;
+pub(crate) const SIGABRT: i32 = 6;
 
 /// The real `agentplane` binary running as a child process, with only the environment the
 /// test gives it, its output in files (so a chatty child can never block on a full pipe),

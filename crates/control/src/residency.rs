@@ -188,17 +188,6 @@ impl ControlPlane {
             )
             .into());
         }
-        if !self.store.shares_database(&t.region, &to) {
-            return Err(agentplane_core::DomainError::invalid(
-                "region",
-                format!(
-                    "{} and {to} keep their tenants in separate databases: moving a tenant's \
-                     rows between databases is not supported",
-                    t.region
-                ),
-            )
-            .into());
-        }
         let now = Timestamp::now();
         let job = agentplane_core::job::Job::new(
             t.id,
@@ -221,7 +210,9 @@ impl ControlPlane {
     /// The `tenant.move_region` job: copies the tenant's objects into the new region's
     /// store, re-pins the tenant (audited; from then on its runs, objects and residency
     /// report follow the new region), then copies what was written meanwhile and deletes
-    /// the old region's copies. A retry picks up wherever the last attempt stopped.
+    /// the old region's copies. Where the two regions keep their tenants in separate
+    /// databases, the re-pinning moves the tenant's rows too (see the store's `moves.rs`).
+    /// A retry picks up wherever the last attempt stopped.
     pub(crate) async fn run_region_move(&self, job: &agentplane_core::job::Job) -> Result<()> {
         let ctx = TenantCtx::for_system_job(job.tenant_id, job.id);
         let from = job.payload["from"].as_str().unwrap_or_default().to_owned();
@@ -236,11 +227,29 @@ impl ControlPlane {
                     copied += u64::from(old.copy_to(&ctx, &key, &new).await?);
                 }
             }
-            self.update(&ctx, "tenant.region_moved", |t| {
-                t.region = to.clone();
-                Ok(serde_json::json!({"from": from, "to": to, "objects_copied": copied}))
-            })
-            .await?;
+            if self.store.shares_database(&from, &to) {
+                self.update(&ctx, "tenant.region_moved", |t| {
+                    t.region = to.clone();
+                    Ok(serde_json::json!({"from": from, "to": to, "objects_copied": copied}))
+                })
+                .await?;
+            } else {
+                // Its rows move too, to the new region's database, where it is re-pinned.
+                let audit = NewAuditEvent::new(
+                    Chain::Tenant(t.id),
+                    "tenant.region_moved",
+                    ctx.actor(),
+                    Timestamp::now(),
+                )
+                .target("tenant", t.id)
+                .data(serde_json::json!({
+                    "from": from,
+                    "to": to,
+                    "objects_copied": copied,
+                    "database": self.store.database_of_region(&to),
+                }));
+                self.store.relocate_tenant(&ctx, &to, audit).await?;
+            }
         } else if t.region != to {
             // Moved elsewhere since: nothing of this job is left to do.
             return Ok(self.store.complete_job(job, Timestamp::now()).await?);

@@ -47,34 +47,47 @@ pub enum StartError {
 /// migrated on the spot. With `AGENTPLANE_REGION_DATABASES`, each of those regions' tenants
 /// are kept in the region's own database.
 pub async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let regions = cfg.region_databases()?;
+    // Tenants can move between databases: each transaction on a tenant checks it is still
+    // in the one it is using.
+    let fenced = !regions.is_empty();
     let main = match &cfg.tenant_catalog_dsn {
-        Some(dsn) => open_database(cfg, dsn.expose_secret()).await?,
+        Some(dsn) => open_database(cfg, dsn.expose_secret(), fenced).await?,
         None => {
             std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
                 path: cfg.data_dir.display().to_string(),
                 source,
             })?;
-            open_database(cfg, &cfg.sqlite_path().to_string_lossy()).await?
+            open_database(cfg, &cfg.sqlite_path().to_string_lossy(), fenced).await?
         }
     };
-    let regions = cfg.region_databases()?;
     if regions.is_empty() {
         return Ok(main);
     }
     let mut dbs = Vec::with_capacity(regions.len());
     for (region, dsn) in regions {
-        dbs.push((region, open_database(cfg, dsn.expose_secret()).await?));
+        dbs.push((
+            region,
+            open_database(cfg, dsn.expose_secret(), fenced).await?,
+        ));
     }
     Ok(Arc::new(RegionalStore::open(main, dbs).await?))
 }
 
 /// One database: a PostgreSQL DSN, or (with SQLite) the file's path, its directory created.
-async fn open_database(cfg: &Config, dsn: &str) -> Result<Arc<dyn Store>, StartError> {
+async fn open_database(
+    cfg: &Config,
+    dsn: &str,
+    fenced: bool,
+) -> Result<Arc<dyn Store>, StartError> {
     let key_cache = std::time::Duration::from_millis(cfg.gateway.key_cache_ms);
     if cfg.tenant_catalog_dsn.is_some() {
         let role = (!cfg.db_role.is_empty()).then_some(cfg.db_role.as_str());
         let store = PgStore::connect(dsn, role, 16).await?;
         store.set_key_cache_ttl(key_cache);
+        if fenced {
+            store.fence_moves();
+        }
         return Ok(Arc::new(store));
     }
     let path = std::path::Path::new(dsn);
@@ -86,6 +99,9 @@ async fn open_database(cfg: &Config, dsn: &str) -> Result<Arc<dyn Store>, StartE
     }
     let store = SqliteStore::open(path).await?;
     store.set_key_cache_ttl(key_cache);
+    if fenced {
+        store.fence_moves();
+    }
     Ok(Arc::new(store))
 }
 

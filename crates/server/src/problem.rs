@@ -141,6 +141,13 @@ impl From<StoreError> for ApiError {
                 )
                 .header(header::RETRY_AFTER, "5")
             }
+            StoreError::Moved(_) | StoreError::Moving(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tenant_moving",
+                "Tenant moving",
+                "the tenant is moving to its new region's database; retry",
+            )
+            .header(header::RETRY_AFTER, "1"),
             _ => {
                 tracing::error!(error = %e, "store error");
                 Self::internal()

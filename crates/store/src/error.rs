@@ -25,6 +25,13 @@ pub enum StoreError {
     Objects(object_store::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The tenant moved to another database since this process looked it up (a database per
+    /// region): look it up again.
+    #[error("tenant {0} moved to another database")]
+    Moved(String),
+    /// The tenant is moving to another database right now: retry shortly.
+    #[error("{0}")]
+    Moving(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,9 +84,21 @@ pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+/// The SQLSTATEs of `agentplane_enter_tenant` for a tenant that moved away, or is moving.
+const MOVED_SQLSTATE: &str = "AP410";
+const MOVING_SQLSTATE: &str = "AP409";
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Db(e)
+        match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(MOVED_SQLSTATE) => {
+                Self::Moved(d.message().to_owned())
+            }
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(MOVING_SQLSTATE) => {
+                Self::Moving(d.message().to_owned())
+            }
+            _ => Self::Db(e),
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod error;
 pub mod exports;
 pub mod identity;
 mod key_cache;
+pub mod moves;
 pub mod objects;
 mod postgres;
 mod regional;
@@ -276,7 +277,9 @@ pub enum QuotaOp {
 }
 
 #[async_trait]
-pub trait Store: identity::IdentityStore + exports::ExportStore + Send + Sync + 'static {
+pub trait Store:
+    identity::IdentityStore + exports::ExportStore + moves::MoveStore + Send + Sync + 'static
+{
     fn backend(&self) -> Backend;
     /// Whether tenants of regions `a` and `b` are kept in the same database (so a tenant
     /// can move between them without its rows moving).
@@ -286,6 +289,19 @@ pub trait Store: identity::IdentityStore + exports::ExportStore + Send + Sync + 
     /// The name of the database that keeps a region's tenants: `main`, or the region's own.
     fn database_of_region(&self, _region: &str) -> String {
         "main".to_owned()
+    }
+    /// Moves the tenant's rows to the database of region `to` and re-pins it there, with
+    /// `audit` (on its chain) in the same transaction as the re-pinning (see `moves.rs`).
+    /// Picks up where an interrupted move stopped. Answers the rows copied.
+    async fn relocate_tenant(
+        &self,
+        _ctx: &TenantCtx,
+        _to: &str,
+        _audit: NewAuditEvent,
+    ) -> Result<u64> {
+        Err(StoreError::Config(
+            "this deployment keeps every tenant in one database".into(),
+        ))
     }
     /// A round trip to the database.
     async fn ping(&self) -> Result<()>;

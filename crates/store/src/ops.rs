@@ -2123,6 +2123,9 @@ impl Store for BackendStore {
         // A cross-tenant path by nature (one transaction settles every tenant's runs that
         // finished together); each row comes from its own run's tenant context.
         let mut tx = self.write_platform().await?;
+        let mut tenants: Vec<&str> = batch.counters.keys().map(|(t, _)| t.as_str()).collect();
+        tenants.dedup();
+        self.fence_tenants(&mut tx, &tenants).await?;
         if let Some(lock) = super::SETTLE_LOCK_COUNTERS {
             let keys: Vec<_> = batch
                 .counters

@@ -13,6 +13,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Executor, Transaction};
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -29,6 +30,10 @@ mod identity_ops;
 #[allow(clippy::duplicate_mod)]
 mod export_ops;
 
+#[path = "move_ops.rs"]
+#[allow(clippy::duplicate_mod)]
+mod move_ops;
+
 type Db = sqlx::Postgres;
 type BackendStore = PgStore;
 
@@ -38,6 +43,19 @@ const SELECT_SETTING_FOR_UPDATE: &str =
 /// Widens a transaction to every tenant's rows (the purge's check that a person belongs to
 /// no other tenant).
 const ENTER_PLATFORM: &str = "SELECT set_config('app.platform', 'on', true)";
+
+/// A scope name or value that can stand in SQL text as it is.
+fn plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// People no membership of this database refers to any more, among those of `$1` (a JSON
+/// array of user ids).
+const DELETE_LONE_USERS: &str = "DELETE FROM users WHERE user_id IN \
+     (SELECT json_array_elements_text($1::json)) \
+     AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = users.user_id)";
 
 /// Serialises changes to one tenant's memberships (the last-admin rule reads several rows).
 const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1 FOR UPDATE";
@@ -113,6 +131,9 @@ pub struct PgStore {
     /// The connection that listens to `agentplane_auth`.
     listening: PgPool,
     keys: Arc<KeyCache>,
+    /// Tenants may move to another database (a database per region): every transaction on
+    /// a tenant takes its lock in shared mode first and checks that it is still here.
+    fenced: Arc<std::sync::atomic::AtomicBool>,
     /// Dropped with the last clone of the store: stops the listener.
     _stop_listening: Arc<oneshot::Sender<()>>,
 }
@@ -277,6 +298,7 @@ impl PgStore {
             pool,
             listening,
             keys,
+            fenced: Arc::default(),
             _stop_listening: Arc::new(tx),
         };
         store.check_schema().await?;
@@ -317,20 +339,62 @@ impl PgStore {
     /// a tenant id or `on`, never input; it is checked to be plain characters all the same,
     /// since it is written into the statement.
     async fn scoped(&self, name: &'static str, value: &str) -> Result<Transaction<'static, Db>> {
-        let plain = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        };
         if !plain(name) || !plain(value) {
+            return Err(StoreError::CrossTenant("a scope that is not an id"));
+        }
+        let mut tx = self
+            .pool
+            .begin_with(format!(
+                "BEGIN; SELECT set_config('{name}', '{value}', true)"
+            ))
+            .await?;
+        if name == "app.tenant_id" && self.fenced.load(Ordering::Relaxed) {
+            // Its own statement: a refusal inside BEGIN's would leave the pooled connection
+            // in an aborted transaction that nothing rolls back.
+            sqlx::query("SELECT agentplane_enter_tenant($1)")
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// From now on, transactions on a tenant check that it has not moved to another
+    /// database (see `moves.rs`).
+    pub fn fence_moves(&self) {
+        self.fenced.store(true, Ordering::Relaxed);
+    }
+
+    /// A transaction that holds the tenant's lock exclusively: no other transaction on the
+    /// tenant runs until it ends.
+    async fn lock_for_move(&self, tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        let t = tenant.to_string();
+        if !plain(&t) {
             return Err(StoreError::CrossTenant("a scope that is not an id"));
         }
         Ok(self
             .pool
             .begin_with(format!(
-                "BEGIN; SELECT set_config('{name}', '{value}', true)"
+                "BEGIN; SELECT set_config('app.tenant_id', '{t}', true), \
+                 pg_advisory_xact_lock(hashtextextended('agentplane_tenant:{t}', 0))"
             ))
             .await?)
+    }
+
+    /// In a cross-tenant transaction, what [`PgStore::scoped`] does for one tenant: takes
+    /// each tenant's lock in shared mode and checks that none moved away.
+    async fn fence_tenants(
+        &self,
+        tx: &mut Transaction<'static, Db>,
+        tenants: &[&str],
+    ) -> Result<()> {
+        if self.fenced.load(Ordering::Relaxed) && !tenants.is_empty() {
+            sqlx::query("SELECT agentplane_enter_tenants($1)")
+                .bind(tenants)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
     /// Deleted tuples are unreachable through SQL at once; VACUUM reclaims them (autovacuum).
     async fn after_erasure(&self) -> Result<()> {

@@ -12,6 +12,7 @@
 
 use crate::exports::*;
 use crate::identity::*;
+use crate::moves::*;
 use crate::*;
 use agentplane_core::audit::Chain;
 use agentplane_core::page::encode_cursor;
@@ -35,6 +36,8 @@ pub struct RegionalStore {
     keys: RwLock<HashMap<String, Db>>,
     /// Where the next job claim starts, so that no database's queue starves another's.
     next_claim: AtomicUsize,
+    /// Each database's name: `main`, then the regions'.
+    names: Vec<String>,
     /// Serialises tenant creations of this process (a slug is unique across databases).
     creating: tokio::sync::Mutex<()>,
 }
@@ -107,6 +110,7 @@ impl RegionalStore {
         regions: Vec<(String, Arc<dyn Store>)>,
     ) -> Result<Self> {
         let mut dbs = vec![main];
+        let mut db_names = vec!["main".to_owned()];
         let mut names = HashMap::new();
         for (name, db) in regions {
             if db.backend() != dbs[0].backend() {
@@ -120,6 +124,7 @@ impl RegionalStore {
                 )));
             }
             dbs.push(db);
+            db_names.push(name);
         }
         let store = Self {
             dbs,
@@ -127,6 +132,7 @@ impl RegionalStore {
             tenants: RwLock::default(),
             keys: RwLock::default(),
             next_claim: AtomicUsize::new(0),
+            names: db_names,
             creating: tokio::sync::Mutex::new(()),
         };
         store.copy_plans().await?;
@@ -160,18 +166,55 @@ impl RegionalStore {
         self.regions.get(region).copied().unwrap_or(0)
     }
 
-    /// The database that has (or had) the tenant; `None` if none has it.
+    /// The database the tenant lives in; `None` if none has it. A copy still arriving counts
+    /// only once its source let the tenant go.
     async fn find(&self, t: TenantId) -> Result<Option<Db>> {
         if let Some(db) = recall(&self.tenants, &t) {
             return Ok(Some(db));
         }
+        let mut arriving = None;
         for (i, db) in self.dbs.iter().enumerate() {
-            if db.get_tenant(t).await?.is_some() {
-                remember(&self.tenants, t, i);
-                return Ok(Some(i));
+            match db.tenant_presence(t).await? {
+                Presence::Here => {
+                    remember(&self.tenants, t, i);
+                    return Ok(Some(i));
+                }
+                Presence::Arriving => arriving = Some(i),
+                Presence::Absent | Presence::MovedAway => {}
             }
         }
-        Ok(None)
+        Ok(arriving)
+    }
+
+    /// Whether `res` says the tenant moved since this process looked it up: then every
+    /// tenant is looked up anew (moves are rare), and the call is made again where the tenant
+    /// is now. Safe: the refusal comes before the call did anything.
+    fn moved<T>(&self, res: &Result<T>) -> bool {
+        let moved = matches!(res, Err(StoreError::Moved(_)));
+        if moved {
+            self.forget_routes();
+        }
+        moved
+    }
+
+    fn forget_routes(&self) {
+        self.tenants
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    /// The tenant, looked up in every database.
+    async fn get_tenant_anew(&self, id: TenantId) -> Result<Option<Tenant>> {
+        match self.find(id).await? {
+            Some(db) => self.dbs[db].get_tenant(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A database by name (`main` or a region's).
+    fn db_named(&self, name: &str) -> Option<Db> {
+        self.names.iter().position(|n| n == name)
     }
 
     /// The tenant's database; the main one for a tenant no database has (which then answers
@@ -228,6 +271,51 @@ impl Store for RegionalStore {
         self.db_of_region(a) == self.db_of_region(b)
     }
 
+    async fn relocate_tenant(
+        &self,
+        ctx: &TenantCtx,
+        to: &str,
+        audit: NewAuditEvent,
+    ) -> Result<u64> {
+        let t = ctx.tenant_id();
+        let target = self.db_of_region(to);
+        let mut source = None;
+        for (i, db) in self.dbs.iter().enumerate() {
+            if db.tenant_presence(t).await? == Presence::Here {
+                source = Some(i);
+            }
+        }
+        let mut moved = 0;
+        match source {
+            // Re-pinned already (a retried move), or a move within one database.
+            Some(s) if s == target => {}
+            Some(s) => {
+                // The source streams to the target as it reads; it lets the tenant go only
+                // once the target committed the copy.
+                let (rows, incoming) = tokio::sync::mpsc::channel(4);
+                let (done, arrived) = tokio::sync::oneshot::channel();
+                let copy_in = async {
+                    let res = self.dbs[target].move_in(ctx, incoming).await;
+                    let _ = done.send(res.is_ok());
+                    res
+                };
+                let (sent, loaded) =
+                    tokio::join!(self.dbs[s].move_out(ctx, to, rows, arrived), copy_in);
+                let (sent, loaded) = (sent?, loaded?);
+                if sent != loaded {
+                    tracing::info!(tenant = %t, sent, loaded, "moved rows (a chain kept from an earlier stay is not copied again)");
+                }
+                moved = loaded;
+            }
+            // The source let it go already: the copy only has to be re-pinned.
+            None => {}
+        }
+        self.dbs[target].arrived(ctx, to, audit).await?;
+        self.forget_routes();
+        remember(&self.tenants, t, target);
+        Ok(moved)
+    }
+
     fn database_of_region(&self, region: &str) -> String {
         match self.db_of_region(region) {
             0 => "main".to_owned(),
@@ -275,9 +363,24 @@ impl Store for RegionalStore {
         Ok(())
     }
     async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>> {
-        match self.find(id).await? {
-            Some(db) => self.dbs[db].get_tenant(id).await,
-            None => Ok(None),
+        let cached = recall(&self.tenants, &id).is_some();
+        let Some(db) = self.find(id).await? else {
+            return Ok(None);
+        };
+        let found = self.dbs[db].get_tenant(id).await;
+        if self.moved(&found) {
+            return self.get_tenant_anew(id).await;
+        }
+        match found? {
+            // Gone from where this process last saw it (moved, or purged): look again.
+            None if cached => {
+                self.forget_routes();
+                match self.find(id).await? {
+                    Some(db) => self.dbs[db].get_tenant(id).await,
+                    None => Ok(None),
+                }
+            }
+            found => Ok(found),
         }
     }
     async fn list_tenants(
@@ -316,14 +419,24 @@ impl Store for RegionalStore {
         job: Option<&Job>,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        // Re-pinning to a region of another database moves rows: `relocate_tenant` does.
         let db = self.find(ctx.tenant_id()).await?.unwrap_or(0);
-        if db != self.db_of_region(&tenant.region) {
-            return Err(StoreError::Config(format!(
-                "region {} keeps its tenants in another database",
-                tenant.region
-            )));
+        if let Some(current) = self.dbs[db].get_tenant(ctx.tenant_id()).await? {
+            if !self.shares_database(&current.region, &tenant.region) {
+                return Err(StoreError::Config(format!(
+                    "region {} keeps its tenants in another database",
+                    tenant.region
+                )));
+            }
         }
-        self.dbs[db]
+        let first = self.dbs[db]
+            .update_tenant(ctx, tenant, expected_version, job, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
+        self.of(ctx.tenant_id())
+            .await?
             .update_tenant(ctx, tenant, expected_version, job, audit)
             .await
     }
@@ -342,9 +455,17 @@ impl Store for RegionalStore {
         self.first(|db| db.get_job(id), |j| Some(j.tenant_id)).await
     }
     async fn list_jobs(&self, ctx: &TenantCtx, page: &PageRequest) -> Result<Page<Job>> {
+        let first = self.of(ctx.tenant_id()).await?.list_jobs(ctx, page).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.list_jobs(ctx, page).await
     }
     async fn tenant_job(&self, ctx: &TenantCtx, id: JobId) -> Result<Option<Job>> {
+        let first = self.of(ctx.tenant_id()).await?.tenant_job(ctx, id).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.tenant_job(ctx, id).await
     }
     async fn heartbeat_job(
@@ -354,6 +475,14 @@ impl Store for RegionalStore {
         lease_ms: i64,
         progress: Option<(i64, &str)>,
     ) -> Result<bool> {
+        let first = self
+            .of(job.tenant_id)
+            .await?
+            .heartbeat_job(job, now, lease_ms, progress)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(job.tenant_id)
             .await?
             .heartbeat_job(job, now, lease_ms, progress)
@@ -366,21 +495,49 @@ impl Store for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Job>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .cancel_job(ctx, id, now, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .cancel_job(ctx, id, now, audit)
             .await
     }
     async fn finish_cancelled(&self, job: &Job, now: Timestamp) -> Result<()> {
+        let first = self
+            .of(job.tenant_id)
+            .await?
+            .finish_cancelled(job, now)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(job.tenant_id)
             .await?
             .finish_cancelled(job, now)
             .await
     }
     async fn complete_job(&self, job: &Job, now: Timestamp) -> Result<()> {
+        let first = self.of(job.tenant_id).await?.complete_job(job, now).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(job.tenant_id).await?.complete_job(job, now).await
     }
     async fn fail_job(&self, job: &Job, error: &str, now: Timestamp) -> Result<()> {
+        let first = self
+            .of(job.tenant_id)
+            .await?
+            .fail_job(job, error, now)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(job.tenant_id)
             .await?
             .fail_job(job, error, now)
@@ -395,6 +552,14 @@ impl Store for RegionalStore {
         audit: NewAuditEvent,
         now: Timestamp,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .finish_provisioning(ctx, job, tenant, p, audit.clone(), now)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .finish_provisioning(ctx, job, tenant, p, audit, now)
@@ -407,6 +572,14 @@ impl Store for RegionalStore {
         audit: NewAuditEvent,
         now: Timestamp,
     ) -> Result<PurgeReport> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .purge_tenant(ctx, job, audit.clone(), now)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .purge_tenant(ctx, job, audit, now)
@@ -418,15 +591,31 @@ impl Store for RegionalStore {
         filter: &MemberFilter,
         page: &PageRequest,
     ) -> Result<Page<Member>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .list_members(ctx, filter, page)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .list_members(ctx, filter, page)
             .await
     }
     async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>> {
+        let first = self.of(ctx.tenant_id()).await?.list_settings(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.list_settings(ctx).await
     }
     async fn get_setting(&self, ctx: &TenantCtx, key: &str) -> Result<Option<Setting>> {
+        let first = self.of(ctx.tenant_id()).await?.get_setting(ctx, key).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.get_setting(ctx, key).await
     }
     async fn put_setting(
@@ -435,6 +624,14 @@ impl Store for RegionalStore {
         change: &SettingChange,
         audit: NewAuditEvent,
     ) -> Result<SettingWrite> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .put_setting(ctx, change, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .put_setting(ctx, change, audit)
@@ -446,6 +643,14 @@ impl Store for RegionalStore {
         key: &str,
         page: &PageRequest,
     ) -> Result<Page<SettingVersion>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .setting_history(ctx, key, page)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .setting_history(ctx, key, page)
@@ -457,12 +662,24 @@ impl Store for RegionalStore {
         key: &str,
         version: i64,
     ) -> Result<Option<SettingVersion>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .setting_version(ctx, key, version)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .setting_version(ctx, key, version)
             .await
     }
     async fn get_branding(&self, ctx: &TenantCtx) -> Result<agentplane_core::branding::Branding> {
+        let first = self.of(ctx.tenant_id()).await?.get_branding(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.get_branding(ctx).await
     }
     async fn tenant_by_domain(&self, domain: &str) -> Result<Option<TenantId>> {
@@ -476,12 +693,24 @@ impl Store for RegionalStore {
         expected_version: i64,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .put_branding(ctx, branding, expected_version, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .put_branding(ctx, branding, expected_version, audit)
             .await
     }
     async fn tenant_keys(&self, ctx: &TenantCtx) -> Result<Vec<TenantKey>> {
+        let first = self.of(ctx.tenant_id()).await?.tenant_keys(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.tenant_keys(ctx).await
     }
     async fn insert_tenant_key(
@@ -492,6 +721,14 @@ impl Store for RegionalStore {
         job: Option<&Job>,
         audit: Option<NewAuditEvent>,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_tenant_key(ctx, key, retire_others, job, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_tenant_key(ctx, key, retire_others, job, audit)
@@ -506,6 +743,14 @@ impl Store for RegionalStore {
         kek_version: i64,
         wrapped: &str,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .rewrap_tenant_key(ctx, version, old_wrapped, kms, kek_version, wrapped)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .rewrap_tenant_key(ctx, version, old_wrapped, kms, kek_version, wrapped)
@@ -555,6 +800,14 @@ impl Store for RegionalStore {
         rec: &ProviderRecord,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_provider(ctx, rec, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_provider(ctx, rec, audit)
@@ -565,6 +818,10 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         id: agentplane_core::ProviderId,
     ) -> Result<Option<ProviderRecord>> {
+        let first = self.of(ctx.tenant_id()).await?.get_provider(ctx, id).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.get_provider(ctx, id).await
     }
     async fn list_providers(
@@ -572,6 +829,14 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<ProviderRecord>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .list_providers(ctx, page)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .list_providers(ctx, page)
@@ -584,6 +849,14 @@ impl Store for RegionalStore {
         expected_version: i64,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .update_provider(ctx, rec, expected_version, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .update_provider(ctx, rec, expected_version, audit)
@@ -597,6 +870,14 @@ impl Store for RegionalStore {
         sealed: &[u8],
         key_version: i64,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .reseal_provider(ctx, id, old_key_version, sealed, key_version)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .reseal_provider(ctx, id, old_key_version, sealed, key_version)
@@ -608,6 +889,14 @@ impl Store for RegionalStore {
         id: agentplane_core::ProviderId,
         audit: NewAuditEvent,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .delete_provider(ctx, id, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .delete_provider(ctx, id, audit)
@@ -619,6 +908,14 @@ impl Store for RegionalStore {
         agent: &agentplane_core::agent::Agent,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_agent(ctx, agent, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_agent(ctx, agent, audit)
@@ -629,6 +926,10 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         id: agentplane_core::AgentId,
     ) -> Result<Option<agentplane_core::agent::Agent>> {
+        let first = self.of(ctx.tenant_id()).await?.get_agent(ctx, id).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.get_agent(ctx, id).await
     }
     async fn get_agent_by_name(
@@ -636,6 +937,14 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         name: &str,
     ) -> Result<Option<agentplane_core::agent::Agent>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .get_agent_by_name(ctx, name)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .get_agent_by_name(ctx, name)
@@ -646,6 +955,10 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<agentplane_core::agent::Agent>> {
+        let first = self.of(ctx.tenant_id()).await?.list_agents(ctx, page).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.list_agents(ctx, page).await
     }
     async fn update_agent(
@@ -655,6 +968,14 @@ impl Store for RegionalStore {
         expected_version: i64,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .update_agent(ctx, agent, expected_version, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .update_agent(ctx, agent, expected_version, audit)
@@ -666,6 +987,14 @@ impl Store for RegionalStore {
         id: agentplane_core::AgentId,
         audit: NewAuditEvent,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .delete_agent(ctx, id, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .delete_agent(ctx, id, audit)
@@ -677,6 +1006,14 @@ impl Store for RegionalStore {
         id: agentplane_core::AgentId,
         page: &PageRequest,
     ) -> Result<Page<AgentVersion>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .agent_versions(ctx, id, page)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .agent_versions(ctx, id, page)
@@ -690,6 +1027,14 @@ impl Store for RegionalStore {
         secret_hash: &str,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_api_key(ctx, key, public_id, secret_hash, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_api_key(ctx, key, public_id, secret_hash, audit)
@@ -700,6 +1045,14 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<agentplane_core::api_key::ApiKey>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .list_api_keys(ctx, page)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .list_api_keys(ctx, page)
@@ -712,6 +1065,14 @@ impl Store for RegionalStore {
         at: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<agentplane_core::api_key::ApiKey>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .revoke_api_key(ctx, id, at, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .revoke_api_key(ctx, id, at, audit)
@@ -745,6 +1106,14 @@ impl Store for RegionalStore {
         Ok(())
     }
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .usage_counter(ctx, period)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .usage_counter(ctx, period)
@@ -755,6 +1124,10 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         req: &LeaseRequest,
     ) -> Result<std::result::Result<Amount, Exhausted>> {
+        let first = self.of(ctx.tenant_id()).await?.grant_quota(ctx, req).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.grant_quota(ctx, req).await
     }
     async fn settle_quota(&self, ops: &[QuotaOp]) -> Result<()> {
@@ -762,7 +1135,17 @@ impl Store for RegionalStore {
             QuotaOp::Settle { ctx, .. } | QuotaOp::Release { ctx, .. } => ctx.tenant_id(),
         };
         for (db, ops) in self.by_db(ops, tenant_of).await? {
-            self.dbs[db].settle_quota(&ops).await?;
+            match self.dbs[db].settle_quota(&ops).await {
+                // A tenant of the batch moved (nothing of the batch was written): each run
+                // is settled where its tenant is now.
+                Err(StoreError::Moved(_)) => {
+                    self.forget_routes();
+                    for (db, ops) in self.by_db(&ops, tenant_of).await? {
+                        self.dbs[db].settle_quota(&ops).await?;
+                    }
+                }
+                res => res?,
+            }
         }
         Ok(())
     }
@@ -770,6 +1153,10 @@ impl Store for RegionalStore {
         &self,
         ctx: &TenantCtx,
     ) -> Result<Option<(agentplane_core::webhook::Webhook, Vec<u8>)>> {
+        let first = self.of(ctx.tenant_id()).await?.get_webhook(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.get_webhook(ctx).await
     }
     async fn put_webhook(
@@ -779,6 +1166,14 @@ impl Store for RegionalStore {
         sealed_secret: &[u8],
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .put_webhook(ctx, webhook, sealed_secret, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .put_webhook(ctx, webhook, sealed_secret, audit)
@@ -791,12 +1186,28 @@ impl Store for RegionalStore {
         sealed: &[u8],
         key_version: i64,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .reseal_webhook(ctx, old_key_version, sealed, key_version)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .reseal_webhook(ctx, old_key_version, sealed, key_version)
             .await
     }
     async fn delete_webhook(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .delete_webhook(ctx, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .delete_webhook(ctx, audit)
@@ -814,6 +1225,14 @@ impl Store for RegionalStore {
         Ok(())
     }
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_usage_record(ctx, rec)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_usage_record(ctx, rec)
@@ -825,6 +1244,14 @@ impl Store for RegionalStore {
         range: TimeRange,
         page: &PageRequest,
     ) -> Result<Page<UsageRecord>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .tenant_usage_records(ctx, range, page)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .tenant_usage_records(ctx, range, page)
@@ -850,7 +1277,13 @@ impl Store for RegionalStore {
     async fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
         match ev.chain {
             Chain::Platform => self.dbs[0].append_audit(ev).await,
-            Chain::Tenant(t) => self.of(t).await?.append_audit(ev).await,
+            Chain::Tenant(t) => {
+                let first = self.of(t).await?.append_audit(ev.clone()).await;
+                if !self.moved(&first) {
+                    return first;
+                }
+                self.of(t).await?.append_audit(ev).await
+            }
         }
     }
     async fn list_audit(
@@ -860,6 +1293,14 @@ impl Store for RegionalStore {
         page: &PageRequest,
         read_event: NewAuditEvent,
     ) -> Result<Page<AuditEvent>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .list_audit(ctx, filter, page, read_event.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .list_audit(ctx, filter, page, read_event)
@@ -869,13 +1310,20 @@ impl Store for RegionalStore {
         &self,
         platform: &PlatformCtx,
     ) -> Result<Vec<(String, Option<(i64, String)>)>> {
-        let mut all = self.dbs[0].audit_chain_heads(platform).await?;
-        for (i, db) in self.dbs.iter().enumerate().skip(1) {
+        // A tenant that moved away left its chain behind (see `moves.rs`): that copy is
+        // named `<tenant>@<database>`.
+        let mut all = Vec::new();
+        for (i, db) in self.dbs.iter().enumerate() {
             for (chain, head) in db.audit_chain_heads(platform).await? {
-                if let Ok(t) = chain.parse::<TenantId>() {
-                    remember(&self.tenants, t, i);
+                let elsewhere = match chain.parse::<TenantId>() {
+                    Ok(t) => self.find(t).await?.is_some_and(|home| home != i),
+                    Err(_) => i != 0,
+                };
+                if elsewhere {
+                    all.push((format!("{chain}@{}", self.names[i]), head));
+                } else {
+                    all.push((chain, head));
                 }
-                all.push((chain, head));
             }
         }
         Ok(all)
@@ -887,6 +1335,14 @@ impl Store for RegionalStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<(AuditEvent, Option<AuditPii>)>> {
+        if let Some((chain, name)) = chain.split_once('@') {
+            let Some(db) = self.db_named(name) else {
+                return Ok(Vec::new());
+            };
+            return self.dbs[db]
+                .audit_chain_page(platform, chain, after_seq, limit)
+                .await;
+        }
         let db = match chain.parse::<TenantId>() {
             Ok(t) => self.find(t).await?,
             Err(_) => Some(0),
@@ -920,6 +1376,10 @@ impl Store for RegionalStore {
 #[async_trait]
 impl identity::IdentityStore for RegionalStore {
     async fn get_member(&self, ctx: &TenantCtx, user: UserId) -> Result<Option<Member>> {
+        let first = self.of(ctx.tenant_id()).await?.get_member(ctx, user).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.get_member(ctx, user).await
     }
     async fn update_member(
@@ -930,6 +1390,14 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Member>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .update_member(ctx, user, change, now, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .update_member(ctx, user, change, now, audit)
@@ -942,6 +1410,14 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .remove_member(ctx, user, now, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .remove_member(ctx, user, now, audit)
@@ -953,6 +1429,14 @@ impl identity::IdentityStore for RegionalStore {
         member: &Member,
         audit: NewAuditEvent,
     ) -> Result<Member> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_member(ctx, member, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_member(ctx, member, audit)
@@ -965,6 +1449,14 @@ impl identity::IdentityStore for RegionalStore {
         offset: i64,
         limit: i64,
     ) -> Result<(i64, Vec<Member>)> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .scim_members(ctx, filter, offset, limit)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .scim_members(ctx, filter, offset, limit)
@@ -979,12 +1471,28 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .put_scim_token(ctx, id, public_id, secret_hash, now, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .put_scim_token(ctx, id, public_id, secret_hash, now, audit)
             .await
     }
     async fn delete_scim_token(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .delete_scim_token(ctx, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .delete_scim_token(ctx, audit)
@@ -995,6 +1503,10 @@ impl identity::IdentityStore for RegionalStore {
             .await
     }
     async fn list_roles(&self, ctx: &TenantCtx) -> Result<Vec<CustomRole>> {
+        let first = self.of(ctx.tenant_id()).await?.list_roles(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.list_roles(ctx).await
     }
     async fn insert_role(
@@ -1003,6 +1515,14 @@ impl identity::IdentityStore for RegionalStore {
         role: &CustomRole,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_role(ctx, role, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_role(ctx, role, audit)
@@ -1014,12 +1534,28 @@ impl identity::IdentityStore for RegionalStore {
         role: &CustomRole,
         audit: NewAuditEvent,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .update_role(ctx, role, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .update_role(ctx, role, audit)
             .await
     }
     async fn delete_role(&self, ctx: &TenantCtx, name: &str, audit: NewAuditEvent) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .delete_role(ctx, name, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .delete_role(ctx, name, audit)
@@ -1032,6 +1568,14 @@ impl identity::IdentityStore for RegionalStore {
         job: Option<&Job>,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_invitation(ctx, inv, job, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_invitation(ctx, inv, job, audit)
@@ -1042,6 +1586,14 @@ impl identity::IdentityStore for RegionalStore {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<Invitation>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .list_invitations(ctx, page)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .list_invitations(ctx, page)
@@ -1052,6 +1604,14 @@ impl identity::IdentityStore for RegionalStore {
         ctx: &TenantCtx,
         id: InvitationId,
     ) -> Result<Option<(Invitation, Option<(Vec<u8>, i64)>)>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .invitation_token(ctx, id)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .invitation_token(ctx, id)
@@ -1064,6 +1624,14 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Invitation>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .revoke_invitation(ctx, id, now, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .revoke_invitation(ctx, id, now, audit)
@@ -1081,6 +1649,14 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Member> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .accept_invitation(ctx, id, acc, now, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .accept_invitation(ctx, id, acc, now, audit)
@@ -1095,6 +1671,14 @@ impl identity::IdentityStore for RegionalStore {
         ctx: &TenantCtx,
         email: &str,
     ) -> Result<Option<LocalCredential>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .local_credential(ctx, email)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .local_credential(ctx, email)
@@ -1107,6 +1691,14 @@ impl identity::IdentityStore for RegionalStore {
         password_hash: &str,
         audit: NewAuditEvent,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .set_password(ctx, user, password_hash, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .set_password(ctx, user, password_hash, audit)
@@ -1118,6 +1710,14 @@ impl identity::IdentityStore for RegionalStore {
         session: &NewSession,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .create_session(ctx, session, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .create_session(ctx, session, audit)
@@ -1135,6 +1735,14 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         reuse_audit: NewAuditEvent,
     ) -> Result<Rotation> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .rotate_refresh(ctx, old, new, now, reuse_audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .rotate_refresh(ctx, old, new, now, reuse_audit)
@@ -1148,6 +1756,14 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .revoke_session(ctx, session, reason, now, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .revoke_session(ctx, session, reason, now, audit)
@@ -1160,12 +1776,24 @@ impl identity::IdentityStore for RegionalStore {
         user: UserId,
         now: Timestamp,
     ) -> Result<Option<SessionGrant>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .session_grant(ctx, session, user, now)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .session_grant(ctx, session, user, now)
             .await
     }
     async fn list_delegations(&self, ctx: &TenantCtx) -> Result<Vec<Delegation>> {
+        let first = self.of(ctx.tenant_id()).await?.list_delegations(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.list_delegations(ctx).await
     }
     async fn revoke_delegation(
@@ -1175,15 +1803,31 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Delegation>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .revoke_delegation(ctx, id, now, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .revoke_delegation(ctx, id, now, audit)
             .await
     }
     async fn list_sso(&self, ctx: &TenantCtx) -> Result<Vec<SsoConnectionRecord>> {
+        let first = self.of(ctx.tenant_id()).await?.list_sso(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.list_sso(ctx).await
     }
     async fn get_sso(&self, ctx: &TenantCtx, id: &str) -> Result<Option<SsoConnectionRecord>> {
+        let first = self.of(ctx.tenant_id()).await?.get_sso(ctx, id).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.get_sso(ctx, id).await
     }
     async fn insert_sso(
@@ -1192,6 +1836,14 @@ impl identity::IdentityStore for RegionalStore {
         rec: &SsoConnectionRecord,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_sso(ctx, rec, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_sso(ctx, rec, audit)
@@ -1203,18 +1855,42 @@ impl identity::IdentityStore for RegionalStore {
         rec: &SsoConnectionRecord,
         audit: NewAuditEvent,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .update_sso(ctx, rec, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .update_sso(ctx, rec, audit)
             .await
     }
     async fn delete_sso(&self, ctx: &TenantCtx, id: &str, audit: NewAuditEvent) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .delete_sso(ctx, id, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .delete_sso(ctx, id, audit)
             .await
     }
     async fn put_sso_state(&self, ctx: &TenantCtx, state_hash: &str, s: &SsoState) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .put_sso_state(ctx, state_hash, s)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .put_sso_state(ctx, state_hash, s)
@@ -1230,6 +1906,14 @@ impl identity::IdentityStore for RegionalStore {
         assertion_id: &str,
         expires_at: Timestamp,
     ) -> Result<bool> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .consume_assertion(ctx, assertion_id, expires_at)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .consume_assertion(ctx, assertion_id, expires_at)
@@ -1244,12 +1928,28 @@ impl identity::IdentityStore for RegionalStore {
         sign: ReceiptSigner<'_>,
         audit: NewAuditEvent,
     ) -> Result<ErasureReceipt> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .erase_subject(ctx, job, email, subject, sign, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .erase_subject(ctx, job, email, subject, sign, audit)
             .await
     }
     async fn erasure_receipt(&self, ctx: &TenantCtx, id: &str) -> Result<Option<ErasureReceipt>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .erasure_receipt(ctx, id)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .erasure_receipt(ctx, id)
@@ -1263,6 +1963,14 @@ impl identity::IdentityStore for RegionalStore {
         audit_before: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<RetentionReport> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .apply_retention(ctx, job, data_before, audit_before, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .apply_retention(ctx, job, data_before, audit_before, audit)
@@ -1276,6 +1984,14 @@ impl identity::IdentityStore for RegionalStore {
         Ok(n)
     }
     async fn enqueue(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .enqueue(ctx, job, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .enqueue(ctx, job, audit)
@@ -1313,6 +2029,14 @@ impl exports::ExportStore for RegionalStore {
         filter: &ExportFilter,
         sink: &mut dyn ExportSink,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .dump_tenant(ctx, tables, filter, &mut *sink)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .dump_tenant(ctx, tables, filter, sink)
@@ -1357,12 +2081,24 @@ impl exports::ExportStore for RegionalStore {
         job: &Job,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .insert_export(ctx, rec, job, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .insert_export(ctx, rec, job, audit)
             .await
     }
     async fn get_export(&self, ctx: &TenantCtx, id: &str) -> Result<Option<ExportRecord>> {
+        let first = self.of(ctx.tenant_id()).await?.get_export(ctx, id).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.get_export(ctx, id).await
     }
     async fn list_exports(
@@ -1371,15 +2107,35 @@ impl exports::ExportStore for RegionalStore {
         kind: &str,
         page: &PageRequest,
     ) -> Result<Page<ExportRecord>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .list_exports(ctx, kind, page)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .list_exports(ctx, kind, page)
             .await
     }
     async fn latest_backup(&self, ctx: &TenantCtx) -> Result<Option<ExportRecord>> {
+        let first = self.of(ctx.tenant_id()).await?.latest_backup(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.latest_backup(ctx).await
     }
     async fn backups_beyond(&self, ctx: &TenantCtx, keep: i64) -> Result<Vec<ExportRecord>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .backups_beyond(ctx, keep)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .backups_beyond(ctx, keep)
@@ -1392,6 +2148,14 @@ impl exports::ExportStore for RegionalStore {
         tables: &[&'static ExportTable],
         sink: &mut dyn ExportSink,
     ) -> Result<u64> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .trial_restore(ctx, &mut *source, tables, &mut *sink)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .trial_restore(ctx, source, tables, sink)
@@ -1405,6 +2169,14 @@ impl exports::ExportStore for RegionalStore {
         report: &serde_json::Value,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .set_verification(ctx, job, id, report, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .set_verification(ctx, job, id, report, audit)
@@ -1418,12 +2190,28 @@ impl exports::ExportStore for RegionalStore {
         done: &FinishedExport,
         audit: NewAuditEvent,
     ) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .finish_export(ctx, job, id, done, audit.clone())
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .finish_export(ctx, job, id, done, audit)
             .await
     }
     async fn fail_export(&self, ctx: &TenantCtx, id: &str, error: &str) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .fail_export(ctx, id, error)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .fail_export(ctx, id, error)
@@ -1434,18 +2222,71 @@ impl exports::ExportStore for RegionalStore {
         ctx: &TenantCtx,
         expired_before: Option<Timestamp>,
     ) -> Result<Vec<ExportRecord>> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .exports_to_remove(ctx, expired_before)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .exports_to_remove(ctx, expired_before)
             .await
     }
     async fn erased_subjects(&self, ctx: &TenantCtx) -> Result<Vec<String>> {
+        let first = self.of(ctx.tenant_id()).await?.erased_subjects(ctx).await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id()).await?.erased_subjects(ctx).await
     }
     async fn mark_export_deleted(&self, ctx: &TenantCtx, id: &str) -> Result<()> {
+        let first = self
+            .of(ctx.tenant_id())
+            .await?
+            .mark_export_deleted(ctx, id)
+            .await;
+        if !self.moved(&first) {
+            return first;
+        }
         self.of(ctx.tenant_id())
             .await?
             .mark_export_deleted(ctx, id)
             .await
+    }
+}
+
+/// A router has no rows of its own: it moves tenants with [`Store::relocate_tenant`].
+#[async_trait]
+impl MoveStore for RegionalStore {
+    async fn tenant_presence(&self, tenant: TenantId) -> Result<Presence> {
+        Ok(match self.find(tenant).await? {
+            Some(_) => Presence::Here,
+            None => Presence::Absent,
+        })
+    }
+
+    async fn move_out(
+        &self,
+        _ctx: &TenantCtx,
+        _to: &str,
+        _out: tokio::sync::mpsc::Sender<Option<RawBatch>>,
+        _arrived: tokio::sync::oneshot::Receiver<bool>,
+    ) -> Result<u64> {
+        Err(StoreError::Config("a move is between two databases".into()))
+    }
+
+    async fn move_in(
+        &self,
+        _ctx: &TenantCtx,
+        _rows: tokio::sync::mpsc::Receiver<Option<RawBatch>>,
+    ) -> Result<u64> {
+        Err(StoreError::Config("a move is between two databases".into()))
+    }
+
+    async fn arrived(&self, _ctx: &TenantCtx, _region: &str, _audit: NewAuditEvent) -> Result<()> {
+        Err(StoreError::Config("a move is between two databases".into()))
     }
 }

@@ -29,6 +29,10 @@ mod identity_ops;
 #[allow(clippy::duplicate_mod)]
 mod export_ops;
 
+#[path = "move_ops.rs"]
+#[allow(clippy::duplicate_mod)]
+mod move_ops;
+
 type Db = sqlx::Sqlite;
 type BackendStore = SqliteStore;
 
@@ -38,6 +42,12 @@ const SELECT_SETTING_FOR_UPDATE: &str =
 
 /// No row-level security on SQLite: nothing to widen.
 const ENTER_PLATFORM: &str = "SELECT 1";
+
+/// People no membership of this database refers to any more, among those of `$1` (a JSON
+/// array of user ids).
+const DELETE_LONE_USERS: &str = "DELETE FROM users WHERE user_id IN \
+     (SELECT value FROM json_each($1)) \
+     AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = users.user_id)";
 
 /// The single writer serialises membership changes already.
 const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1";
@@ -117,6 +127,9 @@ pub struct SqliteStore {
     /// The connection that checkpoints the write-ahead log.
     checkpoints: SqlitePool,
     keys: Arc<KeyCache>,
+    /// Tenants may move to another database (a database per region): every write on a
+    /// tenant checks that it is still here.
+    fenced: Arc<std::sync::atomic::AtomicBool>,
     /// Dropped with the last clone of the store: stops the checkpoints.
     _stop_checkpoints: Arc<oneshot::Sender<()>>,
 }
@@ -186,6 +199,7 @@ impl SqliteStore {
             read,
             checkpoints,
             keys: Arc::new(KeyCache::new(key_cache::DEFAULT_TTL)),
+            fenced: Arc::default(),
             _stop_checkpoints: Arc::new(stop),
         })
     }
@@ -216,14 +230,56 @@ impl SqliteStore {
     async fn write_platform(&self) -> Result<Transaction<'static, Db>> {
         Ok(self.write.begin().await?)
     }
-    async fn write_tenant(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
-        Ok(self.write.begin().await?)
+    async fn write_tenant(&self, tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        let mut tx = self.write.begin().await?;
+        self.fence_tenants(&mut tx, &[&tenant.to_string()]).await?;
+        Ok(tx)
+    }
+
+    /// From now on, writes on a tenant check that it has not moved to another database (see
+    /// `moves.rs`).
+    pub fn fence_moves(&self) {
+        self.fenced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The single writer, with the database's write lock taken at once: no other write runs
+    /// until it ends.
+    async fn lock_for_move(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Refuses a transaction on tenants of which one moved away.
+    async fn fence_tenants(
+        &self,
+        tx: &mut Transaction<'static, Db>,
+        tenants: &[&str],
+    ) -> Result<()> {
+        if !self.fenced.load(std::sync::atomic::Ordering::Relaxed) || tenants.is_empty() {
+            return Ok(());
+        }
+        let moved: Option<String> = sqlx::query_scalar(
+            "SELECT tenant_id FROM tenant_moves WHERE state = 'moved_away' \
+             AND tenant_id IN (SELECT value FROM json_each($1)) LIMIT 1",
+        )
+        .bind(
+            serde_json::to_string(tenants)
+                .map_err(|e| crate::StoreError::Corrupt(e.to_string()))?,
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        match moved {
+            Some(t) => Err(crate::StoreError::Moved(t)),
+            None => Ok(()),
+        }
     }
     async fn read_platform(&self) -> Result<Transaction<'static, Db>> {
         Ok(self.read.begin().await?)
     }
-    async fn read_tenant(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
-        Ok(self.read.begin().await?)
+    async fn read_tenant(&self, tenant: TenantId) -> Result<Transaction<'static, Db>> {
+        let mut tx = self.read.begin().await?;
+        self.fence_tenants(&mut tx, &[&tenant.to_string()]).await?;
+        Ok(tx)
     }
     /// A read transaction in WAL mode sees one snapshot from its first read to its end.
     async fn snapshot_tenant(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
