@@ -425,7 +425,7 @@ fn other(b: Backend) -> Backend {
     }
 }
 
-async fn import(app: &TestApp, bytes: Vec<u8>, query: &str) -> (u16, Value) {
+pub(crate) async fn import(app: &TestApp, bytes: Vec<u8>, query: &str) -> (u16, Value) {
     let res = app
         .client
         .post(format!(
@@ -594,6 +594,34 @@ async fn a_full_export_holds_only_its_tenant_verifies_and_imports_into_another_d
     )
     .await;
     assert_eq!((s, t["slug"].as_str()), (200, Some("alpha-copy")), "{t}");
+    // The copy's chain verifies too: its events up to the import were hashed under Alpha's
+    // id (and its next ones go on under its own).
+    let copy_admin = there.tenant_user("tenant_admin", copy["tenant_id"].as_str().unwrap());
+    let (s, _) = status_json(
+        there
+            .get(
+                &format!(
+                    "/v1/tenants/{}/settings",
+                    copy["tenant_id"].as_str().unwrap()
+                ),
+                &copy_admin,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let report = agentplane_audit::verify_all(
+        there.control.store().as_ref(),
+        &PlatformCtx::for_system("t"),
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(
+        report.chains.len(),
+        3,
+        "platform, Alpha, its copy: {report:?}"
+    );
 }
 
 async fn subject_and_csv_exports_select_what_they_name(b: Backend) {

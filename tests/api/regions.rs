@@ -176,6 +176,51 @@ async fn a_tenants_rows_stay_in_its_regions_database(b: Backend) {
         assert_eq!(r["storage"]["database_name"], name, "{r}");
     }
 
+    // An export of an eu tenant imported as a new tenant lands in the eu database, its
+    // import recorded on its own chain there and on the platform's in the main database.
+    let (s, t) = status_json(
+        app.post(
+            "/v1/tenants",
+            &op,
+            json!({"name": "Lyon", "admin_email": "admin@lyon.test", "region": "eu"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{t}");
+    let lyon = t["tenant"]["id"].as_str().unwrap().to_owned();
+    app.run_jobs().await;
+    let admin = app.tenant_user("tenant_admin", &lyon);
+    let (s, rec) = status_json(
+        app.post(
+            &format!("/v1/tenants/{lyon}/exports?confirm=true"),
+            &admin,
+            json!({"export_type": "full"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{rec}");
+    app.run_jobs().await;
+    let (_, rec) = status_json(
+        app.get(
+            &format!("/v1/tenants/{lyon}/exports/{}", rec["id"].as_str().unwrap()),
+            &admin,
+        )
+        .await,
+    )
+    .await;
+    let bytes = crate::exports::download(&app, &lyon, &rec).await;
+    let (s, imported) = crate::exports::import(&app, bytes, "&slug=lyon-copy").await;
+    assert_eq!(s, 201, "{imported}");
+    let copy = imported["tenant_id"].as_str().unwrap().to_owned();
+    let tenants = "SELECT COUNT(*) FROM tenants WHERE tenant_id = $1";
+    assert_eq!(count(&eu_db, tenants, &copy).await, 1);
+    assert_eq!(count(&app.db, tenants, &copy).await, 0);
+    let events = "SELECT COUNT(*) FROM audit_events WHERE action = 'tenant.imported' AND data LIKE '%' || $1 || '%'";
+    assert_eq!(count(&eu_db, events, &lyon).await, 1, "on the copy's chain");
+    assert_eq!(count(&app.db, events, &lyon).await, 1, "on the platform's");
+
     // Another process on the same databases (it knows no tenant yet) finds each tenant, its
     // key, and verifies every audit chain of both databases.
     let mut env = app.db.env(&app.secret);

@@ -100,12 +100,17 @@ pub async fn verify_chain(
     let mut after = 0;
     // `<chain>@<database>`: a copy a tenant left behind in a database it moved away from.
     let events_of = chain.split_once('@').map_or(chain, |(c, _)| c);
+    // An imported chain starts with the events of the tenant it was exported from, hashed
+    // under that tenant's id; once its own events begin, no other chain's may follow.
+    let mut own_seen = false;
     let broken = loop {
         let page = store.audit_chain_page(platform, chain, after, PAGE).await?;
         let Some(last) = page.last() else { break None };
         after = last.0.seq;
         let res = page.iter().try_for_each(|(ev, pii)| {
-            if ev.chain != events_of {
+            if ev.chain == events_of {
+                own_seen = true;
+            } else if own_seen || ev.chain == agentplane_core::audit::PLATFORM_CHAIN {
                 return Err(ChainBreak::Hash { seq: ev.seq });
             }
             v.check(ev, pii.as_ref().map(|p| (p.salt.as_slice(), &p.value)))

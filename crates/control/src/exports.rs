@@ -1126,6 +1126,7 @@ pub(crate) struct FileSource {
     tables: std::vec::IntoIter<(&'static ExportTable, PathBuf)>,
     current: Option<(&'static ExportTable, std::io::Lines<BufReader<File>>)>,
     pub(crate) overrides: Vec<(&'static str, Cell)>,
+    exported: Option<TenantId>,
 }
 
 const BATCH: usize = 2000;
@@ -1141,6 +1142,9 @@ impl FileSource {
             tables: tables.into_iter(),
             current: None,
             overrides: Vec::new(),
+            exported: v.manifest["tenant_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok()),
         })
     }
 }
@@ -1171,6 +1175,10 @@ fn parse_row(t: &ExportTable, line: &str) -> agentplane_store::Result<Vec<Cell>>
 }
 
 impl ImportSource for FileSource {
+    fn exported_tenant(&self) -> Option<TenantId> {
+        self.exported
+    }
+
     fn next_batch(&mut self) -> agentplane_store::Result<Option<agentplane_store::exports::Batch>> {
         loop {
             if self.current.is_none() {

@@ -158,6 +158,19 @@ impl ExportStore for BackendStore {
         let tenant = ctx.tenant_id().to_string();
         let mut tx = self.write_tenant(ctx.tenant_id()).await?;
         let loaded = load_rows(&mut tx, &tenant, source).await?;
+        if let Some(origin) = source.exported_tenant().filter(|o| *o != ctx.tenant_id()) {
+            // Loaded as another tenant: the chain's events so far were hashed under the
+            // exported tenant's id, which verification needs.
+            sqlx::query(
+                "INSERT INTO audit_origins (tenant_id, origin, up_to_seq) \
+                 SELECT $1, $2, MAX(seq) FROM audit_events WHERE tenant_id = $1 \
+                 HAVING MAX(seq) IS NOT NULL",
+            )
+            .bind(&tenant)
+            .bind(origin.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         if platform {
             sqlx::query(super::ENTER_PLATFORM)
                 .fetch_optional(&mut *tx)

@@ -16,6 +16,7 @@ use agentplane_core::authz::TenantCtx;
 use agentplane_core::job::Job;
 use agentplane_core::page::{Page, PageRequest};
 use agentplane_core::time::Timestamp;
+use agentplane_core::TenantId;
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -382,6 +383,10 @@ pub type Batch = (&'static ExportTable, Vec<Vec<Cell>>);
 /// Hands an import its rows, a batch at a time; `tenant` comes first.
 pub trait ImportSource: Send {
     fn next_batch(&mut self) -> Result<Option<Batch>>;
+    /// The tenant the rows were exported from (its audit chain was hashed under its id).
+    fn exported_tenant(&self) -> Option<TenantId> {
+        None
+    }
 }
 
 /// An export (or backup) of a tenant and where its artifact is.

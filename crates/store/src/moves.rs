@@ -53,10 +53,11 @@ pub static TENANT_TABLES: &[&str] = &[
     "audit_heads",
     "audit_events",
     "audit_pii",
+    "audit_origins",
 ];
 
 /// The tables whose rows the source keeps after a move (see the module's documentation).
-pub(crate) static KEPT_BY_THE_SOURCE: &[&str] = &["audit_heads", "audit_events"];
+pub(crate) static KEPT_BY_THE_SOURCE: &[&str] = &["audit_heads", "audit_events", "audit_origins"];
 
 /// What a database knows of a tenant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2463,8 +2463,25 @@ impl Store for BackendStore {
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
+        // A chain imported from another tenant: its events up to the import were hashed
+        // under that tenant's id, and are answered under it.
+        let origin: Option<(String, i64)> =
+            sqlx::query_as("SELECT origin, up_to_seq FROM audit_origins WHERE tenant_id = $1")
+                .bind(chain)
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.commit().await?;
-        rows.into_iter().map(AuditRow::into_parts).collect()
+        rows.into_iter()
+            .map(|r| {
+                let (mut ev, pii) = r.into_parts()?;
+                if let Some((o, up_to)) = &origin {
+                    if ev.seq <= *up_to {
+                        ev.chain.clone_from(o);
+                    }
+                }
+                Ok((ev, pii))
+            })
+            .collect()
     }
 
     async fn get_idempotency(&self, scope: &str, key: &str) -> Result<Option<IdempotencyRecord>> {

@@ -99,6 +99,9 @@ impl ImportSource for ReadAhead<'_> {
             None => self.rest.next_batch(),
         }
     }
+    fn exported_tenant(&self) -> Option<TenantId> {
+        self.rest.exported_tenant()
+    }
 }
 
 impl RegionalStore {
