@@ -214,6 +214,81 @@ async fn a_tenants_rows_stay_in_its_regions_database(b: Backend) {
     let (s, imported) = crate::exports::import(&app, bytes, "&slug=lyon-copy").await;
     assert_eq!(s, 201, "{imported}");
     let copy = imported["tenant_id"].as_str().unwrap().to_owned();
+    // And one with an agent and its provider: the provider comes without its secret (no
+    // export holds one), the agent keeps it, and a run asks for the secret until it is set.
+    let (s, rec) = status_json(
+        app.post(
+            &format!("/v1/tenants/{paris}/exports?confirm=true"),
+            &app.tenant_user("tenant_admin", &paris),
+            json!({"export_type": "full"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{rec}");
+    app.run_jobs().await;
+    let (_, rec) = status_json(
+        app.get(
+            &format!(
+                "/v1/tenants/{paris}/exports/{}",
+                rec["id"].as_str().unwrap()
+            ),
+            &app.tenant_user("tenant_admin", &paris),
+        )
+        .await,
+    )
+    .await;
+    let bytes = crate::exports::download(&app, &paris, &rec).await;
+    let (s, imported) = crate::exports::import(&app, bytes, "&slug=paris-copy").await;
+    assert_eq!(s, 201, "{imported}");
+    let paris_copy = imported["tenant_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        count(
+            &eu_db,
+            "SELECT COUNT(*) FROM agents WHERE tenant_id = $1",
+            &paris_copy
+        )
+        .await,
+        1
+    );
+    let copy_admin = app.tenant_user("tenant_admin", &paris_copy);
+    let (_, k) = status_json(
+        app.post(
+            &format!("/v1/tenants/{paris_copy}/api-keys"),
+            &copy_admin,
+            json!({"name": "app"}),
+        )
+        .await,
+    )
+    .await;
+    let copy_key = k["key"].as_str().unwrap().to_owned();
+    let hi = json!({"model": "helper", "messages": [{"role": "user", "content": "hi"}]});
+    let (s, e) = complete(&app, &copy_key, hi.clone()).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("set it again"),
+        "{e}"
+    );
+    let (_, providers) = status_json(
+        app.get(&format!("/v1/tenants/{paris_copy}/providers"), &copy_admin)
+            .await,
+    )
+    .await;
+    let provider = providers["items"][0]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/tenants/{paris_copy}/providers/{provider}"),
+            Some(&copy_admin),
+            Some(json!({"api_key": "sk-again"})),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let (s, body) = complete(&app, &copy_key, hi).await;
+    assert_eq!(s, 200, "{body}");
     let tenants = "SELECT COUNT(*) FROM tenants WHERE tenant_id = $1";
     assert_eq!(count(&eu_db, tenants, &copy).await, 1);
     assert_eq!(count(&app.db, tenants, &copy).await, 0);

@@ -178,6 +178,14 @@ impl ControlPlane {
         id: &str,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
+        if sealed.is_empty() {
+            // Imported from an export, which never holds secrets.
+            return Err(agentplane_core::DomainError::invalid(
+                "secret",
+                format!("provider {id} was imported without its secret (no export holds one): set it again"),
+            )
+            .into());
+        }
         let version = i64::from(sealed_key_version(sealed)?);
         let keys = self.store.tenant_keys(ctx).await?;
         let k = keys.iter().find(|k| k.version == version).ok_or(
@@ -239,7 +247,8 @@ impl ControlPlane {
             for rec in batch
                 .items
                 .iter()
-                .filter(|r| r.provider.key_version < active)
+                // A provider imported without its secret has nothing to re-seal.
+                .filter(|r| r.provider.key_version < active && !r.sealed_secret.is_empty())
             {
                 let id = rec.provider.id.to_string();
                 let secret = self

@@ -478,10 +478,17 @@ async fn load_rows(
                 people.push(" ON CONFLICT (user_id) DO NOTHING");
                 people.build().persistent(false).execute(&mut **tx).await?;
             }
+            // A provider arrives without its secret (empty: to be set again).
+            let providers = t.name == "providers";
             let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
-                "INSERT INTO {} (tenant_id, {}) ",
+                "INSERT INTO {} (tenant_id, {}{}) ",
                 t.table,
-                t.column_names().collect::<Vec<_>>().join(", ")
+                t.column_names().collect::<Vec<_>>().join(", "),
+                if providers {
+                    ", secret, key_version, fingerprint"
+                } else {
+                    ""
+                }
             ));
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(tenant.to_owned());
@@ -492,6 +499,9 @@ async fn load_rows(
                         Cell::Int(i) => b.push_bind(*i),
                         Cell::Text(s) => b.push_bind(s.clone()),
                     };
+                }
+                if providers {
+                    b.push_bind(Vec::<u8>::new()).push_bind(0i64).push_bind("");
                 }
             });
             // Built at run time (its text varies with the batch): not worth a slot in the

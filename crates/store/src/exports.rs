@@ -210,6 +210,26 @@ pub static EXPORT_TABLES: &[ExportTable] = &[
             "id",
         )
     },
+    // Provider credentials without their secret (sealed under this deployment's keys): an
+    // import creates them without one, to be set again, so that the agents keep theirs.
+    table(
+        "providers",
+        "provider_credentials",
+        &[
+            ("id", T),
+            ("name", T),
+            ("kind", T),
+            ("base_url", T),
+            ("api_version", T),
+            ("models", T),
+            ("auth", T),
+            ("shared_id", T),
+            ("created_at", I),
+            ("updated_at", I),
+            ("version", I),
+        ],
+        "id",
+    ),
     table(
         "agents",
         "agents",
@@ -340,8 +360,8 @@ pub static EXPORT_TABLES: &[ExportTable] = &[
 /// What no export holds, and why (listed in every manifest).
 pub static NOT_EXPORTED: &[(&str, &str)] = &[
     (
-        "provider_credentials",
-        "secrets sealed under this deployment's keys: re-enter them",
+        "provider secrets",
+        "sealed under this deployment's keys: the providers come without them; set each again",
     ),
     ("api_keys", "credentials: issue new keys"),
     (
