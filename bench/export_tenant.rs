@@ -3,7 +3,9 @@
 //! and PostgreSQL. The tenant is created through the control plane; the bulk rows are seeded
 //! with SQL (audit events so seeded are not a valid chain; the export does not care). Then a
 //! `full` export is built by the real job, downloaded through a signed link, and imported into
-//! a second, empty deployment of the same backend as a new tenant.
+//! a second, empty deployment of the same backend as a new tenant. Last, the tenant moves to
+//! region `eu`, which has a database of its own (`AGENTPLANE_REGION_DATABASES`): the real
+//! `tenant.move_region` job, every row streamed from one database into the other.
 //!
 //! Peak memory is the process's high-water mark (VmHWM) over each phase, reset before it
 //! (`/proc/self/clear_refs`), so the seeding does not count.
@@ -59,18 +61,30 @@ async fn main() -> Result<()> {
     let events = env_usize("AGENTPLANE_BENCH_EVENTS", 100_000);
     let backends =
         std::env::var("AGENTPLANE_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    println!("backend   rows        export s   rows/s    peak MiB   artifact MiB   import s   rows/s    peak MiB  raw dump (export / raw)");
+    println!("backend   rows        export s   rows/s    peak MiB   artifact MiB   import s   rows/s    peak MiB  raw dump (export / raw)  move s   rows/s    peak MiB");
     for b in backends.split(',') {
         let (src_dir, dst_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
         let (mut src_env, mut dst_env) = (env_for(src_dir.path()), env_for(dst_dir.path()));
         let mut dbs = Vec::new();
-        if b == "postgres" {
+        let eu = if b == "postgres" {
             for env in [&mut src_env, &mut dst_env] {
                 let db = PgDb::create().await?;
                 env.insert("TENANT_CATALOG_DSN".into(), db.url.clone());
                 dbs.push(db);
             }
-        }
+            let db = PgDb::create().await?;
+            let url = db.url.clone();
+            dbs.push(db);
+            url
+        } else {
+            format!("sqlite://{}", src_dir.path().join("eu.db").display())
+        };
+        // The source deployment has two regions; `eu` keeps its tenants in its own database.
+        src_env.insert(
+            "AGENTPLANE_REGIONS".into(),
+            "eu=eu.example;us=us.example".into(),
+        );
+        src_env.insert("AGENTPLANE_REGION_DATABASES".into(), format!("eu={eu}"));
         let res = measure(b, &src_env, &dst_env, src_dir.path(), records, events).await;
         for db in dbs {
             db.drop_database().await?;
@@ -146,11 +160,30 @@ async fn measure(
     if report.rows < rows {
         bail!("imported {} rows of {rows}", report.rows);
     }
+
+    reset_peak();
+    let started = Instant::now();
+    control
+        .request_region_move(
+            &ctx,
+            agentplane_control::MoveRegion {
+                region: "eu".into(),
+            },
+        )
+        .await?;
+    while control.run_next_job().await?.is_some() {}
+    let move_s = started.elapsed().as_secs_f64();
+    let move_peak = peak_mib();
+    let moved = control.tenant(&ctx).await?;
+    if moved.region != "eu" {
+        bail!("the tenant is still in {}", moved.region);
+    }
     println!(
-        "{backend:<9} {rows:<11} {export_s:<10.1} {:<9.0} {export_peak:<10.0} {artifact_mib:<14.1} {import_s:<10.1} {:<9.0} {import_peak:<9.0} {}",
+        "{backend:<9} {rows:<11} {export_s:<10.1} {:<9.0} {export_peak:<10.0} {artifact_mib:<14.1} {import_s:<10.1} {:<9.0} {import_peak:<9.0} {:<24} {move_s:<8.1} {:<9.0} {move_peak:.0}",
         rows as f64 / export_s,
         rows as f64 / import_s,
         baseline_s.map_or("-".to_owned(), |b| format!("{b:.1} s ({:.1}x)", export_s / b)),
+        rows as f64 / move_s,
     );
     Ok(())
 }
@@ -189,7 +222,7 @@ async fn create_tenant(control: &ControlPlane, platform: &PlatformCtx) -> Result
     let made = control
         .create_tenant(
             platform,
-            serde_json::json!({"name": "Bench", "admin_email": "admin@bench.test"}),
+            serde_json::json!({"name": "Bench", "admin_email": "admin@bench.test", "region": "us"}),
             None,
         )
         .await?;

@@ -7,8 +7,10 @@
 //! every region's database (a plan never changes once created). An operation on a tenant
 //! goes to its database; the few lookups made before the tenant is known (an API key, a
 //! slug, a custom domain, a refresh token) ask each database in turn, and the database that
-//! answered is remembered for that tenant (a tenant never changes database: moving one
-//! between regions with separate databases is refused).
+//! answered is remembered for that tenant. A tenant that moves to another region's database
+//! (`relocate_tenant`, see `moves.rs`) is refused where it was (`StoreError::Moved`): the
+//! router forgets what it remembered, finds the tenant again and repeats the call, which the
+//! refusal came before.
 
 use crate::exports::*;
 use crate::identity::*;
