@@ -217,6 +217,23 @@ impl RegionalStore {
         }
     }
 
+    /// Calls `call` on the tenant's database and, if the tenant moved meanwhile, once more on
+    /// the one it is in now (see [`RegionalStore::moved`]).
+    async fn on<'s, T, F>(
+        &'s self,
+        tenant: TenantId,
+        call: impl Fn(&'s dyn Store) -> F,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let first = call(self.of(tenant).await?).await;
+        if !self.moved(&first) {
+            return first;
+        }
+        call(self.of(tenant).await?).await
+    }
+
     /// A database by name (`main` or a region's).
     fn db_named(&self, name: &str) -> Option<Db> {
         self.names.iter().position(|n| n == name)
@@ -434,16 +451,10 @@ impl Store for RegionalStore {
                 )));
             }
         }
-        let first = self.dbs[db]
-            .update_tenant(ctx, tenant, expected_version, job, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .update_tenant(ctx, tenant, expected_version, job, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.update_tenant(ctx, tenant, expected_version, job, audit.clone())
+        })
+        .await
     }
     async fn claim_job(&self, now: Timestamp, lease_ms: i64) -> Result<Option<Job>> {
         let start = self.next_claim.fetch_add(1, Ordering::Relaxed);
@@ -460,18 +471,10 @@ impl Store for RegionalStore {
         self.first(|db| db.get_job(id), |j| Some(j.tenant_id)).await
     }
     async fn list_jobs(&self, ctx: &TenantCtx, page: &PageRequest) -> Result<Page<Job>> {
-        let first = self.of(ctx.tenant_id()).await?.list_jobs(ctx, page).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.list_jobs(ctx, page).await
+        self.on(ctx.tenant_id(), |db| db.list_jobs(ctx, page)).await
     }
     async fn tenant_job(&self, ctx: &TenantCtx, id: JobId) -> Result<Option<Job>> {
-        let first = self.of(ctx.tenant_id()).await?.tenant_job(ctx, id).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.tenant_job(ctx, id).await
+        self.on(ctx.tenant_id(), |db| db.tenant_job(ctx, id)).await
     }
     async fn heartbeat_job(
         &self,
@@ -480,18 +483,10 @@ impl Store for RegionalStore {
         lease_ms: i64,
         progress: Option<(i64, &str)>,
     ) -> Result<bool> {
-        let first = self
-            .of(job.tenant_id)
-            .await?
-            .heartbeat_job(job, now, lease_ms, progress)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(job.tenant_id)
-            .await?
-            .heartbeat_job(job, now, lease_ms, progress)
-            .await
+        self.on(job.tenant_id, |db| {
+            db.heartbeat_job(job, now, lease_ms, progress)
+        })
+        .await
     }
     async fn cancel_job(
         &self,
@@ -500,52 +495,20 @@ impl Store for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Job>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .cancel_job(ctx, id, now, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .cancel_job(ctx, id, now, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.cancel_job(ctx, id, now, audit.clone())
+        })
+        .await
     }
     async fn finish_cancelled(&self, job: &Job, now: Timestamp) -> Result<()> {
-        let first = self
-            .of(job.tenant_id)
-            .await?
-            .finish_cancelled(job, now)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(job.tenant_id)
-            .await?
-            .finish_cancelled(job, now)
+        self.on(job.tenant_id, |db| db.finish_cancelled(job, now))
             .await
     }
     async fn complete_job(&self, job: &Job, now: Timestamp) -> Result<()> {
-        let first = self.of(job.tenant_id).await?.complete_job(job, now).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(job.tenant_id).await?.complete_job(job, now).await
+        self.on(job.tenant_id, |db| db.complete_job(job, now)).await
     }
     async fn fail_job(&self, job: &Job, error: &str, now: Timestamp) -> Result<()> {
-        let first = self
-            .of(job.tenant_id)
-            .await?
-            .fail_job(job, error, now)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(job.tenant_id)
-            .await?
-            .fail_job(job, error, now)
+        self.on(job.tenant_id, |db| db.fail_job(job, error, now))
             .await
     }
     async fn finish_provisioning(
@@ -557,18 +520,10 @@ impl Store for RegionalStore {
         audit: NewAuditEvent,
         now: Timestamp,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .finish_provisioning(ctx, job, tenant, p, audit.clone(), now)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .finish_provisioning(ctx, job, tenant, p, audit, now)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.finish_provisioning(ctx, job, tenant, p, audit.clone(), now)
+        })
+        .await
     }
     async fn purge_tenant(
         &self,
@@ -577,18 +532,10 @@ impl Store for RegionalStore {
         audit: NewAuditEvent,
         now: Timestamp,
     ) -> Result<PurgeReport> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .purge_tenant(ctx, job, audit.clone(), now)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .purge_tenant(ctx, job, audit, now)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.purge_tenant(ctx, job, audit.clone(), now)
+        })
+        .await
     }
     async fn list_members(
         &self,
@@ -596,32 +543,15 @@ impl Store for RegionalStore {
         filter: &MemberFilter,
         page: &PageRequest,
     ) -> Result<Page<Member>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .list_members(ctx, filter, page)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .list_members(ctx, filter, page)
+        self.on(ctx.tenant_id(), |db| db.list_members(ctx, filter, page))
             .await
     }
     async fn list_settings(&self, ctx: &TenantCtx) -> Result<Vec<Setting>> {
-        let first = self.of(ctx.tenant_id()).await?.list_settings(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.list_settings(ctx).await
+        self.on(ctx.tenant_id(), |db| db.list_settings(ctx)).await
     }
     async fn get_setting(&self, ctx: &TenantCtx, key: &str) -> Result<Option<Setting>> {
-        let first = self.of(ctx.tenant_id()).await?.get_setting(ctx, key).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.get_setting(ctx, key).await
+        self.on(ctx.tenant_id(), |db| db.get_setting(ctx, key))
+            .await
     }
     async fn put_setting(
         &self,
@@ -629,18 +559,10 @@ impl Store for RegionalStore {
         change: &SettingChange,
         audit: NewAuditEvent,
     ) -> Result<SettingWrite> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .put_setting(ctx, change, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .put_setting(ctx, change, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.put_setting(ctx, change, audit.clone())
+        })
+        .await
     }
     async fn setting_history(
         &self,
@@ -648,17 +570,7 @@ impl Store for RegionalStore {
         key: &str,
         page: &PageRequest,
     ) -> Result<Page<SettingVersion>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .setting_history(ctx, key, page)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .setting_history(ctx, key, page)
+        self.on(ctx.tenant_id(), |db| db.setting_history(ctx, key, page))
             .await
     }
     async fn setting_version(
@@ -667,25 +579,11 @@ impl Store for RegionalStore {
         key: &str,
         version: i64,
     ) -> Result<Option<SettingVersion>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .setting_version(ctx, key, version)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .setting_version(ctx, key, version)
+        self.on(ctx.tenant_id(), |db| db.setting_version(ctx, key, version))
             .await
     }
     async fn get_branding(&self, ctx: &TenantCtx) -> Result<agentplane_core::branding::Branding> {
-        let first = self.of(ctx.tenant_id()).await?.get_branding(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.get_branding(ctx).await
+        self.on(ctx.tenant_id(), |db| db.get_branding(ctx)).await
     }
     async fn tenant_by_domain(&self, domain: &str) -> Result<Option<TenantId>> {
         self.first(|db| db.tenant_by_domain(domain), |t| Some(*t))
@@ -698,25 +596,13 @@ impl Store for RegionalStore {
         expected_version: i64,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .put_branding(ctx, branding, expected_version, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .put_branding(ctx, branding, expected_version, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.put_branding(ctx, branding, expected_version, audit.clone())
+        })
+        .await
     }
     async fn tenant_keys(&self, ctx: &TenantCtx) -> Result<Vec<TenantKey>> {
-        let first = self.of(ctx.tenant_id()).await?.tenant_keys(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.tenant_keys(ctx).await
+        self.on(ctx.tenant_id(), |db| db.tenant_keys(ctx)).await
     }
     async fn insert_tenant_key(
         &self,
@@ -726,18 +612,10 @@ impl Store for RegionalStore {
         job: Option<&Job>,
         audit: Option<NewAuditEvent>,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_tenant_key(ctx, key, retire_others, job, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_tenant_key(ctx, key, retire_others, job, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.insert_tenant_key(ctx, key, retire_others, job, audit.clone())
+        })
+        .await
     }
     async fn rewrap_tenant_key(
         &self,
@@ -748,18 +626,10 @@ impl Store for RegionalStore {
         kek_version: i64,
         wrapped: &str,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .rewrap_tenant_key(ctx, version, old_wrapped, kms, kek_version, wrapped)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .rewrap_tenant_key(ctx, version, old_wrapped, kms, kek_version, wrapped)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.rewrap_tenant_key(ctx, version, old_wrapped, kms, kek_version, wrapped)
+        })
+        .await
     }
     async fn all_tenant_keys(&self, platform: &PlatformCtx) -> Result<Vec<(TenantId, TenantKey)>> {
         let mut all = Vec::new();
@@ -805,46 +675,25 @@ impl Store for RegionalStore {
         rec: &ProviderRecord,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_provider(ctx, rec, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_provider(ctx, rec, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.insert_provider(ctx, rec, audit.clone())
+        })
+        .await
     }
     async fn get_provider(
         &self,
         ctx: &TenantCtx,
         id: agentplane_core::ProviderId,
     ) -> Result<Option<ProviderRecord>> {
-        let first = self.of(ctx.tenant_id()).await?.get_provider(ctx, id).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.get_provider(ctx, id).await
+        self.on(ctx.tenant_id(), |db| db.get_provider(ctx, id))
+            .await
     }
     async fn list_providers(
         &self,
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<ProviderRecord>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .list_providers(ctx, page)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .list_providers(ctx, page)
+        self.on(ctx.tenant_id(), |db| db.list_providers(ctx, page))
             .await
     }
     async fn update_provider(
@@ -854,18 +703,10 @@ impl Store for RegionalStore {
         expected_version: i64,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .update_provider(ctx, rec, expected_version, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .update_provider(ctx, rec, expected_version, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.update_provider(ctx, rec, expected_version, audit.clone())
+        })
+        .await
     }
     async fn reseal_provider(
         &self,
@@ -875,18 +716,10 @@ impl Store for RegionalStore {
         sealed: &[u8],
         key_version: i64,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .reseal_provider(ctx, id, old_key_version, sealed, key_version)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .reseal_provider(ctx, id, old_key_version, sealed, key_version)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.reseal_provider(ctx, id, old_key_version, sealed, key_version)
+        })
+        .await
     }
     async fn delete_provider(
         &self,
@@ -894,18 +727,10 @@ impl Store for RegionalStore {
         id: agentplane_core::ProviderId,
         audit: NewAuditEvent,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .delete_provider(ctx, id, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .delete_provider(ctx, id, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.delete_provider(ctx, id, audit.clone())
+        })
+        .await
     }
     async fn insert_agent(
         &self,
@@ -913,46 +738,24 @@ impl Store for RegionalStore {
         agent: &agentplane_core::agent::Agent,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_agent(ctx, agent, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_agent(ctx, agent, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.insert_agent(ctx, agent, audit.clone())
+        })
+        .await
     }
     async fn get_agent(
         &self,
         ctx: &TenantCtx,
         id: agentplane_core::AgentId,
     ) -> Result<Option<agentplane_core::agent::Agent>> {
-        let first = self.of(ctx.tenant_id()).await?.get_agent(ctx, id).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.get_agent(ctx, id).await
+        self.on(ctx.tenant_id(), |db| db.get_agent(ctx, id)).await
     }
     async fn get_agent_by_name(
         &self,
         ctx: &TenantCtx,
         name: &str,
     ) -> Result<Option<agentplane_core::agent::Agent>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .get_agent_by_name(ctx, name)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .get_agent_by_name(ctx, name)
+        self.on(ctx.tenant_id(), |db| db.get_agent_by_name(ctx, name))
             .await
     }
     async fn list_agents(
@@ -960,11 +763,8 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<agentplane_core::agent::Agent>> {
-        let first = self.of(ctx.tenant_id()).await?.list_agents(ctx, page).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.list_agents(ctx, page).await
+        self.on(ctx.tenant_id(), |db| db.list_agents(ctx, page))
+            .await
     }
     async fn update_agent(
         &self,
@@ -973,18 +773,10 @@ impl Store for RegionalStore {
         expected_version: i64,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .update_agent(ctx, agent, expected_version, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .update_agent(ctx, agent, expected_version, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.update_agent(ctx, agent, expected_version, audit.clone())
+        })
+        .await
     }
     async fn delete_agent(
         &self,
@@ -992,18 +784,10 @@ impl Store for RegionalStore {
         id: agentplane_core::AgentId,
         audit: NewAuditEvent,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .delete_agent(ctx, id, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .delete_agent(ctx, id, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.delete_agent(ctx, id, audit.clone())
+        })
+        .await
     }
     async fn agent_versions(
         &self,
@@ -1011,17 +795,7 @@ impl Store for RegionalStore {
         id: agentplane_core::AgentId,
         page: &PageRequest,
     ) -> Result<Page<AgentVersion>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .agent_versions(ctx, id, page)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .agent_versions(ctx, id, page)
+        self.on(ctx.tenant_id(), |db| db.agent_versions(ctx, id, page))
             .await
     }
     async fn insert_api_key(
@@ -1032,35 +806,17 @@ impl Store for RegionalStore {
         secret_hash: &str,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_api_key(ctx, key, public_id, secret_hash, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_api_key(ctx, key, public_id, secret_hash, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.insert_api_key(ctx, key, public_id, secret_hash, audit.clone())
+        })
+        .await
     }
     async fn list_api_keys(
         &self,
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<agentplane_core::api_key::ApiKey>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .list_api_keys(ctx, page)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .list_api_keys(ctx, page)
+        self.on(ctx.tenant_id(), |db| db.list_api_keys(ctx, page))
             .await
     }
     async fn revoke_api_key(
@@ -1070,18 +826,10 @@ impl Store for RegionalStore {
         at: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<agentplane_core::api_key::ApiKey>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .revoke_api_key(ctx, id, at, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .revoke_api_key(ctx, id, at, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.revoke_api_key(ctx, id, at, audit.clone())
+        })
+        .await
     }
     async fn find_api_key(&self, public_id: &str) -> Result<Option<ApiKeyLookup>> {
         // The gateway's hot path: the database that answered last is asked first.
@@ -1111,17 +859,7 @@ impl Store for RegionalStore {
         Ok(())
     }
     async fn usage_counter(&self, ctx: &TenantCtx, period: &str) -> Result<Option<UsageCounter>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .usage_counter(ctx, period)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .usage_counter(ctx, period)
+        self.on(ctx.tenant_id(), |db| db.usage_counter(ctx, period))
             .await
     }
     async fn grant_quota(
@@ -1129,11 +867,8 @@ impl Store for RegionalStore {
         ctx: &TenantCtx,
         req: &LeaseRequest,
     ) -> Result<std::result::Result<Amount, Exhausted>> {
-        let first = self.of(ctx.tenant_id()).await?.grant_quota(ctx, req).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.grant_quota(ctx, req).await
+        self.on(ctx.tenant_id(), |db| db.grant_quota(ctx, req))
+            .await
     }
     async fn settle_quota(&self, ops: &[QuotaOp]) -> Result<()> {
         let tenant_of = |op: &QuotaOp| match op {
@@ -1158,11 +893,7 @@ impl Store for RegionalStore {
         &self,
         ctx: &TenantCtx,
     ) -> Result<Option<(agentplane_core::webhook::Webhook, Vec<u8>)>> {
-        let first = self.of(ctx.tenant_id()).await?.get_webhook(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.get_webhook(ctx).await
+        self.on(ctx.tenant_id(), |db| db.get_webhook(ctx)).await
     }
     async fn put_webhook(
         &self,
@@ -1171,18 +902,10 @@ impl Store for RegionalStore {
         sealed_secret: &[u8],
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .put_webhook(ctx, webhook, sealed_secret, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .put_webhook(ctx, webhook, sealed_secret, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.put_webhook(ctx, webhook, sealed_secret, audit.clone())
+        })
+        .await
     }
     async fn reseal_webhook(
         &self,
@@ -1191,31 +914,13 @@ impl Store for RegionalStore {
         sealed: &[u8],
         key_version: i64,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .reseal_webhook(ctx, old_key_version, sealed, key_version)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .reseal_webhook(ctx, old_key_version, sealed, key_version)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.reseal_webhook(ctx, old_key_version, sealed, key_version)
+        })
+        .await
     }
     async fn delete_webhook(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .delete_webhook(ctx, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .delete_webhook(ctx, audit)
+        self.on(ctx.tenant_id(), |db| db.delete_webhook(ctx, audit.clone()))
             .await
     }
     async fn renew_quota_leases(
@@ -1230,17 +935,7 @@ impl Store for RegionalStore {
         Ok(())
     }
     async fn insert_usage_record(&self, ctx: &TenantCtx, rec: &UsageRecord) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_usage_record(ctx, rec)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_usage_record(ctx, rec)
+        self.on(ctx.tenant_id(), |db| db.insert_usage_record(ctx, rec))
             .await
     }
     async fn tenant_usage_records(
@@ -1249,18 +944,10 @@ impl Store for RegionalStore {
         range: TimeRange,
         page: &PageRequest,
     ) -> Result<Page<UsageRecord>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .tenant_usage_records(ctx, range, page)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .tenant_usage_records(ctx, range, page)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.tenant_usage_records(ctx, range, page)
+        })
+        .await
     }
     async fn all_usage_records(
         &self,
@@ -1282,13 +969,7 @@ impl Store for RegionalStore {
     async fn append_audit(&self, ev: NewAuditEvent) -> Result<AuditEvent> {
         match ev.chain {
             Chain::Platform => self.dbs[0].append_audit(ev).await,
-            Chain::Tenant(t) => {
-                let first = self.of(t).await?.append_audit(ev.clone()).await;
-                if !self.moved(&first) {
-                    return first;
-                }
-                self.of(t).await?.append_audit(ev).await
-            }
+            Chain::Tenant(t) => self.on(t, |db| db.append_audit(ev.clone())).await,
         }
     }
     async fn list_audit(
@@ -1298,18 +979,10 @@ impl Store for RegionalStore {
         page: &PageRequest,
         read_event: NewAuditEvent,
     ) -> Result<Page<AuditEvent>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .list_audit(ctx, filter, page, read_event.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .list_audit(ctx, filter, page, read_event)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.list_audit(ctx, filter, page, read_event.clone())
+        })
+        .await
     }
     async fn audit_chain_heads(
         &self,
@@ -1381,11 +1054,8 @@ impl Store for RegionalStore {
 #[async_trait]
 impl identity::IdentityStore for RegionalStore {
     async fn get_member(&self, ctx: &TenantCtx, user: UserId) -> Result<Option<Member>> {
-        let first = self.of(ctx.tenant_id()).await?.get_member(ctx, user).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.get_member(ctx, user).await
+        self.on(ctx.tenant_id(), |db| db.get_member(ctx, user))
+            .await
     }
     async fn update_member(
         &self,
@@ -1395,18 +1065,10 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Member>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .update_member(ctx, user, change, now, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .update_member(ctx, user, change, now, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.update_member(ctx, user, change, now, audit.clone())
+        })
+        .await
     }
     async fn remove_member(
         &self,
@@ -1415,18 +1077,10 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .remove_member(ctx, user, now, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .remove_member(ctx, user, now, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.remove_member(ctx, user, now, audit.clone())
+        })
+        .await
     }
     async fn insert_member(
         &self,
@@ -1434,18 +1088,10 @@ impl identity::IdentityStore for RegionalStore {
         member: &Member,
         audit: NewAuditEvent,
     ) -> Result<Member> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_member(ctx, member, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_member(ctx, member, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.insert_member(ctx, member, audit.clone())
+        })
+        .await
     }
     async fn scim_members(
         &self,
@@ -1454,18 +1100,10 @@ impl identity::IdentityStore for RegionalStore {
         offset: i64,
         limit: i64,
     ) -> Result<(i64, Vec<Member>)> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .scim_members(ctx, filter, offset, limit)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .scim_members(ctx, filter, offset, limit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.scim_members(ctx, filter, offset, limit)
+        })
+        .await
     }
     async fn put_scim_token(
         &self,
@@ -1476,43 +1114,23 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .put_scim_token(ctx, id, public_id, secret_hash, now, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .put_scim_token(ctx, id, public_id, secret_hash, now, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.put_scim_token(ctx, id, public_id, secret_hash, now, audit.clone())
+        })
+        .await
     }
     async fn delete_scim_token(&self, ctx: &TenantCtx, audit: NewAuditEvent) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .delete_scim_token(ctx, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .delete_scim_token(ctx, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.delete_scim_token(ctx, audit.clone())
+        })
+        .await
     }
     async fn find_scim_token(&self, public_id: &str) -> Result<Option<ScimTokenLookup>> {
         self.first(|db| db.find_scim_token(public_id), |t| Some(t.tenant_id))
             .await
     }
     async fn list_roles(&self, ctx: &TenantCtx) -> Result<Vec<CustomRole>> {
-        let first = self.of(ctx.tenant_id()).await?.list_roles(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.list_roles(ctx).await
+        self.on(ctx.tenant_id(), |db| db.list_roles(ctx)).await
     }
     async fn insert_role(
         &self,
@@ -1520,18 +1138,10 @@ impl identity::IdentityStore for RegionalStore {
         role: &CustomRole,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_role(ctx, role, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_role(ctx, role, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.insert_role(ctx, role, audit.clone())
+        })
+        .await
     }
     async fn update_role(
         &self,
@@ -1539,32 +1149,16 @@ impl identity::IdentityStore for RegionalStore {
         role: &CustomRole,
         audit: NewAuditEvent,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .update_role(ctx, role, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .update_role(ctx, role, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.update_role(ctx, role, audit.clone())
+        })
+        .await
     }
     async fn delete_role(&self, ctx: &TenantCtx, name: &str, audit: NewAuditEvent) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .delete_role(ctx, name, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .delete_role(ctx, name, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.delete_role(ctx, name, audit.clone())
+        })
+        .await
     }
     async fn insert_invitation(
         &self,
@@ -1573,35 +1167,17 @@ impl identity::IdentityStore for RegionalStore {
         job: Option<&Job>,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_invitation(ctx, inv, job, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_invitation(ctx, inv, job, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.insert_invitation(ctx, inv, job, audit.clone())
+        })
+        .await
     }
     async fn list_invitations(
         &self,
         ctx: &TenantCtx,
         page: &PageRequest,
     ) -> Result<Page<Invitation>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .list_invitations(ctx, page)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .list_invitations(ctx, page)
+        self.on(ctx.tenant_id(), |db| db.list_invitations(ctx, page))
             .await
     }
     async fn invitation_token(
@@ -1609,17 +1185,7 @@ impl identity::IdentityStore for RegionalStore {
         ctx: &TenantCtx,
         id: InvitationId,
     ) -> Result<Option<(Invitation, Option<(Vec<u8>, i64)>)>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .invitation_token(ctx, id)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .invitation_token(ctx, id)
+        self.on(ctx.tenant_id(), |db| db.invitation_token(ctx, id))
             .await
     }
     async fn revoke_invitation(
@@ -1629,18 +1195,10 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Invitation>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .revoke_invitation(ctx, id, now, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .revoke_invitation(ctx, id, now, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.revoke_invitation(ctx, id, now, audit.clone())
+        })
+        .await
     }
     async fn find_invitation(&self, token_hash: &str) -> Result<Option<Invitation>> {
         self.first(|db| db.find_invitation(token_hash), |i| Some(i.tenant_id))
@@ -1654,18 +1212,10 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Member> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .accept_invitation(ctx, id, acc, now, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .accept_invitation(ctx, id, acc, now, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.accept_invitation(ctx, id, acc, now, audit.clone())
+        })
+        .await
     }
     async fn find_user_by_email(&self, email: &str) -> Result<Option<UserId>> {
         self.first(|db| db.find_user_by_email(email), |_| None)
@@ -1676,17 +1226,7 @@ impl identity::IdentityStore for RegionalStore {
         ctx: &TenantCtx,
         email: &str,
     ) -> Result<Option<LocalCredential>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .local_credential(ctx, email)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .local_credential(ctx, email)
+        self.on(ctx.tenant_id(), |db| db.local_credential(ctx, email))
             .await
     }
     async fn set_password(
@@ -1696,18 +1236,10 @@ impl identity::IdentityStore for RegionalStore {
         password_hash: &str,
         audit: NewAuditEvent,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .set_password(ctx, user, password_hash, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .set_password(ctx, user, password_hash, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.set_password(ctx, user, password_hash, audit.clone())
+        })
+        .await
     }
     async fn create_session(
         &self,
@@ -1715,18 +1247,10 @@ impl identity::IdentityStore for RegionalStore {
         session: &NewSession,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .create_session(ctx, session, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .create_session(ctx, session, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.create_session(ctx, session, audit.clone())
+        })
+        .await
     }
     async fn find_refresh(&self, id: &str) -> Result<Option<RefreshLookup>> {
         self.first(|db| db.find_refresh(id), |r| Some(r.tenant_id))
@@ -1740,18 +1264,10 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         reuse_audit: NewAuditEvent,
     ) -> Result<Rotation> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .rotate_refresh(ctx, old, new, now, reuse_audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .rotate_refresh(ctx, old, new, now, reuse_audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.rotate_refresh(ctx, old, new, now, reuse_audit.clone())
+        })
+        .await
     }
     async fn revoke_session(
         &self,
@@ -1761,18 +1277,10 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .revoke_session(ctx, session, reason, now, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .revoke_session(ctx, session, reason, now, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.revoke_session(ctx, session, reason, now, audit.clone())
+        })
+        .await
     }
     async fn session_grant(
         &self,
@@ -1781,25 +1289,14 @@ impl identity::IdentityStore for RegionalStore {
         user: UserId,
         now: Timestamp,
     ) -> Result<Option<SessionGrant>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .session_grant(ctx, session, user, now)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .session_grant(ctx, session, user, now)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.session_grant(ctx, session, user, now)
+        })
+        .await
     }
     async fn list_delegations(&self, ctx: &TenantCtx) -> Result<Vec<Delegation>> {
-        let first = self.of(ctx.tenant_id()).await?.list_delegations(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.list_delegations(ctx).await
+        self.on(ctx.tenant_id(), |db| db.list_delegations(ctx))
+            .await
     }
     async fn revoke_delegation(
         &self,
@@ -1808,32 +1305,16 @@ impl identity::IdentityStore for RegionalStore {
         now: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<Option<Delegation>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .revoke_delegation(ctx, id, now, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .revoke_delegation(ctx, id, now, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.revoke_delegation(ctx, id, now, audit.clone())
+        })
+        .await
     }
     async fn list_sso(&self, ctx: &TenantCtx) -> Result<Vec<SsoConnectionRecord>> {
-        let first = self.of(ctx.tenant_id()).await?.list_sso(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.list_sso(ctx).await
+        self.on(ctx.tenant_id(), |db| db.list_sso(ctx)).await
     }
     async fn get_sso(&self, ctx: &TenantCtx, id: &str) -> Result<Option<SsoConnectionRecord>> {
-        let first = self.of(ctx.tenant_id()).await?.get_sso(ctx, id).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.get_sso(ctx, id).await
+        self.on(ctx.tenant_id(), |db| db.get_sso(ctx, id)).await
     }
     async fn insert_sso(
         &self,
@@ -1841,17 +1322,7 @@ impl identity::IdentityStore for RegionalStore {
         rec: &SsoConnectionRecord,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_sso(ctx, rec, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_sso(ctx, rec, audit)
+        self.on(ctx.tenant_id(), |db| db.insert_sso(ctx, rec, audit.clone()))
             .await
     }
     async fn update_sso(
@@ -1860,45 +1331,15 @@ impl identity::IdentityStore for RegionalStore {
         rec: &SsoConnectionRecord,
         audit: NewAuditEvent,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .update_sso(ctx, rec, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .update_sso(ctx, rec, audit)
+        self.on(ctx.tenant_id(), |db| db.update_sso(ctx, rec, audit.clone()))
             .await
     }
     async fn delete_sso(&self, ctx: &TenantCtx, id: &str, audit: NewAuditEvent) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .delete_sso(ctx, id, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .delete_sso(ctx, id, audit)
+        self.on(ctx.tenant_id(), |db| db.delete_sso(ctx, id, audit.clone()))
             .await
     }
     async fn put_sso_state(&self, ctx: &TenantCtx, state_hash: &str, s: &SsoState) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .put_sso_state(ctx, state_hash, s)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .put_sso_state(ctx, state_hash, s)
+        self.on(ctx.tenant_id(), |db| db.put_sso_state(ctx, state_hash, s))
             .await
     }
     async fn take_sso_state(&self, state_hash: &str) -> Result<Option<SsoState>> {
@@ -1911,18 +1352,10 @@ impl identity::IdentityStore for RegionalStore {
         assertion_id: &str,
         expires_at: Timestamp,
     ) -> Result<bool> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .consume_assertion(ctx, assertion_id, expires_at)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .consume_assertion(ctx, assertion_id, expires_at)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.consume_assertion(ctx, assertion_id, expires_at)
+        })
+        .await
     }
     async fn erase_subject(
         &self,
@@ -1933,31 +1366,13 @@ impl identity::IdentityStore for RegionalStore {
         sign: ReceiptSigner<'_>,
         audit: NewAuditEvent,
     ) -> Result<ErasureReceipt> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .erase_subject(ctx, job, email, subject, sign, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .erase_subject(ctx, job, email, subject, sign, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.erase_subject(ctx, job, email, subject, sign, audit.clone())
+        })
+        .await
     }
     async fn erasure_receipt(&self, ctx: &TenantCtx, id: &str) -> Result<Option<ErasureReceipt>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .erasure_receipt(ctx, id)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .erasure_receipt(ctx, id)
+        self.on(ctx.tenant_id(), |db| db.erasure_receipt(ctx, id))
             .await
     }
     async fn apply_retention(
@@ -1968,18 +1383,10 @@ impl identity::IdentityStore for RegionalStore {
         audit_before: Timestamp,
         audit: NewAuditEvent,
     ) -> Result<RetentionReport> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .apply_retention(ctx, job, data_before, audit_before, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .apply_retention(ctx, job, data_before, audit_before, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.apply_retention(ctx, job, data_before, audit_before, audit.clone())
+        })
+        .await
     }
     async fn schedule_retention(&self, platform: &PlatformCtx, since: Timestamp) -> Result<u64> {
         let mut n = 0;
@@ -1989,17 +1396,7 @@ impl identity::IdentityStore for RegionalStore {
         Ok(n)
     }
     async fn enqueue(&self, ctx: &TenantCtx, job: &Job, audit: NewAuditEvent) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .enqueue(ctx, job, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .enqueue(ctx, job, audit)
+        self.on(ctx.tenant_id(), |db| db.enqueue(ctx, job, audit.clone()))
             .await
     }
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
@@ -2034,14 +1431,6 @@ impl exports::ExportStore for RegionalStore {
         filter: &ExportFilter,
         sink: &mut dyn ExportSink,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .dump_tenant(ctx, tables, filter, &mut *sink)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
         self.of(ctx.tenant_id())
             .await?
             .dump_tenant(ctx, tables, filter, sink)
@@ -2086,25 +1475,13 @@ impl exports::ExportStore for RegionalStore {
         job: &Job,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .insert_export(ctx, rec, job, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .insert_export(ctx, rec, job, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.insert_export(ctx, rec, job, audit.clone())
+        })
+        .await
     }
     async fn get_export(&self, ctx: &TenantCtx, id: &str) -> Result<Option<ExportRecord>> {
-        let first = self.of(ctx.tenant_id()).await?.get_export(ctx, id).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.get_export(ctx, id).await
+        self.on(ctx.tenant_id(), |db| db.get_export(ctx, id)).await
     }
     async fn list_exports(
         &self,
@@ -2112,38 +1489,14 @@ impl exports::ExportStore for RegionalStore {
         kind: &str,
         page: &PageRequest,
     ) -> Result<Page<ExportRecord>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .list_exports(ctx, kind, page)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .list_exports(ctx, kind, page)
+        self.on(ctx.tenant_id(), |db| db.list_exports(ctx, kind, page))
             .await
     }
     async fn latest_backup(&self, ctx: &TenantCtx) -> Result<Option<ExportRecord>> {
-        let first = self.of(ctx.tenant_id()).await?.latest_backup(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.latest_backup(ctx).await
+        self.on(ctx.tenant_id(), |db| db.latest_backup(ctx)).await
     }
     async fn backups_beyond(&self, ctx: &TenantCtx, keep: i64) -> Result<Vec<ExportRecord>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .backups_beyond(ctx, keep)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .backups_beyond(ctx, keep)
+        self.on(ctx.tenant_id(), |db| db.backups_beyond(ctx, keep))
             .await
     }
     async fn trial_restore(
@@ -2153,14 +1506,6 @@ impl exports::ExportStore for RegionalStore {
         tables: &[&'static ExportTable],
         sink: &mut dyn ExportSink,
     ) -> Result<u64> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .trial_restore(ctx, &mut *source, tables, &mut *sink)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
         self.of(ctx.tenant_id())
             .await?
             .trial_restore(ctx, source, tables, sink)
@@ -2174,18 +1519,10 @@ impl exports::ExportStore for RegionalStore {
         report: &serde_json::Value,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .set_verification(ctx, job, id, report, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .set_verification(ctx, job, id, report, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.set_verification(ctx, job, id, report, audit.clone())
+        })
+        .await
     }
     async fn finish_export(
         &self,
@@ -2195,31 +1532,13 @@ impl exports::ExportStore for RegionalStore {
         done: &FinishedExport,
         audit: NewAuditEvent,
     ) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .finish_export(ctx, job, id, done, audit.clone())
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .finish_export(ctx, job, id, done, audit)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.finish_export(ctx, job, id, done, audit.clone())
+        })
+        .await
     }
     async fn fail_export(&self, ctx: &TenantCtx, id: &str, error: &str) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .fail_export(ctx, id, error)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .fail_export(ctx, id, error)
+        self.on(ctx.tenant_id(), |db| db.fail_export(ctx, id, error))
             .await
     }
     async fn exports_to_remove(
@@ -2227,38 +1546,16 @@ impl exports::ExportStore for RegionalStore {
         ctx: &TenantCtx,
         expired_before: Option<Timestamp>,
     ) -> Result<Vec<ExportRecord>> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .exports_to_remove(ctx, expired_before)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .exports_to_remove(ctx, expired_before)
-            .await
+        self.on(ctx.tenant_id(), |db| {
+            db.exports_to_remove(ctx, expired_before)
+        })
+        .await
     }
     async fn erased_subjects(&self, ctx: &TenantCtx) -> Result<Vec<String>> {
-        let first = self.of(ctx.tenant_id()).await?.erased_subjects(ctx).await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id()).await?.erased_subjects(ctx).await
+        self.on(ctx.tenant_id(), |db| db.erased_subjects(ctx)).await
     }
     async fn mark_export_deleted(&self, ctx: &TenantCtx, id: &str) -> Result<()> {
-        let first = self
-            .of(ctx.tenant_id())
-            .await?
-            .mark_export_deleted(ctx, id)
-            .await;
-        if !self.moved(&first) {
-            return first;
-        }
-        self.of(ctx.tenant_id())
-            .await?
-            .mark_export_deleted(ctx, id)
+        self.on(ctx.tenant_id(), |db| db.mark_export_deleted(ctx, id))
             .await
     }
 }
