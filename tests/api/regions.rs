@@ -289,6 +289,19 @@ async fn a_tenants_rows_stay_in_its_regions_database(b: Backend) {
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     let (s, body) = complete(&app, &copy_key, hi).await;
     assert_eq!(s, 200, "{body}");
+    // The copy, whose chain began under Paris's id, moves out and back: the chain's origin
+    // goes along each time, and each database's kept copy still verifies (below).
+    for region in ["us", "eu"] {
+        let j = move_tenant(&app, &paris_copy, region).await;
+        assert_eq!(j["status"], "succeeded", "{j}");
+    }
+    let (s, body) = complete(
+        &app,
+        &copy_key,
+        json!({"model": "helper", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
     let tenants = "SELECT COUNT(*) FROM tenants WHERE tenant_id = $1";
     assert_eq!(count(&eu_db, tenants, &copy).await, 1);
     assert_eq!(count(&app.db, tenants, &copy).await, 0);

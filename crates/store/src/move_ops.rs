@@ -285,7 +285,8 @@ impl MoveStore for BackendStore {
                 return Err(StoreError::CrossTenant("a moved row of another tenant"));
             }
             let suffix = match b.table {
-                "users" => " ON CONFLICT DO NOTHING".to_owned(),
+                // People of other tenants here; the chain's origins this database kept.
+                "users" | "audit_origins" => " ON CONFLICT DO NOTHING".to_owned(),
                 "audit_heads" => {
                     let set: Vec<String> = b
                         .columns

@@ -174,9 +174,14 @@ impl RegionalStore {
     /// The database the tenant lives in; `None` if none has it. A copy still arriving counts
     /// only once its source let the tenant go.
     async fn find(&self, t: TenantId) -> Result<Option<Db>> {
-        if let Some(db) = recall(&self.tenants, &t) {
-            return Ok(Some(db));
+        match recall(&self.tenants, &t) {
+            Some(db) => Ok(Some(db)),
+            None => self.find_anew(t).await,
         }
+    }
+
+    /// [`RegionalStore::find`], asking every database.
+    async fn find_anew(&self, t: TenantId) -> Result<Option<Db>> {
         let mut arriving = None;
         for (i, db) in self.dbs.iter().enumerate() {
             match db.tenant_presence(t).await? {
@@ -189,6 +194,15 @@ impl RegionalStore {
             }
         }
         Ok(arriving)
+    }
+
+    /// Whether the tenant lives in `db`: a copy still arriving there counts only once its
+    /// source let the tenant go.
+    async fn lives_in(&self, t: TenantId, db: Db) -> Result<bool> {
+        Ok(match self.dbs[db].tenant_presence(t).await? {
+            Presence::Arriving => self.find_anew(t).await? == Some(db),
+            _ => true,
+        })
     }
 
     /// Whether `res` says the tenant moved since this process looked it up: then every
@@ -246,7 +260,7 @@ impl RegionalStore {
     }
 
     /// The first database's answer that is `Some`, remembering its database for the tenant
-    /// `tenant_of` names.
+    /// `tenant_of` names; a copy still arriving in a database answers nothing there.
     async fn first<'a, T, F>(
         &'a self,
         ask: impl Fn(&'a dyn Store) -> F,
@@ -257,8 +271,10 @@ impl RegionalStore {
     {
         for (i, db) in self.dbs.iter().enumerate() {
             if let Some(found) = ask(&**db).await? {
-                if let Some(t) = tenant_of(&found) {
-                    remember(&self.tenants, t, i);
+                match tenant_of(&found) {
+                    Some(t) if !self.lives_in(t, i).await? => continue,
+                    Some(t) => remember(&self.tenants, t, i),
+                    None => {}
                 }
                 return Ok(Some(found));
             }
@@ -323,7 +339,9 @@ impl Store for RegionalStore {
                 };
                 let (sent, loaded) =
                     tokio::join!(self.dbs[s].move_out(ctx, to, rows, arrived), copy_in);
-                let (sent, loaded) = (sent?, loaded?);
+                // The target's error first: the source's only says the target failed.
+                let loaded = loaded?;
+                let sent = sent?;
                 if sent != loaded {
                     tracing::info!(tenant = %t, sent, loaded, "moved rows (a chain kept from an earlier stay is not copied again)");
                 }
@@ -840,6 +858,11 @@ impl Store for RegionalStore {
         for db in order {
             if let Some(found) = self.dbs[db].find_api_key(public_id).await? {
                 if hint != Some(db) {
+                    // Not from a copy still arriving here (it answers once it is the tenant).
+                    let t = found.key.tenant_id;
+                    if !self.lives_in(t, db).await? {
+                        continue;
+                    }
                     remember(&self.keys, public_id.to_owned(), db);
                 }
                 remember(&self.tenants, found.key.tenant_id, db);

@@ -293,8 +293,10 @@ impl SqliteStore {
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_token = $1, \
              lease_until = $2, updated_at = $3 \
              WHERE id = (SELECT j.id FROM jobs j LEFT JOIN job_tenants t ON t.tenant_id = j.tenant_id \
-                         WHERE (j.status = 'queued' AND j.run_at <= $3) \
-                            OR (j.status = 'running' AND j.lease_until < $3) \
+                         WHERE ((j.status = 'queued' AND j.run_at <= $3) \
+                            OR (j.status = 'running' AND j.lease_until < $3)) \
+                           AND NOT EXISTS (SELECT 1 FROM tenant_moves m \
+                                           WHERE m.tenant_id = j.tenant_id AND m.state = 'arriving') \
                          ORDER BY COALESCE(t.last_claimed_at, 0), j.run_at, j.id LIMIT 1) \
              RETURNING *",
         )
