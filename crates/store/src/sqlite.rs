@@ -220,10 +220,19 @@ impl SqliteStore {
     /// After an erasure: the write-ahead log still holds the erased rows' old pages until a
     /// checkpoint; fold it into the file (whose erased pages `secure_delete` zeroed) and
     /// truncate it.
+    /// A reader still using the log makes the checkpoint give up (`busy`): it is tried again
+    /// until the log is folded and truncated (for up to a few seconds, readers being short).
     async fn after_erasure(&self) -> Result<()> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.write)
-            .await?;
+        for _ in 0..200 {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.write)
+                .await?;
+            if busy == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!("the write-ahead log stayed busy: erased rows' old pages may remain in it until the next checkpoint");
         Ok(())
     }
 
