@@ -236,8 +236,10 @@ async fn worker_killed_mid_restore_restores_once(b: Backend) {
     .await;
     let counts = rec["manifest"]["counts"].as_object().unwrap();
     for (t, n) in counts {
-        let got = restored.iter().filter(|(name, _)| name == t).count();
-        assert_eq!(got as u64, n.as_u64().unwrap(), "{t}");
+        let got = restored.iter().filter(|(name, _)| name == t).count() as u64;
+        // Restored under a new id, the chain records the id its events were hashed under.
+        let made = u64::from(t == "audit_origins");
+        assert_eq!(got, n.as_u64().unwrap() + made, "{t}");
     }
     assert_eq!(counts["usage_records"], 25);
     let t = store.get_tenant(new_id).await.unwrap().unwrap();

@@ -622,6 +622,20 @@ async fn a_full_export_holds_only_its_tenant_verifies_and_imports_into_another_d
         3,
         "platform, Alpha, its copy: {report:?}"
     );
+    // A copy of the copy: its chain was hashed under Alpha's id, then the copy's, then its own.
+    let copy_id = copy["tenant_id"].as_str().unwrap().to_owned();
+    let rec3 = export(&there, &copy_id, json!({"export_type": "full"})).await;
+    let bytes3 = download(&there, &copy_id, &rec3).await;
+    let (s, copy2) = import(&there, bytes3, "&slug=alpha-copy-2").await;
+    assert_eq!(s, 201, "{copy2}");
+    let report = agentplane_audit::verify_all(
+        there.control.store().as_ref(),
+        &PlatformCtx::for_system("t"),
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.chains.len(), 4, "{report:?}");
 }
 
 async fn subject_and_csv_exports_select_what_they_name(b: Backend) {

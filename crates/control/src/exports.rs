@@ -92,7 +92,7 @@ impl ExportType {
                 return EXPORT_TABLES.iter().filter(|t| t.importable).collect();
             }
             Self::UsersOnly => &["roles", "members"],
-            Self::AuditLogs => &["audit_head", "audit_events", "audit_pii"],
+            Self::AuditLogs => &["audit_head", "audit_events", "audit_pii", "audit_origins"],
             Self::GdprRequest => &["members", "sessions", "audit_events", "audit_pii"],
         };
         names

@@ -161,10 +161,11 @@ impl ExportStore for BackendStore {
         if let Some(origin) = source.exported_tenant().filter(|o| *o != ctx.tenant_id()) {
             // Loaded as another tenant: the chain's events so far were hashed under the
             // exported tenant's id, which verification needs.
+            // (A segment the export brought that ends there already names who hashed it.)
             sqlx::query(
                 "INSERT INTO audit_origins (tenant_id, origin, up_to_seq) \
                  SELECT $1, $2, MAX(seq) FROM audit_events WHERE tenant_id = $1 \
-                 HAVING MAX(seq) IS NOT NULL",
+                 HAVING MAX(seq) IS NOT NULL ON CONFLICT DO NOTHING",
             )
             .bind(&tenant)
             .bind(origin.to_string())

@@ -343,6 +343,13 @@ pub static EXPORT_TABLES: &[ExportTable] = &[
             "event_id",
         )
     },
+    // A chain that began under other tenant ids (imports): up to which seq each hashed.
+    table(
+        "audit_origins",
+        "audit_origins",
+        &[("origin", T), ("up_to_seq", I)],
+        "up_to_seq",
+    ),
     table(
         "erasure_receipts",
         "erasure_receipts",

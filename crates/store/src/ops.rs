@@ -2465,19 +2465,18 @@ impl Store for BackendStore {
             .await?;
         // A chain imported from another tenant: its events up to the import were hashed
         // under that tenant's id, and are answered under it.
-        let origin: Option<(String, i64)> =
-            sqlx::query_as("SELECT origin, up_to_seq FROM audit_origins WHERE tenant_id = $1")
-                .bind(chain)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let origins: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT origin, up_to_seq FROM audit_origins WHERE tenant_id = $1 ORDER BY up_to_seq",
+        )
+        .bind(chain)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         rows.into_iter()
             .map(|r| {
                 let (mut ev, pii) = r.into_parts()?;
-                if let Some((o, up_to)) = &origin {
-                    if ev.seq <= *up_to {
-                        ev.chain.clone_from(o);
-                    }
+                if let Some((o, _)) = origins.iter().find(|(_, up_to)| ev.seq <= *up_to) {
+                    ev.chain.clone_from(o);
                 }
                 Ok((ev, pii))
             })
