@@ -248,7 +248,7 @@ async fn worker_killed_mid_restore_restores_once(b: Backend) {
 
 /// The environment of worker processes on `app`'s database with a one-second lease and a
 /// quick poll: a rescuer's, and a doomed one's that aborts at `crash_point`.
-fn worker_envs(
+pub(crate) fn worker_envs(
     app: &TestApp,
     crash_point: &str,
 ) -> (HashMap<String, String>, HashMap<String, String>) {

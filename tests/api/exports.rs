@@ -324,7 +324,7 @@ pub async fn seed(app: &TestApp, tenant: &str, marker: &str, records: usize) {
 }
 
 /// Requests an export, runs its job, and answers the ready record.
-async fn export(app: &TestApp, tenant: &str, body: Value) -> Value {
+pub(crate) async fn export(app: &TestApp, tenant: &str, body: Value) -> Value {
     let admin = app.tenant_user("tenant_admin", tenant);
     let (s, rec) = status_json(
         app.post(

@@ -190,54 +190,14 @@ async fn a_tenants_rows_stay_in_its_regions_database(b: Backend) {
     assert_eq!(s, 202, "{t}");
     let lyon = t["tenant"]["id"].as_str().unwrap().to_owned();
     app.run_jobs().await;
-    let admin = app.tenant_user("tenant_admin", &lyon);
-    let (s, rec) = status_json(
-        app.post(
-            &format!("/v1/tenants/{lyon}/exports?confirm=true"),
-            &admin,
-            json!({"export_type": "full"}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(s, 202, "{rec}");
-    app.run_jobs().await;
-    let (_, rec) = status_json(
-        app.get(
-            &format!("/v1/tenants/{lyon}/exports/{}", rec["id"].as_str().unwrap()),
-            &admin,
-        )
-        .await,
-    )
-    .await;
+    let rec = crate::exports::export(&app, &lyon, json!({"export_type": "full"})).await;
     let bytes = crate::exports::download(&app, &lyon, &rec).await;
     let (s, imported) = crate::exports::import(&app, bytes, "&slug=lyon-copy").await;
     assert_eq!(s, 201, "{imported}");
     let copy = imported["tenant_id"].as_str().unwrap().to_owned();
     // And one with an agent and its provider: the provider comes without its secret (no
     // export holds one), the agent keeps it, and a run asks for the secret until it is set.
-    let (s, rec) = status_json(
-        app.post(
-            &format!("/v1/tenants/{paris}/exports?confirm=true"),
-            &app.tenant_user("tenant_admin", &paris),
-            json!({"export_type": "full"}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(s, 202, "{rec}");
-    app.run_jobs().await;
-    let (_, rec) = status_json(
-        app.get(
-            &format!(
-                "/v1/tenants/{paris}/exports/{}",
-                rec["id"].as_str().unwrap()
-            ),
-            &app.tenant_user("tenant_admin", &paris),
-        )
-        .await,
-    )
-    .await;
+    let rec = crate::exports::export(&app, &paris, json!({"export_type": "full"})).await;
     let bytes = crate::exports::download(&app, &paris, &rec).await;
     let (s, imported) = crate::exports::import(&app, bytes, "&slug=paris-copy").await;
     assert_eq!(s, 201, "{imported}");
@@ -503,7 +463,7 @@ async fn a_tenant_moves_to_another_regions_database_with_every_row_and_no_run_lo
     );
     assert_eq!(before, after);
     let (_, t) = status_json(
-        app.get(&format!("/v1/tenants/{paris}"), &op_token(&app))
+        app.get(&format!("/v1/tenants/{paris}"), &app.platform_admin())
             .await,
     )
     .await;
@@ -618,10 +578,6 @@ async fn moves_in_trail(app: &TestApp, tenant: &str) -> usize {
     v["items"].as_array().unwrap().len()
 }
 
-fn op_token(app: &TestApp) -> String {
-    app.platform_admin()
-}
-
 /// A run through the gateway, retried once if the tenant moved under this process.
 async fn run_once(app: &TestApp, key: &str) {
     let hi = json!({"model": "helper", "messages": [{"role": "user", "content": "hi"}]});
@@ -651,12 +607,9 @@ async fn a_worker_killed_mid_move_leaves_the_tenant_whole_and_the_next_one_moves
     )
     .await;
     assert_eq!(s, 202, "{job}");
-    let mut env = app.db.env(&app.secret);
+    let (mut env, mut crash_env) = crate::crash::worker_envs(&app, "move.before_release");
     movable_env(&mut env, &eu_db);
-    env.insert("AGENTPLANE_JOB_LEASE_SECS".into(), "1".into());
-    env.insert("AGENTPLANE_WORKER_POLL_INTERVAL_MS".into(), "50".into());
-    let mut crash_env = env.clone();
-    crash_env.insert("AGENTPLANE_CRASH_AT".into(), "move.before_release".into());
+    movable_env(&mut crash_env, &eu_db);
 
     // 1. The worker dies once the copy is in the main database, before the eu one lets
     //    the tenant go: the tenant is whole in eu, where it goes on working.
