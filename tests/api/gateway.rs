@@ -20,7 +20,8 @@ both_backends!(
     bad_requests_get_openai_shaped_errors_and_change_nothing,
     azure_api_keys_need_the_fallback_flag,
     azure_managed_identity_needs_no_secret_and_no_fallback,
-    the_official_openai_python_sdk_works_unchanged
+    the_official_openai_python_sdk_works_unchanged,
+    agent_and_provider_changes_apply_at_once_in_every_process
 );
 
 pub(crate) struct Fixture {
@@ -1035,4 +1036,118 @@ async fn azure_managed_identity_needs_no_secret_and_no_fallback(b: Backend) {
         1,
         "the token is cached"
     );
+}
+
+/// What a run calls (the agent, its provider, the opened secret) is cached per process for
+/// an hour here, so only the announcements of a change can drop it: a change through this
+/// process applies to its very next run; on PostgreSQL another process hears of it too, and
+/// of a change made by hand in psql.
+async fn agent_and_provider_changes_apply_at_once_in_every_process(b: Backend) {
+    use crate::crash::Proc;
+    let mock = MockLlm::start().await;
+    let hour = |env: &mut std::collections::HashMap<String, String>| {
+        env.insert("AGENTPLANE_GATEWAY_CACHE_MS".into(), "3600000".into());
+    };
+    let app = TestApp::spawn_with(b, hour).await;
+    let f = fixture(&app, "Cached", "openai", &mock.base, "model-a", json!({})).await;
+    let mut bases = vec![app.base.clone()];
+    let mut other = None;
+    if b == Backend::Postgres {
+        let port = free_port();
+        let mut env = app.db.env(&app.secret);
+        env.insert("AGENTPLANE_LISTEN".into(), format!("127.0.0.1:{port}"));
+        hour(&mut env);
+        other = Some(Proc::spawn(&["serve"], &env));
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    let client = reqwest::Client::new();
+    // One run through `base`: the model and the bearer secret the provider saw.
+    let seen = |base: String| {
+        let (client, key, mock) = (client.clone(), f.key.clone(), &mock);
+        async move {
+            let res = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&hello("helper"))
+                .send()
+                .await
+                .ok()?;
+            if res.status() != 200 {
+                return None;
+            }
+            let (headers, body) = mock.last();
+            let auth = headers["authorization"].to_str().unwrap().to_owned();
+            Some((body["model"].as_str().unwrap().to_owned(), auth))
+        }
+    };
+    let until = |base: String, want: (&'static str, &'static str)| {
+        let seen = &seen;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let got = seen(base.clone()).await;
+                if got.as_ref().map(|(m, a)| (m.as_str(), a.as_str())) == Some(want) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{base} still calls {got:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Every process has the agent cached.
+    for base in &bases {
+        until(base.clone(), ("model-a", "Bearer sk-test")).await;
+    }
+
+    // The agent changed through this process: its next run calls the new model.
+    let (s, a) = status_json(
+        app.call(
+            Method::PATCH,
+            &format!("/v1/tenants/{}/agents/{}", f.tenant, f.agent_id),
+            Some(&f.admin),
+            Some(json!({"model": "model-b", "expected_version": 1})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    let next = seen(app.base.clone()).await.unwrap();
+    assert_eq!(next, ("model-b".into(), "Bearer sk-test".into()));
+
+    // The provider's secret rotated: the next run sends the new one.
+    let (s, page) = status_json(
+        app.get(&format!("/v1/tenants/{}/providers", f.tenant), &f.admin)
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{page}");
+    let provider = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let (s, p) = status_json(
+        app.call(
+            Method::PATCH,
+            &format!("/v1/tenants/{}/providers/{provider}", f.tenant),
+            Some(&f.admin),
+            Some(json!({"api_key": "sk-rotated", "expected_version": 1})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    let next = seen(app.base.clone()).await.unwrap();
+    assert_eq!(next, ("model-b".into(), "Bearer sk-rotated".into()));
+
+    if other.is_some() {
+        // Another process hears of both changes, in seconds where its cache keeps an hour.
+        until(bases[1].clone(), ("model-b", "Bearer sk-rotated")).await;
+        // And of a change no server made.
+        crate::helpers::raw_exec(
+            &app.db,
+            "UPDATE agents SET model = 'model-c' WHERE tenant_id = $1 AND id = $2",
+            &[&f.tenant, &f.agent_id],
+        )
+        .await;
+        for base in &bases {
+            until(base.clone(), ("model-c", "Bearer sk-rotated")).await;
+        }
+    }
 }

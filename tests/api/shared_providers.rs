@@ -47,12 +47,8 @@ fn hello() -> Value {
 
 async fn a_plan_grants_a_shared_provider_whose_secret_never_reaches_the_tenant(b: Backend) {
     let mock = MockLlm::start().await;
-    // No configuration cache: the operator's grant change below applies at once (with the
-    // default cache, within `AGENTPLANE_GATEWAY_CACHE_MS`; a plan change always at once).
-    let app = TestApp::spawn_with(b, |env| {
-        env.insert("AGENTPLANE_GATEWAY_CACHE_MS".into(), "0".into());
-    })
-    .await;
+    // With the cache: the operator's grant change below drops what every process cached.
+    let app = TestApp::spawn(b).await;
     let op = app.platform_admin();
     plan(&app, "gold").await;
     plan(&app, "basic").await;

@@ -63,8 +63,11 @@ pub struct RuntimeConfig {
     /// Azure providers may authenticate with an API key (`ALLOW_API_KEY_FALLBACK`); else
     /// they must use an Entra ID identity.
     pub allow_api_key_fallback: bool,
-    /// How long an agent's and its provider's configuration is cached per process (zero:
-    /// read on every run). API keys and plans are never cached this way.
+    /// How long an agent's and its provider's configuration is cached per process at most
+    /// (zero: read on every run). Changes drop it sooner: at once when made through this
+    /// process, as announced by the store otherwise (see [`Store::config_changed_since`]).
+    ///
+    /// [`Store::config_changed_since`]: agentplane_store::Store::config_changed_since
     pub config_cache: Duration,
 }
 
@@ -73,7 +76,7 @@ impl Default for RuntimeConfig {
         Self {
             default_max_tokens: 1024,
             allow_api_key_fallback: false,
-            config_cache: Duration::from_secs(1),
+            config_cache: Duration::from_secs(10),
         }
     }
 }
@@ -244,7 +247,8 @@ struct Target {
     granted_to: Option<Vec<String>>,
 }
 
-type TargetCache = HashMap<(TenantId, String), (Instant, Arc<Target>)>;
+/// Cached targets: when each was read, and the store's configuration generation then.
+type TargetCache = HashMap<(TenantId, String), (Instant, u64, Arc<Target>)>;
 
 /// The runtime plane.
 #[derive(Clone)]
@@ -292,16 +296,20 @@ impl Runtime {
         &self.quotas
     }
 
-    /// The agent, its provider and the provider's opened secret, cached for
-    /// `config_cache` (so changes to agents and providers apply within that time).
+    /// The agent, its provider and the provider's opened secret, cached until they change
+    /// (or for `config_cache` at most).
     async fn target(&self, ctx: &TenantCtx, agent_ref: &str) -> Result<Arc<Target>, RunError> {
         let key = (ctx.tenant_id(), agent_ref.to_owned());
         let ttl = self.cfg.config_cache;
-        if let Some((at, t)) = self.targets.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            if at.elapsed() < ttl {
+        let store = self.control.store();
+        if let Some((at, read_at, t)) = self.targets.lock().ok().and_then(|m| m.get(&key).cloned())
+        {
+            if at.elapsed() < ttl && !store.config_changed_since(ctx.tenant_id(), read_at) {
                 return Ok(t);
             }
         }
+        // Taken before reading: a change committed meanwhile makes what is read stale at once.
+        let read_at = store.config_generation();
         let agent = match self.control.agent_by_ref(ctx, agent_ref).await {
             Ok(a) => a,
             Err(ControlError::NotFound(_)) => {
@@ -324,7 +332,7 @@ impl Runtime {
                 if m.len() >= 10_000 {
                     m.clear();
                 }
-                m.insert(key, (Instant::now(), target.clone()));
+                m.insert(key, (Instant::now(), read_at, target.clone()));
             }
         }
         Ok(target)

@@ -7,6 +7,9 @@
 //! lease and increments the counter's `used` in one transaction, batching the runs that finish
 //! together (group commit), and answers each run once its record is durable.
 //!
+//! A lease running low is topped up in the background (a refill), so that in steady state no
+//! run waits for a grant; a run that finds the lease short still waits for one.
+//!
 //! A lease the process stops needing (idle, plan changed, shutdown) is returned through the
 //! same ordered queue, after the settlements it covers. The keeper task renews live leases; a
 //! lease whose process died stops being renewed, expires, and is returned by the next grant for
@@ -95,6 +98,9 @@ struct PoolState {
     has_lease: bool,
     valid_until: Instant,
     last_active: Instant,
+    /// What the last grant added: below a quarter of it left, the lease is refilled.
+    block: Amount,
+    refilling: bool,
 }
 
 impl PoolState {
@@ -108,7 +114,14 @@ impl PoolState {
             has_lease: false,
             valid_until: now,
             last_active: now,
+            block: Amount::ZERO,
+            refilling: false,
         }
+    }
+
+    /// Whether less than a quarter of the last grant is left.
+    fn low(&self) -> bool {
+        self.avail.messages * 4 < self.block.messages || self.avail.tokens * 4 < self.block.tokens
     }
 }
 
@@ -299,6 +312,7 @@ impl Quotas {
         if s.lease_id == lease_id {
             s.avail.messages += granted.messages;
             s.avail.tokens += granted.tokens;
+            s.block = granted;
             s.has_lease = true;
             s.valid_until = started + self.inner.cfg.ttl * 2 / 3;
         }
@@ -322,6 +336,16 @@ impl Quotas {
         s.avail.tokens -= need.tokens;
         s.in_flight += 1;
         s.last_active = Instant::now();
+        if s.low() && !s.refilling {
+            s.refilling = true;
+            tokio::spawn(self.clone().refill(
+                ctx.clone(),
+                period.to_owned(),
+                pool.clone(),
+                limit,
+                need,
+            ));
+        }
         Some(Reservation {
             quotas: self.clone(),
             pool: pool.clone(),
@@ -332,6 +356,32 @@ impl Quotas {
             limit,
             settled: false,
         })
+    }
+
+    /// Tops the lease up in the background (a run waiting for a grant meanwhile is admitted
+    /// from it). A refused grant (the quota is nearly spent) leaves the lease as it is.
+    async fn refill(
+        self,
+        ctx: TenantCtx,
+        period: String,
+        pool: Arc<Pool>,
+        limit: Amount,
+        need: Amount,
+    ) {
+        {
+            let _granting = pool.granting.lock().await;
+            let still_low = {
+                let s = lock(&pool.state);
+                s.has_lease && s.limit == limit && s.low()
+            };
+            if still_low && !self.inner.stop.is_cancelled() {
+                match self.grant(&ctx, &period, &pool, limit, need).await {
+                    Ok(()) | Err(QuotaError::Exhausted(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "quota lease not refilled"),
+                }
+            }
+        }
+        lock(&pool.state).refilling = false;
     }
 
     /// Returns the pool's lease (after the settlements already queued) and starts a new one.

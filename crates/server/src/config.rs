@@ -322,9 +322,10 @@ pub struct GatewayConfig {
     pub quota_idle_ms: u64,
     /// Completion bound when neither the request nor the agent sets `max_tokens`. Default 1024.
     pub default_max_tokens: i64,
-    /// How long each process caches an agent's and its provider's configuration: changes to
-    /// them apply within this time (0: at once, one more database read per run). Default
-    /// 1 000 ms.
+    /// How long each process caches an agent, its provider and the opened secret at most.
+    /// Changes apply at once like API-key changes (their process drops them; on PostgreSQL
+    /// every process hears of them by `NOTIFY`); this bounds only what nothing announces. 0:
+    /// read on every run. Default 10 000 ms.
     pub config_cache_ms: u64,
     /// Per-process cache of API-key lookups. A change made through the server applies at once
     /// (its process drops the tenant's keys; on PostgreSQL every process hears of it by
@@ -351,7 +352,7 @@ impl Default for GatewayConfig {
             quota_lease_ms: 30_000,
             quota_idle_ms: 2_000,
             default_max_tokens: 1024,
-            config_cache_ms: 1_000,
+            config_cache_ms: 10_000,
             key_cache_ms: 10_000,
             upstream_timeout_secs: 120,
             upstream_max_retries: 2,

@@ -13,6 +13,10 @@
 //!
 //! A lookup that raced with an invalidation is not cached: the cache's generation moves on
 //! every invalidation, and an entry read before it is discarded.
+//!
+//! The same announcements cover the tenant's agents and providers (and the platform's shared
+//! providers, which drop everything), for the runtime's cache of what a run calls: it takes a
+//! [`KeyCache::generation`] before reading and asks [`KeyCache::changed_since`] on each use.
 
 use crate::ApiKeyLookup;
 use agentplane_core::TenantId;
@@ -38,7 +42,13 @@ pub(crate) struct KeyCache {
 struct Inner {
     generation: u64,
     entries: HashMap<String, (Instant, ApiKeyLookup)>,
+    /// The generation of each tenant's last invalidation since the last clear.
+    changed: HashMap<TenantId, u64>,
+    cleared: u64,
 }
+
+/// A tenant's changes remembered one by one; beyond, the cache clears.
+const MAX_CHANGED: usize = 100_000;
 
 impl KeyCache {
     pub(crate) fn new(ttl: Duration) -> Self {
@@ -101,10 +111,23 @@ impl KeyCache {
             .insert(public_id.to_owned(), (Instant::now(), found));
     }
 
-    /// Drops every key of `tenant`.
+    /// Whether anything of `tenant` was invalidated after [`KeyCache::generation`] answered
+    /// `read_at`.
+    pub(crate) fn changed_since(&self, tenant: TenantId, read_at: u64) -> bool {
+        let inner = self.lock();
+        inner.cleared > read_at || inner.changed.get(&tenant).is_some_and(|g| *g > read_at)
+    }
+
+    /// Drops every key of `tenant` (and marks its configuration changed).
     pub(crate) fn invalidate(&self, tenant: TenantId) {
         let mut inner = self.lock();
+        if inner.changed.len() >= MAX_CHANGED {
+            drop(inner);
+            return self.clear();
+        }
         inner.generation += 1;
+        let g = inner.generation;
+        inner.changed.insert(tenant, g);
         inner.entries.retain(|_, (_, e)| e.key.tenant_id != tenant);
     }
 
@@ -112,6 +135,8 @@ impl KeyCache {
     pub(crate) fn clear(&self) {
         let mut inner = self.lock();
         inner.generation += 1;
+        inner.cleared = inner.generation;
+        inner.changed.clear();
         inner.entries.clear();
     }
 }
@@ -173,6 +198,22 @@ mod tests {
         let now = cache.generation();
         cache.insert("k", now, lookup(t));
         assert!(cache.get("k").is_some());
+    }
+
+    #[test]
+    fn changes_are_told_per_tenant_and_a_clear_tells_everyone() {
+        let cache = KeyCache::new(DEFAULT_TTL);
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let read_at = cache.generation();
+        assert!(!cache.changed_since(a, read_at));
+        cache.invalidate(a);
+        assert!(cache.changed_since(a, read_at));
+        assert!(!cache.changed_since(b, read_at));
+        let later = cache.generation();
+        assert!(!cache.changed_since(a, later));
+        cache.clear();
+        assert!(cache.changed_since(a, later) && cache.changed_since(b, later));
+        assert!(!cache.changed_since(b, cache.generation()));
     }
 
     #[test]

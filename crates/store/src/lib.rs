@@ -603,6 +603,14 @@ pub trait Store:
     /// public id, before the tenant is known, with its tenant's status and plan (one query: the
     /// gateway's hot path).
     async fn find_api_key(&self, public_id: &str) -> Result<Option<ApiKeyLookup>>;
+    /// A mark to take before reading a tenant's agents and providers into a cache; see
+    /// [`Store::config_changed_since`].
+    fn config_generation(&self) -> u64;
+    /// Whether the tenant's agents or providers (or the platform's shared providers) may have
+    /// changed since [`Store::config_generation`] answered `read_at`: in this process at once,
+    /// in others as announced (PostgreSQL), never for what nothing announces (another process
+    /// writing an SQLite file: the caller's time-to-live bounds that).
+    fn config_changed_since(&self, tenant: TenantId, read_at: u64) -> bool;
     /// Records when keys were last used (batched by the server, never per request).
     async fn touch_api_keys(
         &self,

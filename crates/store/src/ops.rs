@@ -364,17 +364,39 @@ fn add(a: Amount, b: Amount) -> Amount {
 }
 
 /// A JSON array of rows: how a settlement batch reaches its set-based statements.
-pub(super) fn json_rows(rows: &[serde_json::Value]) -> Result<String> {
+pub(super) fn json_rows<T: serde::Serialize>(rows: &[T]) -> Result<String> {
     serde_json::to_string(rows).map_err(corrupt)
+}
+
+/// What a settlement batch's runs consumed from one lease.
+#[derive(serde::Serialize)]
+pub(super) struct LeaseUse<'a> {
+    pub tenant_id: &'a str,
+    pub period: &'a str,
+    pub id: &'a str,
+    pub messages: i64,
+    pub tokens: i64,
+}
+
+/// What a settlement batch's runs consumed of one counter (tenant and month); every counter
+/// of the batch has one, zero for those it only releases a lease of.
+#[derive(serde::Serialize)]
+pub(super) struct CounterUse<'a> {
+    pub tenant_id: &'a str,
+    pub period: &'a str,
+    pub used_messages: i64,
+    pub used_tokens: i64,
+    /// The plan's limits (for the 80% / 100% notifications).
+    pub limit_messages: i64,
+    pub limit_tokens: i64,
 }
 
 /// What one counter (tenant and month) gets from a settlement batch.
 struct CounterSettlement<'a> {
     ctx: &'a TenantCtx,
-    /// What the batch's runs consumed (added to `used`).
+    /// What the batch's runs consumed (added to `used`; what of it the leases still hold is
+    /// taken off `reserved`).
     consumed: Amount,
-    /// What of it came out of leases (taken off `reserved`).
-    taken: Amount,
     /// The plan's limits as of the batch's last run (for the 80% / 100% notifications).
     limit: Amount,
 }
@@ -411,7 +433,6 @@ impl<'a> SettleBatch<'a> {
                 .or_insert(CounterSettlement {
                     ctx,
                     consumed: Amount::ZERO,
-                    taken: Amount::ZERO,
                     limit,
                 });
             match op {
@@ -1433,6 +1454,8 @@ impl Store for BackendStore {
         }
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        // Every tenant's cached providers may point at it.
+        self.keys.clear();
         Ok(true)
     }
 
@@ -1546,6 +1569,7 @@ impl Store for BackendStore {
         };
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         Ok(())
     }
 
@@ -1595,6 +1619,7 @@ impl Store for BackendStore {
             append_audit(&mut tx, audit).await?;
         }
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         Ok(n == 1)
     }
 
@@ -1837,6 +1862,7 @@ impl Store for BackendStore {
         insert_agent_version(&mut tx, ctx, a).await?;
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         Ok(())
     }
 
@@ -1858,6 +1884,7 @@ impl Store for BackendStore {
             append_audit(&mut tx, audit).await?;
         }
         tx.commit().await?;
+        self.keys.invalidate(ctx.tenant_id());
         Ok(n == 1)
     }
 
@@ -1972,6 +1999,14 @@ impl Store for BackendStore {
         tx.commit().await?;
         self.keys.invalidate(ctx.tenant_id());
         row.map(|r| r.into_key().map(|(k, _)| k)).transpose()
+    }
+
+    fn config_generation(&self) -> u64 {
+        self.keys.generation()
+    }
+
+    fn config_changed_since(&self, tenant: TenantId, read_at: u64) -> bool {
+        self.keys.changed_since(tenant, read_at)
     }
 
     async fn find_api_key(&self, public_id: &str) -> Result<Option<ApiKeyLookup>> {
@@ -2120,72 +2155,52 @@ impl Store for BackendStore {
         if ops.is_empty() {
             return Ok(());
         }
+        // What each lease's runs consumed; a run consumes from the lease it was admitted from.
+        let consumed: Vec<_> = batch
+            .leases
+            .iter()
+            .map(|((t, p, l), c)| LeaseUse {
+                tenant_id: t,
+                period: p,
+                id: l,
+                messages: c.messages,
+                tokens: c.tokens,
+            })
+            .collect();
+        let counters = &batch.counters;
+        // Every counter of the batch (released ones too: they are locked with the others).
+        let keys: Vec<_> = counters
+            .iter()
+            .map(|((t, p), g)| CounterUse {
+                tenant_id: t,
+                period: p,
+                used_messages: g.consumed.messages,
+                used_tokens: g.consumed.tokens,
+                limit_messages: g.limit.messages,
+                limit_tokens: g.limit.tokens,
+            })
+            .collect();
+        // A grant created every counter a lease was taken from.
+        let n = counters
+            .values()
+            .filter(|g| g.consumed != Amount::ZERO)
+            .count();
+        let missing = || corrupt("a settled run's usage counter is missing");
+        // Most batches release no lease and notify no one: one statement, commit included.
+        if batch.releases.is_empty() {
+            if let Some(after) = self.settle_alone(&batch.records, &consumed, &keys).await? {
+                return if after == n { Ok(()) } else { Err(missing()) };
+            }
+        }
         // A cross-tenant path by nature (one transaction settles every tenant's runs that
         // finished together); each row comes from its own run's tenant context.
         let mut tx = self.write_platform().await?;
-        let mut tenants: Vec<&str> = batch.counters.keys().map(|(t, _)| t.as_str()).collect();
+        let mut tenants: Vec<&str> = counters.keys().map(|(t, _)| t.as_str()).collect();
         tenants.dedup();
         self.fence_tenants(&mut tx, &tenants).await?;
-        if let Some(lock) = super::SETTLE_LOCK_COUNTERS {
-            let keys: Vec<_> = batch
-                .counters
-                .keys()
-                .map(|(t, p)| serde_json::json!({"tenant_id": t, "period": p}))
-                .collect();
-            sqlx::query(lock)
-                .bind(json_rows(&keys)?)
-                .fetch_all(&mut *tx)
-                .await?;
-        }
-        let mut counters = batch.counters;
-        let mut takes = Vec::new();
-        if !batch.leases.is_empty() {
-            // A run consumes from the lease it was admitted from; what a lease no longer holds
-            // (the provider reported more than was reserved, or the lease expired and went
-            // back) is counted as used all the same.
-            let wanted: Vec<_> = batch
-                .leases
-                .keys()
-                .map(|(t, p, l)| serde_json::json!({"tenant_id": t, "period": p, "id": l}))
-                .collect();
-            let held: std::collections::HashMap<(String, String, String), (i64, i64)> =
-                sqlx::query_as::<_, (String, String, String, i64, i64)>(super::SETTLE_READ_LEASES)
-                    .bind(json_rows(&wanted)?)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .map(|(t, p, l, m, k)| ((t, p, l), (m, k)))
-                    .collect();
-            for ((t, p, l), consumed) in batch.leases {
-                let (m, k) = held
-                    .get(&(t.clone(), p.clone(), l.clone()))
-                    .copied()
-                    .unwrap_or((0, 0));
-                let take = Amount::new(consumed.messages.min(m), consumed.tokens.min(k));
-                if take == Amount::ZERO {
-                    continue;
-                }
-                if let Some(g) = counters.get_mut(&(t.clone(), p.clone())) {
-                    g.taken = add(g.taken, take);
-                }
-                takes.push(serde_json::json!({"tenant_id": t, "period": p, "id": l,
-                    "messages": take.messages, "tokens": take.tokens}));
-            }
-        }
-        let changes: Vec<serde_json::Value> = counters
-            .iter()
-            .filter(|(_, g)| g.consumed != Amount::ZERO || g.taken != Amount::ZERO)
-            .map(|((t, p), g)| {
-                serde_json::json!({"tenant_id": t, "period": p,
-                    "used_messages": g.consumed.messages, "used_tokens": g.consumed.tokens,
-                    "taken_messages": g.taken.messages, "taken_tokens": g.taken.tokens})
-            })
-            .collect();
-        let n = changes.len();
-        let after = super::settle_writes(&mut tx, &batch.records, &takes, &changes).await?;
-        // A grant created every counter a lease was taken from.
+        let after = super::settle_batch(&mut tx, &batch.records, &consumed, &keys).await?;
         if after.len() != n {
-            return Err(corrupt("a settled run's usage counter is missing"));
+            return Err(missing());
         }
         for (t, p, m, k) in after {
             if let Some(g) = counters.get(&(t, p.clone())) {

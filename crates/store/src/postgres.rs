@@ -63,58 +63,25 @@ const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1 FO
 const SELECT_COUNTER_FOR_UPDATE: &str =
     "SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2 FOR UPDATE";
 
-// A settlement batch, set by set: each statement takes the whole batch as one JSON array
-// (`$1`), so a batch costs the same few round trips whatever its size.
-
-/// Locks the batch's counters in key order (grants lock a counter before its leases too).
-const SETTLE_LOCK_COUNTERS: Option<&str> = Some(
-    "SELECT c.tenant_id FROM usage_counters c \
-     JOIN jsonb_to_recordset($1::jsonb) AS v(tenant_id text, period text) \
-     ON c.tenant_id = v.tenant_id AND c.period = v.period \
-     ORDER BY c.tenant_id, c.period FOR UPDATE OF c",
-);
-
-/// The batch's leases as they are, locked in key order (as renewals lock them).
-const SETTLE_READ_LEASES: &str = "SELECT q.tenant_id, q.period, q.id, q.messages, q.tokens \
-     FROM quota_leases q JOIN jsonb_to_recordset($1::jsonb) AS v(tenant_id text, period text, id text) \
-     ON q.tenant_id = v.tenant_id AND q.period = v.period AND q.id = v.id \
-     ORDER BY q.tenant_id, q.period, q.id FOR UPDATE OF q";
-
-/// The batch's writes in one statement (data-modifying CTEs): its usage records (`$1`), what
-/// it takes from each lease (`$2`) and adds to each counter (`$3`), answering each counter's
-/// `used` after. The counters and leases are locked already, in order.
-const SETTLE_WRITES: &str = "WITH records AS (\
-     INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, \
-     latency_ms, status, trace_id) \
-     SELECT tenant_id, id, ts, agent_id, model, provider, tokens_in, tokens_out, latency_ms, status, trace_id \
-     FROM jsonb_to_recordset($1::jsonb) AS r(tenant_id text, id text, ts bigint, agent_id text, \
-     model text, provider text, tokens_in bigint, tokens_out bigint, latency_ms bigint, status text, \
-     trace_id text)), \
-     leases AS (UPDATE quota_leases q \
-     SET messages = q.messages - v.messages, tokens = q.tokens - v.tokens \
-     FROM jsonb_to_recordset($2::jsonb) AS v(tenant_id text, period text, id text, messages bigint, tokens bigint) \
-     WHERE q.tenant_id = v.tenant_id AND q.period = v.period AND q.id = v.id) \
-     UPDATE usage_counters c \
-     SET messages_used = c.messages_used + v.used_messages, tokens_used = c.tokens_used + v.used_tokens, \
-     messages_reserved = c.messages_reserved - v.taken_messages, tokens_reserved = c.tokens_reserved - v.taken_tokens \
-     FROM jsonb_to_recordset($3::jsonb) AS v(tenant_id text, period text, used_messages bigint, \
-     used_tokens bigint, taken_messages bigint, taken_tokens bigint) \
-     WHERE c.tenant_id = v.tenant_id AND c.period = v.period \
-     RETURNING c.tenant_id, c.period, c.messages_used, c.tokens_used";
-
-/// A settlement batch's writes: one round trip.
-async fn settle_writes(
+/// A settlement batch in one round trip: `agentplane_settle` (migration 0024) locks the
+/// batch's counters, then its leases, in key order (as grants and renewals lock them), takes
+/// from each lease what its runs consumed as far as the lease still holds it, writes the usage
+/// records and the counters, and answers each changed counter's `used` after. `$1` records,
+/// `$2` what each lease's runs consumed, `$3` every counter of the batch with its runs' use.
+async fn settle_batch(
     tx: &mut Transaction<'_, Db>,
     records: &[serde_json::Value],
-    takes: &[serde_json::Value],
-    counters: &[serde_json::Value],
+    consumed: &[ops::LeaseUse<'_>],
+    counters: &[ops::CounterUse<'_>],
 ) -> Result<Vec<(String, String, i64, i64)>> {
-    Ok(sqlx::query_as(SETTLE_WRITES)
-        .bind(ops::json_rows(records)?)
-        .bind(ops::json_rows(takes)?)
-        .bind(ops::json_rows(counters)?)
-        .fetch_all(&mut **tx)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT * FROM agentplane_settle($1::jsonb, $2::jsonb, $3::jsonb)")
+            .bind(ops::json_rows(records)?)
+            .bind(ops::json_rows(consumed)?)
+            .bind(ops::json_rows(counters)?)
+            .fetch_all(&mut **tx)
+            .await?,
+    )
 }
 
 /// Locks the leases in key order, as settlements do, so the two never wait on each other in a
@@ -396,6 +363,36 @@ impl PgStore {
         }
         Ok(())
     }
+    /// A settlement batch that releases no lease, as one statement outside a transaction
+    /// block (`agentplane_settle_alone`): one round trip, its commit included. Answers how
+    /// many counters it changed, or `None` when the batch must go through a transaction: a
+    /// usage threshold crossed (the notification is enqueued with the batch), or tenants may
+    /// move (their fence comes first).
+    async fn settle_alone(
+        &self,
+        records: &[serde_json::Value],
+        consumed: &[ops::LeaseUse<'_>],
+        counters: &[ops::CounterUse<'_>],
+    ) -> Result<Option<usize>> {
+        if self.fenced.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let res = sqlx::query(
+            "SELECT * FROM agentplane_settle_alone($1::jsonb, $2::jsonb, $3::jsonb, $4)",
+        )
+        .bind(ops::json_rows(records)?)
+        .bind(ops::json_rows(consumed)?)
+        .bind(ops::json_rows(counters)?)
+        .bind(agentplane_core::webhook::THRESHOLDS.to_vec())
+        .fetch_all(&self.pool)
+        .await;
+        match res {
+            Ok(rows) => Ok(Some(rows.len())),
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("AP100") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deleted tuples are unreachable through SQL at once; VACUUM reclaims them (autovacuum).
     async fn after_erasure(&self) -> Result<()> {
         Ok(())

@@ -849,6 +849,18 @@ impl Store for RegionalStore {
         })
         .await
     }
+    /// Every database's generations together: any change anywhere counts as a change of every
+    /// tenant (conservative, and changes are rare).
+    fn config_generation(&self) -> u64 {
+        self.dbs
+            .iter()
+            .fold(0u64, |g, db| g.wrapping_add(db.config_generation()))
+    }
+
+    fn config_changed_since(&self, _tenant: TenantId, read_at: u64) -> bool {
+        self.config_generation() != read_at
+    }
+
     async fn find_api_key(&self, public_id: &str) -> Result<Option<ApiKeyLookup>> {
         // The gateway's hot path: the database that answered last is asked first.
         let hint = recall(&self.keys, public_id);

@@ -59,8 +59,6 @@ const SELECT_COUNTER_FOR_UPDATE: &str =
 // (`$1`), so a batch costs the same few statements whatever its size. The single writer
 // serialises batches and grants: nothing to lock.
 
-const SETTLE_LOCK_COUNTERS: Option<&str> = None;
-
 const SETTLE_READ_LEASES: &str = "SELECT q.tenant_id, q.period, q.id, q.messages, q.tokens \
      FROM quota_leases q JOIN json_each($1) AS v \
      ON q.tenant_id = v.value ->> '$.tenant_id' AND q.period = v.value ->> '$.period' \
@@ -87,14 +85,58 @@ const SETTLE_RECORDS: &str = "INSERT INTO usage_records (tenant_id, id, ts, agen
      value ->> '$.model', value ->> '$.provider', value ->> '$.tokens_in', value ->> '$.tokens_out', \
      value ->> '$.latency_ms', value ->> '$.status', value ->> '$.trace_id' FROM json_each($1) WHERE true";
 
-/// A settlement batch's writes: its usage records, what it takes from each lease and adds to
-/// each counter, answering each counter's `used` after.
-async fn settle_writes(
+/// A settlement batch (as PostgreSQL's `agentplane_settle`): takes from each lease what its
+/// runs consumed as far as the lease still holds it (what it no longer holds, because the
+/// provider reported more than was reserved or the lease expired and went back, is counted as
+/// used all the same), writes the usage records and the counters, and answers each changed
+/// counter's `used` after.
+async fn settle_batch(
     tx: &mut Transaction<'_, Db>,
     records: &[serde_json::Value],
-    takes: &[serde_json::Value],
-    counters: &[serde_json::Value],
+    consumed: &[ops::LeaseUse<'_>],
+    counters: &[ops::CounterUse<'_>],
 ) -> Result<Vec<(String, String, i64, i64)>> {
+    use std::collections::HashMap;
+    let held: HashMap<(String, String, String), (i64, i64)> = if consumed.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (String, String, String, i64, i64)>(SETTLE_READ_LEASES)
+            .bind(ops::json_rows(consumed)?)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(t, p, l, m, k)| ((t, p, l), (m, k)))
+            .collect()
+    };
+    let mut taken: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
+    let mut takes = Vec::new();
+    for c in consumed {
+        let key = (c.tenant_id.to_owned(), c.period.to_owned(), c.id.to_owned());
+        let (m, k) = held.get(&key).copied().unwrap_or((0, 0));
+        let take = (c.messages.min(m), c.tokens.min(k));
+        if take == (0, 0) {
+            continue;
+        }
+        let t = taken.entry((c.tenant_id, c.period)).or_default();
+        *t = (t.0 + take.0, t.1 + take.1);
+        takes.push(
+            serde_json::json!({"tenant_id": c.tenant_id, "period": c.period, "id": c.id,
+            "messages": take.0, "tokens": take.1}),
+        );
+    }
+    let changes: Vec<serde_json::Value> = counters
+        .iter()
+        .filter(|c| c.used_messages != 0 || c.used_tokens != 0)
+        .map(|c| {
+            let (m, k) = taken
+                .get(&(c.tenant_id, c.period))
+                .copied()
+                .unwrap_or_default();
+            serde_json::json!({"tenant_id": c.tenant_id, "period": c.period,
+                "used_messages": c.used_messages, "used_tokens": c.used_tokens,
+                "taken_messages": m, "taken_tokens": k})
+        })
+        .collect();
     if !records.is_empty() {
         sqlx::query(SETTLE_RECORDS)
             .bind(ops::json_rows(records)?)
@@ -103,15 +145,15 @@ async fn settle_writes(
     }
     if !takes.is_empty() {
         sqlx::query(SETTLE_TAKE_FROM_LEASES)
-            .bind(ops::json_rows(takes)?)
+            .bind(ops::json_rows(&takes)?)
             .execute(&mut **tx)
             .await?;
     }
-    if counters.is_empty() {
+    if changes.is_empty() {
         return Ok(Vec::new());
     }
     Ok(sqlx::query_as(SETTLE_COUNTERS)
-        .bind(ops::json_rows(counters)?)
+        .bind(ops::json_rows(&changes)?)
         .fetch_all(&mut **tx)
         .await?)
 }
@@ -256,6 +298,16 @@ impl SqliteStore {
     /// until it ends.
     async fn lock_for_move(&self, _tenant: TenantId) -> Result<Transaction<'static, Db>> {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// In-process: a transaction costs no round trip, so every batch takes the one path.
+    async fn settle_alone(
+        &self,
+        _records: &[serde_json::Value],
+        _consumed: &[ops::LeaseUse<'_>],
+        _counters: &[ops::CounterUse<'_>],
+    ) -> Result<Option<usize>> {
+        Ok(None)
     }
 
     /// Refuses a transaction on tenants of which one moved away.
