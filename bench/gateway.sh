@@ -39,7 +39,7 @@ GW_URL=$GW/v1/chat/completions
 TOOLS=$ROOT/target/bench-tools # under target/: ignored by git
 OHA=$TOOLS/bin/oha
 OHA_VERSION=1.16.0
-BIN=$ROOT/target/release/agentplane
+BIN=${BENCH_BIN:-$ROOT/target/release/agentplane}
 MOCK=$ROOT/target/release/examples/mock_upstream
 LG=$ROOT/target/release/examples/loadgen
 
