@@ -9,7 +9,8 @@
 # (8 s per measured run), BENCH_CONCURRENCY (64 closed-loop workers for throughput),
 # BENCH_STREAMS (256), BENCH_INFLIGHT (1000), BENCH_PORT_BASE (18100),
 # AGENTPLANE_TEST_PG_URL (postgres://postgres@127.0.0.1:5432/postgres, an owner that may
-# CREATE DATABASE), BENCH_OUT (target/bench-gateway/<time>), BENCH_NO_BUILD=1.
+# CREATE DATABASE), BENCH_OUT (target/bench-gateway/<time>), BENCH_NO_BUILD=1, BENCH_BIN (the
+# server binary, target/release/agentplane).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
