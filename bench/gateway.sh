@@ -30,10 +30,12 @@ CHUNKS=16    # content chunks per stream (the mock's default)
 P_ZERO=$((PORT_BASE + 1))
 P_DELAY=$((PORT_BASE + 2))
 P_SSE=$((PORT_BASE + 3))
+P_PROXY=$((PORT_BASE + 4))
 P_GW=$((PORT_BASE + 80))
 MOCK_ZERO=http://127.0.0.1:$P_ZERO/v1
 MOCK_DELAY=http://127.0.0.1:$P_DELAY/v1
 MOCK_SSE=http://127.0.0.1:$P_SSE/v1
+PROXY=http://127.0.0.1:$P_PROXY/v1
 GW=http://127.0.0.1:$P_GW
 GW_URL=$GW/v1/chat/completions
 
@@ -77,7 +79,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $P_ZERO $P_DELAY $P_SSE $P_GW; do
+for p in $P_ZERO $P_DELAY $P_SSE $P_PROXY $P_GW; do
     port_busy "$p" && die "port $p is in use (set BENCH_PORT_BASE)"
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -246,12 +248,20 @@ PIDS+=($!)
 for p in $P_ZERO $P_DELAY $P_SSE; do
     wait_http "http://127.0.0.1:$p/stats" 10 || die "mock on :$p did not start"
 done
+# A bare proxy to the zero mock (no parsing, no auth, no database): the ceiling for a gateway.
+"$MOCK" --listen "127.0.0.1:$P_PROXY" --proxy-to "$MOCK_ZERO" >"$OUT/proxy.log" 2>&1 &
+PIDS+=($!)
+# A GET answers 405 once it listens.
+wait_http "http://127.0.0.1:$P_PROXY/chat/completions" 10 || die "the proxy on :$P_PROXY did not start"
 
 say "direct to the mock"
 run_child "$OHA" --no-tui -z 1s -c 1 -m POST -T application/json -d "$(body x)" "$MOCK_ZERO/chat/completions" >/dev/null 2>&1 || true
 oha_run direct.c1 "$MOCK_ZERO/chat/completions" "" bench-zero -c 1 -z "${C1_DUR}s" -w
 oha_run direct.sat "$MOCK_ZERO/chat/completions" "" bench-zero -c "$CONC" -z "${DUR}s" -w
 lg_run direct.sat --url "$MOCK_ZERO/chat/completions" --no-auth --concurrency "$CONC" --duration "$DUR"
+say "through a bare proxy"
+oha_run proxy.sat "$PROXY/chat/completions" "" bench-zero -c "$CONC" -z "${DUR}s" -w
+lg_run proxy.sat --url "$PROXY/chat/completions" --no-auth --concurrency "$CONC" --duration "$DUR"
 lg_run direct.ttft1 --url "$MOCK_ZERO/chat/completions" --no-auth --stream --expect-usage \
     --expect-chunks "$CHUNKS" --concurrency 1 --duration "$C1_DUR"
 lg_run direct.s256 --url "$MOCK_SSE/chat/completions" --no-auth --stream --expect-usage \
@@ -541,10 +551,16 @@ for b in backends:
     else:
         row("", f"gateway {b}", g)
 row(f"saturation, 1 tenant (oha c={conc})", "direct", dsat)
+px = oha("proxy.sat")
+row("", "bare proxy (no parsing, auth or database)", px,
+    f"{px['rps'] / dsat['rps']:.2f}x direct" if px and dsat else "")
 for b in backends:
     g = oha(b + ".sat1")
     row("", f"gateway {b}", g, f"{g['rps'] / dsat['rps']:.2f}x direct" if g and dsat else "")
 row(f"saturation (loadgen c={conc})", "direct", dsat_lg)
+pxl = lg("proxy.sat")
+row("", "bare proxy (no parsing, auth or database)", pxl,
+    f"{pxl['rps'] / dsat_lg['rps']:.2f}x direct" if pxl and dsat_lg else "")
 for b in backends:
     g1, gn, hot = lg(b + ".sat1"), lg(b + ".sat1000"), lg(b + ".hot1000")
     row("", f"gateway {b}, 1 tenant", g1,

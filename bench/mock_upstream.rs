@@ -22,6 +22,11 @@
 //!   otherwise).
 //!
 //! The API key is not checked. Multi-threaded tokio runtime, TCP_NODELAY, no logging.
+//!
+//! With `--proxy-to <base URL>` it answers nothing itself: it forwards each non-streaming
+//! `POST /chat/completions` there as it is and returns the answer as it is. That is a bare
+//! proxy on the gateway's own stack (axum, hyper, reqwest), with no parsing, no
+//! authentication and no database: the ceiling for any gateway on the same machine.
 
 // A benchmark tool: printing where it listens is its job.
 #![allow(clippy::print_stdout)]
@@ -70,6 +75,9 @@ struct Args {
     /// `completion_tokens` of a non-streaming answer.
     #[arg(long, default_value_t = 16)]
     completion_tokens: u64,
+    /// Be a bare proxy to this base URL instead (`.../v1`).
+    #[arg(long)]
+    proxy_to: Option<String>,
 }
 
 struct Mock {
@@ -126,7 +134,53 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// A bare proxy: where to, and the client (configured as the gateway's).
+struct Proxy {
+    url: String,
+    client: reqwest::Client,
+}
+
+async fn proxy(State(p): State<Arc<Proxy>>, body: Bytes) -> Response {
+    let sent = p
+        .client
+        .post(&p.url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await;
+    let res = match sent {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = res.status();
+    match res.bytes().await {
+        Ok(b) => (status, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
 async fn serve(args: Args) -> std::io::Result<()> {
+    if let Some(base) = &args.proxy_to {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .map_err(std::io::Error::other)?;
+        let p = Arc::new(Proxy {
+            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            client,
+        });
+        let app = Router::new()
+            .route("/chat/completions", post(proxy))
+            .route("/v1/chat/completions", post(proxy))
+            .with_state(p);
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await?
+            .tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+        println!("mock_upstream proxying {} to {base}", args.listen);
+        return axum::serve(listener, app.into_make_service()).await;
+    }
     let default_gap = if args.mode == Mode::Sse { 20 } else { 0 };
     let mock = Arc::new(Mock {
         delay: if args.mode == Mode::Delay20 {
