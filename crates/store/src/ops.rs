@@ -2185,12 +2185,10 @@ impl Store for BackendStore {
             .values()
             .filter(|g| g.consumed != Amount::ZERO)
             .count();
-        let missing = || corrupt("a settled run's usage counter is missing");
-        // Most batches release no lease and notify no one: one statement, commit included.
-        if batch.releases.is_empty() {
-            if let Some(after) = self.settle_alone(&batch.records, &consumed, &keys).await? {
-                return if after == n { Ok(()) } else { Err(missing()) };
-            }
+        // Most batches release no lease and notify no one: one statement, commit included
+        // (it checks the counters itself, before it commits).
+        if batch.releases.is_empty() && self.settle_alone(&batch.records, &consumed, &keys).await? {
+            return Ok(());
         }
         // A cross-tenant path by nature (one transaction settles every tenant's runs that
         // finished together); each row comes from its own run's tenant context.
@@ -2200,7 +2198,7 @@ impl Store for BackendStore {
         self.fence_tenants(&mut tx, &tenants).await?;
         let after = super::settle_batch(&mut tx, &batch.records, &consumed, &keys).await?;
         if after.len() != n {
-            return Err(missing());
+            return Err(corrupt("a settled run's usage counter is missing"));
         }
         for (t, p, m, k) in after {
             if let Some(g) = counters.get(&(t, p.clone())) {

@@ -364,8 +364,8 @@ impl PgStore {
         Ok(())
     }
     /// A settlement batch that releases no lease, as one statement outside a transaction
-    /// block (`agentplane_settle_alone`): one round trip, its commit included. Answers how
-    /// many counters it changed, or `None` when the batch must go through a transaction: a
+    /// block (`agentplane_settle_alone`): one round trip, its commit included. Answers
+    /// whether it settled the batch; not when the batch must go through a transaction: a
     /// usage threshold crossed (the notification is enqueued with the batch), or tenants may
     /// move (their fence comes first).
     async fn settle_alone(
@@ -373,9 +373,9 @@ impl PgStore {
         records: &[serde_json::Value],
         consumed: &[ops::LeaseUse<'_>],
         counters: &[ops::CounterUse<'_>],
-    ) -> Result<Option<usize>> {
+    ) -> Result<bool> {
         if self.fenced.load(Ordering::Relaxed) {
-            return Ok(None);
+            return Ok(false);
         }
         let res = sqlx::query(
             "SELECT * FROM agentplane_settle_alone($1::jsonb, $2::jsonb, $3::jsonb, $4)",
@@ -384,11 +384,11 @@ impl PgStore {
         .bind(ops::json_rows(consumed)?)
         .bind(ops::json_rows(counters)?)
         .bind(agentplane_core::webhook::THRESHOLDS.to_vec())
-        .fetch_all(&self.pool)
+        .execute(&self.pool)
         .await;
         match res {
-            Ok(rows) => Ok(Some(rows.len())),
-            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("AP100") => Ok(None),
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("AP100") => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

@@ -306,8 +306,8 @@ impl SqliteStore {
         _records: &[serde_json::Value],
         _consumed: &[ops::LeaseUse<'_>],
         _counters: &[ops::CounterUse<'_>],
-    ) -> Result<Option<usize>> {
-        Ok(None)
+    ) -> Result<bool> {
+        Ok(false)
     }
 
     /// Refuses a transaction on tenants of which one moved away.

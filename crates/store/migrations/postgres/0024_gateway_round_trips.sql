@@ -98,13 +98,15 @@ GRANT EXECUTE ON FUNCTION agentplane_settle(jsonb, jsonb, jsonb) TO agentplane_a
 -- itself (local to the statement's transaction), and when a counter crosses one of the
 -- thresholds `$4` (percent of the limits `limit_messages`, `limit_tokens` in `$3`) it raises
 -- AP100 instead, undoing everything: the caller then settles the batch in a transaction that
--- also enqueues the notification.
+-- also enqueues the notification. A counter missing (a grant creates every counter a lease
+-- is taken from) raises AP500 and undoes everything too.
 CREATE FUNCTION agentplane_settle_alone(jsonb, jsonb, jsonb, bigint[])
 RETURNS TABLE (tenant_id text, period text, messages_used bigint, tokens_used bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
     r record;
+    changed bigint := 0;
 BEGIN
     PERFORM set_config('app.platform', 'on', true);
     FOR r IN
@@ -130,8 +132,14 @@ BEGIN
         period := r.period;
         messages_used := r.messages_used;
         tokens_used := r.tokens_used;
+        changed := changed + 1;
         RETURN NEXT;
     END LOOP;
+    IF changed <> (SELECT count(*) FROM jsonb_to_recordset($3)
+                   AS v(used_messages bigint, used_tokens bigint)
+                   WHERE v.used_messages <> 0 OR v.used_tokens <> 0) THEN
+        RAISE EXCEPTION 'a settled run''s usage counter is missing' USING ERRCODE = 'AP500';
+    END IF;
 END
 $$;
 
