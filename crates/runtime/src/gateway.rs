@@ -21,7 +21,7 @@ use agentplane_core::quota::{reserve_tokens, Amount, Exhausted};
 use agentplane_core::time::Timestamp;
 use agentplane_core::usage::UsageRecord;
 use agentplane_core::{DomainError, PlanId, TenantId, UsageRecordId};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -354,11 +354,13 @@ impl Runtime {
         &self,
         ctx: &TenantCtx,
         key: &VerifiedApiKey,
-        input: ChatInput,
+        mut input: ChatInput,
         trace: TraceContext,
     ) -> Result<ChatOutput, RunError> {
         let started = Instant::now();
-        let p = self.prepare(ctx, key, &input).await?;
+        // Boxed: the handler's future holds what `chat` holds for the whole run, and what
+        // preparing needs is needed only briefly.
+        let p = Box::pin(self.prepare(ctx, key, &mut input)).await?;
         let run = Run {
             runtime: self.clone(),
             ctx: ctx.clone(),
@@ -370,7 +372,7 @@ impl Runtime {
         if input.stream {
             let (tx, rx) = mpsc::channel(64);
             let (first_tx, first_rx) = oneshot::channel();
-            tokio::spawn(run.stream(tx, first_tx));
+            run.spawn_stream(tx, first_tx);
             // The first event tells whether the provider accepted the call: before it, a
             // failure is an HTTP error; after it, an error event in the stream.
             match first_rx.await {
@@ -381,9 +383,7 @@ impl Runtime {
         } else {
             // The call and its settlement run to completion even if the client goes away.
             let (tx, rx) = oneshot::channel();
-            tokio::spawn(async move {
-                let _ = tx.send(run.complete().await);
-            });
+            run.spawn_complete(tx);
             rx.await
                 .unwrap_or_else(|_| Err(RunError::Metering("the run ended unexpectedly".into())))
                 .map(ChatOutput::Complete)
@@ -394,7 +394,7 @@ impl Runtime {
         &self,
         ctx: &TenantCtx,
         key: &VerifiedApiKey,
-        input: &ChatInput,
+        input: &mut ChatInput,
     ) -> Result<Prepared, RunError> {
         let target = self.target(ctx, &input.agent).await?;
         let (agent, provider) = (&target.agent, &target.provider);
@@ -438,7 +438,7 @@ impl Runtime {
         if !agent.system_prompt.is_empty() {
             messages.push(json!({"role": "system", "content": agent.system_prompt}));
         }
-        messages.extend(input.messages.iter().cloned());
+        messages.append(&mut input.messages);
         let prompt = Value::Array(messages);
         let prompt_bytes = serde_json::to_vec(&prompt).map_or(usize::MAX, |b| b.len());
         let tokens = reserve_tokens(prompt_bytes, max_tokens, input.n);
@@ -490,7 +490,7 @@ impl Runtime {
             auth,
             cache_key: format!("{}/{}", ctx.tenant_id(), provider.id),
         };
-        let mut body = input.passthrough.clone();
+        let mut body = std::mem::take(&mut input.passthrough);
         for (k, v) in [
             ("temperature", agent.params.temperature),
             ("top_p", agent.params.top_p),
@@ -547,6 +547,20 @@ fn usage_of(v: &Value) -> Option<(i64, i64)> {
 }
 
 impl Run {
+    // The tasks are made outside `Runtime::chat`: a future built inside an async fn, even
+    // when moved out at once, takes room in that fn's state for as long as it is suspended.
+    fn spawn_complete(self, tx: oneshot::Sender<Result<Value, RunError>>) {
+        // `map`, not an async block awaiting it: that would hold the run's future twice.
+        let fut = self.complete().map(move |answer| {
+            let _ = tx.send(answer);
+        });
+        tokio::spawn(fut);
+    }
+
+    fn spawn_stream(self, tx: mpsc::Sender<Value>, first: oneshot::Sender<Result<(), RunError>>) {
+        tokio::spawn(self.stream(tx, first));
+    }
+
     fn record(&self, status: &str, tokens: (i64, i64)) -> UsageRecord {
         UsageRecord {
             id: UsageRecordId::new(),
@@ -564,19 +578,28 @@ impl Run {
     }
 
     /// Settles the reservation: `tokens` is `None` when the provider did no work.
-    async fn settle(self, status: &str, tokens: Option<(i64, i64)>) -> Result<(), RunError> {
+    ///
+    /// The run is taken apart before the future: while it waits for the settler, it holds
+    /// the reservation and the record only (a run spends most of its time under load there).
+    fn settle(
+        self,
+        status: &str,
+        tokens: Option<(i64, i64)>,
+    ) -> impl std::future::Future<Output = Result<(), RunError>> + Send + 'static {
         let record = self.record(status, tokens.unwrap_or((0, 0)));
         let Prepared {
             reservation,
             permit,
             ..
         } = self.prepared;
-        let res = reservation
-            .settle(record, tokens.map(|(i, o)| i + o))
-            .await
-            .map_err(RunError::Metering);
-        drop(permit);
-        res
+        async move {
+            let res = reservation
+                .settle(record, tokens.map(|(i, o)| i + o))
+                .await
+                .map_err(RunError::Metering);
+            drop(permit);
+            res
+        }
     }
 
     async fn complete(self) -> Result<Value, RunError> {
@@ -584,21 +607,19 @@ impl Run {
         let res = adapter
             .chat(&self.prepared.target, &self.prepared.body, &self.trace)
             .await;
-        match res {
+        let (status, tokens, answer) = match res {
             Ok(mut v) => {
                 // A provider that reports no usage is charged what was reserved.
                 let tokens = usage_of(&v).unwrap_or((self.prepared.reservation.held_tokens(), 0));
                 if let Some(o) = v.as_object_mut() {
                     o.insert("model".into(), json!(self.agent_ref));
                 }
-                self.settle("ok", Some(tokens)).await?;
-                Ok(v)
+                ("ok", Some(tokens), Ok(v))
             }
-            Err(e) => {
-                self.settle("upstream_error", None).await?;
-                Err(e.into())
-            }
-        }
+            Err(e) => ("upstream_error", None, Err(e.into())),
+        };
+        self.settle(status, tokens).await?;
+        answer
     }
 
     /// Streams the provider's chunks to `tx`. Keeps reading the provider when the client has

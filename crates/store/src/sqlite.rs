@@ -226,10 +226,12 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&write).await?;
+        // Readers keep a small page cache each (SQLite's default is 2 MiB a connection): the
+        // gateway's hot path reads nothing, and the OS's page cache holds the file anyway.
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
-            .connect_with(opts.clone().read_only(true))
+            .connect_with(opts.clone().read_only(true).pragma("cache_size", "-512"))
             .await?;
         let checkpoints = SqlitePoolOptions::new()
             .max_connections(1)
