@@ -231,11 +231,11 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
-            .connect_with(opts.clone().read_only(true).pragma("cache_size", "-512"))
+            .connect_with(opts.clone().read_only(true).pragma("cache_size", "-128"))
             .await?;
         let checkpoints = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(opts);
+            .connect_lazy_with(opts.pragma("cache_size", "-64"));
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(checkpoint_in_background(checkpoints.clone(), stopped));
         Ok(Self {
