@@ -173,11 +173,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
             .route("/chat/completions", post(proxy))
             .route("/v1/chat/completions", post(proxy))
             .with_state(p);
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await?
-            .tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+        let listener = listen(args.listen).await?;
         println!("mock_upstream proxying {} to {base}", args.listen);
         return axum::serve(listener, app.into_make_service()).await;
     }
@@ -202,13 +198,18 @@ async fn serve(args: Args) -> std::io::Result<()> {
         .route("/stats", get(stats))
         .route("/v1/stats", get(stats))
         .with_state(mock);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await?
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+    let listener = listen(args.listen).await?;
     println!("mock_upstream listening on {}", args.listen);
     axum::serve(listener, app).await
+}
+
+/// A listener whose connections send each write at once (`TCP_NODELAY`), as a provider's do.
+async fn listen(
+    addr: std::net::SocketAddr,
+) -> std::io::Result<impl axum::serve::Listener<Addr = std::net::SocketAddr>> {
+    Ok(tokio::net::TcpListener::bind(addr).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    }))
 }
 
 async fn models() -> Response {
