@@ -15,6 +15,7 @@ both_backends!(
     runs_take_the_tenant_from_the_key,
     concurrent_runs_never_overshoot_the_quota_and_lose_none,
     a_stream_cut_by_the_client_is_settled_with_the_real_tokens,
+    a_client_gone_before_the_answer_is_still_metered,
     a_failing_provider_releases_the_reservation,
     limits_and_plan_changes_apply_at_once,
     bad_requests_get_openai_shaped_errors_and_change_nothing,
@@ -527,6 +528,52 @@ async fn a_stream_cut_by_the_client_is_settled_with_the_real_tokens(b: Backend) 
     assert_eq!(
         (u["messages"]["used"].as_i64(), u["tokens"]["used"].as_i64()),
         (Some(1), Some(27))
+    );
+}
+
+/// A non-streamed run is driven by the client's request; when the client leaves mid-call, the
+/// run goes on by itself and is settled with the provider's figures.
+async fn a_client_gone_before_the_answer_is_still_metered(b: Backend) {
+    let mock = MockLlm::start().await;
+    let app = TestApp::spawn_with(b, fast_leases).await;
+    let f = fixture(&app, "Gone early", "openai", &mock.base, "slow", json!({})).await;
+    let res = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&f.key)
+        .timeout(Duration::from_millis(100)) // the provider answers after 300 ms
+        .json(&hello("helper"))
+        .send()
+        .await;
+    assert!(
+        res.is_err_and(|e| e.is_timeout()),
+        "the client gave up first"
+    );
+    assert_eq!(
+        mock.calls(),
+        1,
+        "the provider was called before the client left"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rec = loop {
+        if let Some(r) = records(&app, &f.tenant).await.pop() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the run was never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rec["status"], "ok", "{rec}");
+    assert_eq!(
+        (rec["tokens_in"].as_i64(), rec["tokens_out"].as_i64()),
+        (Some(7), Some(5)),
+        "{rec}"
+    );
+    let u = settled(&app, &f.tenant).await;
+    assert_eq!(
+        (u["messages"]["used"].as_i64(), u["tokens"]["used"].as_i64()),
+        (Some(1), Some(12)),
+        "{u}"
     );
 }
 

@@ -21,10 +21,13 @@ use agentplane_core::quota::{reserve_tokens, Amount, Exhausted};
 use agentplane_core::time::Timestamp;
 use agentplane_core::usage::UsageRecord;
 use agentplane_core::{DomainError, PlanId, TenantId, UsageRecordId};
-use futures::{FutureExt as _, StreamExt};
+use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
@@ -381,12 +384,9 @@ impl Runtime {
                 Err(_) => Err(RunError::Metering("the run ended unexpectedly".into())),
             }
         } else {
-            // The call and its settlement run to completion even if the client goes away.
-            let (tx, rx) = oneshot::channel();
-            run.spawn_complete(tx);
-            rx.await
-                .unwrap_or_else(|_| Err(RunError::Metering("the run ended unexpectedly".into())))
-                .map(ChatOutput::Complete)
+            // Driven here (no hop to another task), and to completion even if the client goes
+            // away: the handler's future dropped, the run goes on in a task of its own.
+            run.detached_complete().await.map(ChatOutput::Complete)
         }
     }
 
@@ -547,14 +547,11 @@ fn usage_of(v: &Value) -> Option<(i64, i64)> {
 }
 
 impl Run {
-    // The tasks are made outside `Runtime::chat`: a future built inside an async fn, even
-    // when moved out at once, takes room in that fn's state for as long as it is suspended.
-    fn spawn_complete(self, tx: oneshot::Sender<Result<Value, RunError>>) {
-        // `map`, not an async block awaiting it: that would hold the run's future twice.
-        let fut = self.complete().map(move |answer| {
-            let _ = tx.send(answer);
-        });
-        tokio::spawn(fut);
+    // The run's future is made outside `Runtime::chat`: a future built inside an async fn,
+    // even when moved out at once, takes room in that fn's state for as long as it is
+    // suspended.
+    fn detached_complete(self) -> Detached<impl Future<Output = Result<Value, RunError>>> {
+        Detached(Some(Box::pin(self.complete())))
     }
 
     fn spawn_stream(self, tx: mpsc::Sender<Value>, first: oneshot::Sender<Result<(), RunError>>) {
@@ -579,7 +576,7 @@ impl Run {
 
     /// Settles the reservation: `tokens` is `None` when the provider did no work.
     ///
-    /// The run is taken apart before the future: while it waits for the settler, it holds
+    /// The run is taken apart before the future: while it waits for its settlement, it holds
     /// the reservation and the record only (a run spends most of its time under load there).
     fn settle(
         self,
@@ -697,6 +694,41 @@ impl Run {
             }),
         };
         let _ = c.send(last).await;
+    }
+}
+
+/// A boxed future polled in place that, dropped before it is done, goes on in a task of its
+/// own (the box moves, not the future).
+struct Detached<F>(Option<Pin<Box<F>>>)
+where
+    F: Future + Send + 'static,
+    F::Output: Send;
+
+impl<F> Future for Detached<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(fut) = self.0.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F> Drop for Detached<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        if let Some(fut) = self.0.take() {
+            tokio::spawn(fut);
+        }
     }
 }
 

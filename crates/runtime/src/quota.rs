@@ -3,9 +3,12 @@
 //! Each server process holds, per tenant and month, a lease: a share of the tenant's quota that
 //! the store granted by a conditional update of the tenant's counter row, so that the leases of
 //! all processes together never exceed the plan. Runs are admitted from the lease in memory;
-//! a finished run is settled by the settler task, which writes the usage record, decrements the
-//! lease and increments the counter's `used` in one transaction, batching the runs that finish
-//! together (group commit), and answers each run once its record is durable.
+//! a finished run is settled through the settlement queue, which writes the usage record,
+//! decrements the lease and increments the counter's `used` in one transaction, batching the
+//! runs that finish together (group commit), and answers each run once its record is durable.
+//! A run that finds the queue idle writes it itself, so that a lone run's settlement costs no
+//! hop to another task; while one batch is written the next one gathers, and a task of its own
+//! writes it.
 //!
 //! A lease running low is topped up in the background (a refill), so that in steady state no
 //! run waits for a grant; a run that finds the lease short still waits for one.
@@ -24,7 +27,7 @@ use agentplane_store::{LeaseRequest, QuotaOp, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How leases live.
@@ -59,11 +62,29 @@ pub enum QuotaError {
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
-/// What the settler is asked: an operation (answered once written, if asked), or to answer
-/// once everything before is written.
-enum Msg {
-    Op(Box<QuotaOp>, Option<Reply>),
-    Flush(Reply),
+/// At most this many operations go into one settlement transaction.
+const MAX_BATCH: usize = 512;
+
+/// The settlement queue: operations in order, each answered (if asked) once written; a reply
+/// alone asks for an answer once everything before it is written.
+struct Queue {
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    entries: Vec<(Option<QuotaOp>, Option<Reply>)>,
+    /// A batch is being written: whoever writes it takes the next one too.
+    writing: bool,
+}
+
+impl Queue {
+    /// Adds an entry; answers whether the caller must write the queue (nobody is).
+    fn push(&self, op: Option<QuotaOp>, reply: Option<Reply>) -> bool {
+        let mut q = lock(&self.state);
+        q.entries.push((op, reply));
+        !std::mem::replace(&mut q.writing, true)
+    }
 }
 
 /// The process's quota leases. Cheap to clone.
@@ -77,7 +98,7 @@ struct Inner {
     holder: String,
     cfg: LeaseConfig,
     pools: Mutex<HashMap<(TenantId, String), Arc<Pool>>>,
-    settler: mpsc::UnboundedSender<Msg>,
+    queue: Queue,
     stop: CancellationToken,
 }
 
@@ -163,7 +184,6 @@ impl Reservation {
         self.settled = true;
         let consumed = tokens.map_or(Amount::ZERO, |t| Amount::new(1, t.max(0)));
         self.give_back(consumed);
-        let (tx, rx) = oneshot::channel();
         let op = QuotaOp::Settle {
             ctx: self.ctx.clone(),
             record,
@@ -172,17 +192,7 @@ impl Reservation {
             consumed,
             limit: self.limit,
         };
-        if self
-            .quotas
-            .inner
-            .settler
-            .send(Msg::Op(Box::new(op), Some(tx)))
-            .is_err()
-        {
-            return Err("the settler has stopped".into());
-        }
-        rx.await
-            .unwrap_or_else(|_| Err("the settler has stopped".into()))
+        self.quotas.submit(Some(op)).await
     }
 
     fn give_back(&self, consumed: Amount) {
@@ -205,23 +215,102 @@ impl Drop for Reservation {
 }
 
 impl Quotas {
-    /// Starts the settler and the keeper (which renews and returns leases until
-    /// [`Quotas::shutdown`]).
+    /// Starts the keeper (which renews and returns leases until [`Quotas::shutdown`]).
     pub fn start(store: Arc<dyn Store>, cfg: LeaseConfig) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         let quotas = Self {
             inner: Arc::new(Inner {
-                store: store.clone(),
+                store,
                 holder: uuid_like(),
                 cfg,
                 pools: Mutex::new(HashMap::new()),
-                settler: tx,
+                queue: Queue {
+                    state: Mutex::default(),
+                },
                 stop: CancellationToken::new(),
             }),
         };
-        tokio::spawn(settler(store, rx));
         tokio::spawn(keeper(quotas.clone()));
         quotas
+    }
+
+    /// Queues `op` (or, with `None`, nothing: a flush) and answers once it and everything
+    /// before it is written. Writes the queue itself when nobody is writing it.
+    async fn submit(&self, op: Option<QuotaOp>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.queue.push(op, Some(tx)) {
+            // Boxed: a run's future would otherwise keep room for the writer's state (batch,
+            // retry timer) for as long as the run lives.
+            Box::pin(self.write_queue(true)).await;
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the settlement was abandoned".into()))
+    }
+
+    /// Queues `op` without waiting for it (from code that cannot wait).
+    fn submit_detached(&self, op: QuotaOp) {
+        if self.inner.queue.push(Some(op), None) {
+            self.spawn_writer();
+        }
+    }
+
+    fn spawn_writer(&self) {
+        let quotas = self.clone();
+        tokio::spawn(async move { quotas.write_queue(false).await });
+    }
+
+    /// Writes the queue, batch after batch, for as long as it has entries; the caller holds
+    /// the writer's role (`Queue::push` answered true). `once`: a run writing its own
+    /// settlement writes one batch and hands what gathered meanwhile to a task of its own,
+    /// so that its answer never waits for other runs' batches.
+    async fn write_queue(&self, once: bool) {
+        // Dropped before it ends (the task was cancelled), the role goes to a new task.
+        struct Role<'a>(&'a Quotas, bool);
+        impl Drop for Role<'_> {
+            fn drop(&mut self) {
+                if self.1 && tokio::runtime::Handle::try_current().is_ok() {
+                    self.0.spawn_writer();
+                }
+            }
+        }
+        let mut role = Role(self, true);
+        let mut ops = Vec::new();
+        let mut replies = Vec::new();
+        let mut wrote = false;
+        loop {
+            {
+                let mut q = lock(&self.inner.queue.state);
+                if q.entries.is_empty() {
+                    q.writing = false;
+                    role.1 = false;
+                    return;
+                }
+                if wrote && once {
+                    drop(q);
+                    role.1 = false;
+                    self.spawn_writer();
+                    return;
+                }
+                let mut taken = 0;
+                let n = q
+                    .entries
+                    .iter()
+                    .take_while(|(op, _)| {
+                        taken += usize::from(op.is_some());
+                        taken <= MAX_BATCH
+                    })
+                    .count();
+                for (op, reply) in q.entries.drain(..n) {
+                    ops.extend(op);
+                    replies.extend(reply);
+                }
+            }
+            let answer = write_batch(self.inner.store.as_ref(), &ops).await;
+            for reply in replies.drain(..) {
+                let _ = reply.send(answer.clone());
+            }
+            ops.clear();
+            wrote = true;
+        }
     }
 
     /// Returns every lease, after writing every settlement queued before.
@@ -392,8 +481,7 @@ impl Quotas {
                 period: period.to_owned(),
                 lease_id: s.lease_id.clone(),
             };
-            // A stopped settler means the process is going down; the lease then expires.
-            let _ = self.inner.settler.send(Msg::Op(Box::new(op), None));
+            self.submit_detached(op);
         }
         let in_flight = s.in_flight;
         *s = PoolState::new(limit);
@@ -452,10 +540,7 @@ impl Quotas {
 
     /// Waits until every queued settlement and release is written.
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.inner.settler.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        let _ = self.submit(None).await;
     }
 }
 
@@ -477,46 +562,23 @@ async fn keeper(quotas: Quotas) {
     }
 }
 
-/// Writes settlements in batches: whatever is queued when the previous commit finishes goes
-/// into the next transaction.
-async fn settler(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    const MAX_BATCH: usize = 512;
-    let mut ops = Vec::with_capacity(MAX_BATCH);
-    let mut replies = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Op(op, reply) => {
-                    ops.push(*op);
-                    replies.extend(reply);
-                }
-                Msg::Flush(reply) => replies.push(reply),
+/// Writes one settlement batch, trying three times.
+async fn write_batch(store: &dyn Store, ops: &[QuotaOp]) -> Result<(), String> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let mut attempt = 0u32;
+    loop {
+        match store.settle_quota(ops).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == 2 => {
+                tracing::error!(error = %e, runs = ops.len(), "usage settlement failed");
+                return Err(e.to_string());
             }
-            next = if ops.len() < MAX_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        let mut result = Ok(());
-        for attempt in 0..3u32 {
-            if ops.is_empty() {
-                break;
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                attempt += 1;
             }
-            result = store.settle_quota(&ops).await;
-            if result.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
         }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, runs = ops.len(), "usage settlement failed");
-        }
-        let answer = result.map_err(|e| e.to_string());
-        for reply in replies.drain(..) {
-            let _ = reply.send(answer.clone());
-        }
-        ops.clear();
     }
 }
