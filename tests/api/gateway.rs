@@ -169,6 +169,19 @@ pub(crate) async fn usage(app: &TestApp, tenant: &str) -> Value {
     u
 }
 
+/// The tenant's last usage record, waiting for it: a run whose client left is settled on its
+/// own time.
+async fn record_once_written(app: &TestApp, tenant: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = records(app, tenant).await.pop() {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "the run was never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub(crate) async fn records(app: &TestApp, tenant: &str) -> Vec<Value> {
     let (s, all) = status_json(
         app.get("/v1/admin/usage/export?format=json", &app.platform_admin())
@@ -507,17 +520,7 @@ async fn a_stream_cut_by_the_client_is_settled_with_the_real_tokens(b: Backend) 
     assert!(String::from_utf8_lossy(&first).contains("t0"));
     drop(body); // the client goes away after the first chunk
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let rec = loop {
-        if let Some(r) = records(&app, &f.tenant).await.pop() {
-            break r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cut stream was never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let rec = record_once_written(&app, &f.tenant).await;
     assert_eq!(rec["status"], "client_closed");
     assert_eq!(
         (rec["tokens_in"].as_i64(), rec["tokens_out"].as_i64()),
@@ -555,14 +558,7 @@ async fn a_client_gone_before_the_answer_is_still_metered(b: Backend) {
         "the provider was called before the client left"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let rec = loop {
-        if let Some(r) = records(&app, &f.tenant).await.pop() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "the run was never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let rec = record_once_written(&app, &f.tenant).await;
     assert_eq!(rec["status"], "ok", "{rec}");
     assert_eq!(
         (rec["tokens_in"].as_i64(), rec["tokens_out"].as_i64()),
