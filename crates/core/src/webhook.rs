@@ -38,8 +38,9 @@ pub struct UsageNotice {
 
 /// The thresholds that usage going from `before` to `after` crosses.
 ///
-/// PostgreSQL's one-statement settlement (`agentplane_settle_alone`, migration 0024) tests
-/// the same condition to hand a crossing batch back to the path that notifies: change both.
+/// The one-statement settlements (PostgreSQL's `agentplane_settle_alone`, migration 0024,
+/// and SQLite's `settlement_batches`, migration 0025) test the same condition to hand a
+/// crossing batch back to the path that notifies: change all three.
 pub fn crossed(before: i64, after: i64, limit: i64) -> impl Iterator<Item = i64> {
     THRESHOLDS.into_iter().filter(move |t| {
         limit > 0

@@ -389,6 +389,9 @@ impl PgStore {
         match res {
             Ok(_) => Ok(true),
             Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("AP100") => Ok(false),
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("AP500") => Err(
+                crate::error::corrupt("a settled run's usage counter is missing"),
+            ),
             Err(e) => Err(e.into()),
         }
     }

@@ -302,14 +302,38 @@ impl SqliteStore {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// In-process: a transaction costs no round trip, so every batch takes the one path.
+    /// Settles a batch in one statement (the `settlement_batches` view, migration 0025): every
+    /// statement is a trip to the connection's thread and back, and a transaction takes six.
+    /// Answers whether it settled the batch; not when the batch must go through a
+    /// transaction: a usage threshold crossed (the notification is enqueued with the batch),
+    /// or tenants may move (their fence comes first).
     async fn settle_alone(
         &self,
-        _records: &[serde_json::Value],
-        _consumed: &[ops::LeaseUse<'_>],
-        _counters: &[ops::CounterUse<'_>],
+        records: &[serde_json::Value],
+        consumed: &[ops::LeaseUse<'_>],
+        counters: &[ops::CounterUse<'_>],
     ) -> Result<bool> {
-        Ok(false)
+        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let res = sqlx::query(
+            "INSERT INTO settlement_batches (records, takes, counters, thresholds) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(ops::json_rows(records)?)
+        .bind(ops::json_rows(consumed)?)
+        .bind(ops::json_rows(counters)?)
+        .bind(ops::json_rows(&agentplane_core::webhook::THRESHOLDS)?)
+        .execute(&self.write)
+        .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(d)) if d.message() == "AP100" => Ok(false),
+            Err(sqlx::Error::Database(d)) if d.message() == "AP500" => Err(crate::error::corrupt(
+                "a settled run's usage counter is missing",
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Refuses a transaction on tenants of which one moved away.
