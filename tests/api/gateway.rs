@@ -16,6 +16,7 @@ both_backends!(
     concurrent_runs_never_overshoot_the_quota_and_lose_none,
     a_stream_cut_by_the_client_is_settled_with_the_real_tokens,
     a_client_gone_before_the_answer_is_still_metered,
+    a_client_gone_before_the_first_chunk_is_still_metered,
     a_failing_provider_releases_the_reservation,
     limits_and_plan_changes_apply_at_once,
     bad_requests_get_openai_shaped_errors_and_change_nothing,
@@ -569,6 +570,54 @@ async fn a_client_gone_before_the_answer_is_still_metered(b: Backend) {
     assert_eq!(
         (u["messages"]["used"].as_i64(), u["tokens"]["used"].as_i64()),
         (Some(1), Some(12)),
+        "{u}"
+    );
+}
+
+/// A streamed run whose client leaves before the provider's first chunk still reads the
+/// provider to the end and is settled with its figures.
+async fn a_client_gone_before_the_first_chunk_is_still_metered(b: Backend) {
+    let mock = MockLlm::start().await;
+    let app = TestApp::spawn_with(b, fast_leases).await;
+    let f = fixture(
+        &app,
+        "Gone streaming",
+        "openai",
+        &mock.base,
+        "slow",
+        json!({}),
+    )
+    .await;
+    let res = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&f.key)
+        .timeout(Duration::from_millis(100)) // the provider answers after 300 ms
+        .json(&json!({"model": "helper", "stream": true,
+                      "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await;
+    assert!(
+        res.is_err_and(|e| e.is_timeout()),
+        "the client gave up first"
+    );
+    assert_eq!(
+        mock.calls(),
+        1,
+        "the provider was called before the client left"
+    );
+
+    let rec = record_once_written(&app, &f.tenant).await;
+    assert_eq!(rec["status"], "client_closed", "{rec}");
+    assert_eq!(
+        (rec["tokens_in"].as_i64(), rec["tokens_out"].as_i64()),
+        (Some(7), Some(3)),
+        "the provider's own figures, read after the client left: {rec}"
+    );
+    let u = settled(&app, &f.tenant).await;
+    assert_eq!(
+        (u["messages"]["used"].as_i64(), u["tokens"]["used"].as_i64()),
+        (Some(1), Some(10)),
         "{u}"
     );
 }
