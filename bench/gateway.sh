@@ -165,6 +165,14 @@ print(f"   {sys.argv[2]}: {s['requestsPerSec']:.0f} req/s, p50 {ms(p.get('p50'))
 PY
 }
 
+# warm_run URL KEY MODEL RATE CONNECTIONS: 2 s of oha at RATE, not measured.
+warm_run() {
+    local auth=()
+    [ -n "$2" ] && auth=(-H "authorization: Bearer $2")
+    run_child "$OHA" --no-tui -q "$4" --latency-correction -c "$5" -z 2s -m POST \
+        -T application/json -d "$(body "$3")" "${auth[@]}" "$1" >/dev/null 2>&1 || true
+}
+
 # lg NAME [loadgen run args...]: one loadgen run, JSON to $OUT/NAME.lg.json.
 lg_run() {
     local name=$1
@@ -375,12 +383,17 @@ bench_backend() { # backend
         note "gateway saturation ${sat%.*} req/s; delay20 runs at half: $half req/s ($hconn connections)"
         local d0 d1
         d0=$(mock_calls)
+        # Each fixed-rate run follows a 2 s one of the same shape, not measured: the figure is
+        # the steady state, not the opening of a few hundred connections (the gateway opens
+        # its own to the mock too).
+        warm_run "$MOCK_DELAY/chat/completions" "" bench-delay20 "$half" "$hconn"
         oha_run "$be.direct.half" "$MOCK_DELAY/chat/completions" "" bench-delay20 \
             -q "$half" --latency-correction -c "$hconn" -z "${DUR}s" -w
         lg_run "$be.direct.half" --url "$MOCK_DELAY/chat/completions" --no-auth --rate "$half" \
             --concurrency "$hconn" --duration "$DUR"
         d1=$(mock_calls)
         direct_calls=$((d1 - d0))
+        warm_run "$GW_URL" "$key" bench-delay20 "$half" "$hconn"
         oha_run "$be.half" "$GW_URL" "$key" bench-delay20 \
             -q "$half" --latency-correction -c "$hconn" -z "${DUR}s" -w
         lg_run "$be.half" --url "$GW_URL" --key "$key" --model bench-delay20 --rate "$half" \

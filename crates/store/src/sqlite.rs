@@ -179,19 +179,39 @@ pub struct SqliteStore {
 /// How often the write-ahead log is folded into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// Checkpoints (`PASSIVE`: it copies what no reader still needs, never waits for the writer
-/// nor blocks it) every `CHECKPOINT_EVERY` until `stop` drops or the pool closes.
-async fn checkpoint_in_background(pool: SqlitePool, mut stop: oneshot::Receiver<()>) {
+/// Frames (pages) in the write-ahead log past which the writer finishes a checkpoint itself
+/// (SQLite's own default threshold for checkpoints).
+const WRITER_CHECKPOINT_FRAMES: i64 = 1000;
+
+/// Checkpoints every `CHECKPOINT_EVERY` until `stop` drops or the pools close: first on a
+/// connection of its own (`PASSIVE`: it copies what no reader still needs, never waits for the
+/// writer nor blocks it), then, once the log holds more than `WRITER_CHECKPOINT_FRAMES`, on
+/// the writer. A log starts over only when a write begins with every frame copied, and under
+/// steady writes some always land while the first checkpoint runs: without the second, the
+/// log would grow for as long as the load lasts. The writer copies only those (the rest is
+/// copied already), then its next write starts the log over.
+async fn checkpoint_in_background(
+    pool: SqlitePool,
+    write: SqlitePool,
+    mut stop: oneshot::Receiver<()>,
+) {
+    const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
     loop {
         tokio::select! {
             _ = &mut stop => return,
             () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+        let res = match sqlx::query_as::<_, (i64, i64, i64)>(CHECKPOINT)
+            .fetch_one(&pool)
             .await
         {
-            if pool.is_closed() {
+            Ok((_, frames, _)) if frames > WRITER_CHECKPOINT_FRAMES => {
+                sqlx::query(CHECKPOINT).execute(&write).await.map(drop)
+            }
+            res => res.map(drop),
+        };
+        if let Err(e) = res {
+            if pool.is_closed() || write.is_closed() {
                 return;
             }
             tracing::warn!(error = %e, "checkpointing the write-ahead log failed");
@@ -214,7 +234,8 @@ impl SqliteStore {
             .pragma("secure_delete", "ON")
             // The write-ahead log is folded into the file by a connection of its own (below),
             // not by whichever commit crosses the threshold: that commit would hold the single
-            // writer, and every settlement behind it, for the checkpoint's I/O and fsync.
+            // writer, and every settlement behind it, for the whole checkpoint's I/O and fsync
+            // (the writer copies only the last frames, see `checkpoint_in_background`).
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", "67108864")
             .busy_timeout(Duration::from_secs(10));
@@ -237,7 +258,11 @@ impl SqliteStore {
             .max_connections(1)
             .connect_lazy_with(opts.pragma("cache_size", "-64"));
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(checkpoint_in_background(checkpoints.clone(), stopped));
+        tokio::spawn(checkpoint_in_background(
+            checkpoints.clone(),
+            write.clone(),
+            stopped,
+        ));
         Ok(Self {
             write,
             read,
@@ -398,5 +423,63 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    /// Under writes that never pause, the write-ahead log still starts over: it holds fewer
+    /// frames at the end than there were commits (each commit adds at least one frame, so a
+    /// log that never started over would hold them all).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_starts_over_under_steady_writes() {
+        let dir = std::env::temp_dir().join(format!("ap-wal-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db.sqlite")).await.unwrap();
+        sqlx::query("CREATE TABLE wal_test (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .execute(&store.write)
+            .await
+            .unwrap();
+        // Several writers, as settlements and grants are: one always has a commit ready.
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let write = store.write.clone();
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let mut commits = 0i64;
+                    // Four checkpoint periods.
+                    while started.elapsed() < CHECKPOINT_EVERY * 4 {
+                        sqlx::query("INSERT INTO wal_test (v) VALUES ($1)")
+                            .bind(format!("{w}-{commits}"))
+                            .execute(&write)
+                            .await
+                            .unwrap();
+                        commits += 1;
+                    }
+                    commits
+                })
+            })
+            .collect();
+        let mut commits = 0;
+        for w in writers {
+            commits += w.await.unwrap();
+        }
+        let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&store.checkpoints)
+            .await
+            .unwrap();
+        assert!(
+            commits > 2 * WRITER_CHECKPOINT_FRAMES,
+            "the test wrote too little to tell: {commits} commits"
+        );
+        assert!(
+            frames < commits,
+            "the log holds {frames} frames after {commits} commits: it never started over"
+        );
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
