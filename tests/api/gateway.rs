@@ -538,6 +538,21 @@ async fn a_stream_cut_by_the_client_is_settled_with_the_real_tokens(b: Backend) 
 /// A non-streamed run is driven by the client's request; when the client leaves mid-call, the
 /// run goes on by itself and is settled with the provider's figures.
 async fn a_client_gone_before_the_answer_is_still_metered(b: Backend) {
+    client_leaves_early(b, hello("helper"), "ok", (7, 5)).await;
+}
+
+/// A streamed run whose client leaves before the provider's first chunk still reads the
+/// provider to the end and is settled with its figures.
+async fn a_client_gone_before_the_first_chunk_is_still_metered(b: Backend) {
+    let body = json!({"model": "helper", "stream": true,
+                      "messages": [{"role": "user", "content": "hello"}]});
+    client_leaves_early(b, body, "client_closed", (7, 3)).await;
+}
+
+/// Sends `body` to a provider that answers after 300 ms, gives up after 100 ms, then expects
+/// one usage record with `status` and the provider's `tokens` (in, out), and the tenant
+/// charged one message and those tokens.
+async fn client_leaves_early(b: Backend, body: Value, status: &str, tokens: (i64, i64)) {
     let mock = MockLlm::start().await;
     let app = TestApp::spawn_with(b, fast_leases).await;
     let f = fixture(&app, "Gone early", "openai", &mock.base, "slow", json!({})).await;
@@ -545,8 +560,8 @@ async fn a_client_gone_before_the_answer_is_still_metered(b: Backend) {
         .client
         .post(format!("{}/v1/chat/completions", app.base))
         .bearer_auth(&f.key)
-        .timeout(Duration::from_millis(100)) // the provider answers after 300 ms
-        .json(&hello("helper"))
+        .timeout(Duration::from_millis(100))
+        .json(&body)
         .send()
         .await;
     assert!(
@@ -560,64 +575,16 @@ async fn a_client_gone_before_the_answer_is_still_metered(b: Backend) {
     );
 
     let rec = record_once_written(&app, &f.tenant).await;
-    assert_eq!(rec["status"], "ok", "{rec}");
+    assert_eq!(rec["status"], status, "{rec}");
     assert_eq!(
         (rec["tokens_in"].as_i64(), rec["tokens_out"].as_i64()),
-        (Some(7), Some(5)),
-        "{rec}"
-    );
-    let u = settled(&app, &f.tenant).await;
-    assert_eq!(
-        (u["messages"]["used"].as_i64(), u["tokens"]["used"].as_i64()),
-        (Some(1), Some(12)),
-        "{u}"
-    );
-}
-
-/// A streamed run whose client leaves before the provider's first chunk still reads the
-/// provider to the end and is settled with its figures.
-async fn a_client_gone_before_the_first_chunk_is_still_metered(b: Backend) {
-    let mock = MockLlm::start().await;
-    let app = TestApp::spawn_with(b, fast_leases).await;
-    let f = fixture(
-        &app,
-        "Gone streaming",
-        "openai",
-        &mock.base,
-        "slow",
-        json!({}),
-    )
-    .await;
-    let res = app
-        .client
-        .post(format!("{}/v1/chat/completions", app.base))
-        .bearer_auth(&f.key)
-        .timeout(Duration::from_millis(100)) // the provider answers after 300 ms
-        .json(&json!({"model": "helper", "stream": true,
-                      "messages": [{"role": "user", "content": "hello"}]}))
-        .send()
-        .await;
-    assert!(
-        res.is_err_and(|e| e.is_timeout()),
-        "the client gave up first"
-    );
-    assert_eq!(
-        mock.calls(),
-        1,
-        "the provider was called before the client left"
-    );
-
-    let rec = record_once_written(&app, &f.tenant).await;
-    assert_eq!(rec["status"], "client_closed", "{rec}");
-    assert_eq!(
-        (rec["tokens_in"].as_i64(), rec["tokens_out"].as_i64()),
-        (Some(7), Some(3)),
+        (Some(tokens.0), Some(tokens.1)),
         "the provider's own figures, read after the client left: {rec}"
     );
     let u = settled(&app, &f.tenant).await;
     assert_eq!(
         (u["messages"]["used"].as_i64(), u["tokens"]["used"].as_i64()),
-        (Some(1), Some(10)),
+        (Some(1), Some(tokens.0 + tokens.1)),
         "{u}"
     );
 }
