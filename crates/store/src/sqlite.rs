@@ -55,105 +55,59 @@ const LOCK_TENANT: &str = "SELECT tenant_id FROM tenants WHERE tenant_id = $1";
 const SELECT_COUNTER_FOR_UPDATE: &str =
     "SELECT * FROM usage_counters WHERE tenant_id = $1 AND period = $2";
 
-// A settlement batch, set by set: each statement takes the whole batch as one JSON array
-// (`$1`), so a batch costs the same few statements whatever its size. The single writer
-// serialises batches and grants: nothing to lock.
+/// A settlement batch in one statement: the `settlement_batches` view's trigger (migration
+/// 0025) takes from each lease what its runs consumed as far as the lease still holds it (what
+/// it no longer holds, because the provider reported more than was reserved or the lease
+/// expired and went back, is counted as used all the same), and writes the usage records and
+/// the counters. It writes nothing, and fails with `AP100`, when a counter would cross one of
+/// `$4` (a JSON array of percentages), and with `AP500` when a counter is missing.
+const SETTLE: &str = "INSERT INTO settlement_batches (records, takes, counters, thresholds) \
+     VALUES ($1, $2, $3, $4)";
 
-const SETTLE_READ_LEASES: &str = "SELECT q.tenant_id, q.period, q.id, q.messages, q.tokens \
-     FROM quota_leases q JOIN json_each($1) AS v \
-     ON q.tenant_id = v.value ->> '$.tenant_id' AND q.period = v.value ->> '$.period' \
-     AND q.id = v.value ->> '$.id'";
+/// The changed counters' `used` after a batch (`$1`: its counters, as for `SETTLE`).
+const SETTLED_COUNTERS: &str = "SELECT c.tenant_id, c.period, c.messages_used, c.tokens_used \
+     FROM usage_counters c JOIN json_each($1) AS v \
+     ON c.tenant_id = v.value ->> '$.tenant_id' AND c.period = v.value ->> '$.period' \
+     WHERE v.value ->> '$.used_messages' <> 0 OR v.value ->> '$.used_tokens' <> 0";
 
-const SETTLE_TAKE_FROM_LEASES: &str = "UPDATE quota_leases \
-     SET messages = messages - (v.value ->> '$.messages'), tokens = tokens - (v.value ->> '$.tokens') \
-     FROM json_each($1) AS v \
-     WHERE quota_leases.tenant_id = v.value ->> '$.tenant_id' AND quota_leases.period = v.value ->> '$.period' \
-     AND quota_leases.id = v.value ->> '$.id'";
+/// Writes a settlement batch (`SETTLE`). Answers false, having written nothing, when a counter
+/// would cross one of `thresholds`.
+async fn write_settlement(
+    conn: &mut sqlx::SqliteConnection,
+    records: &[serde_json::Value],
+    consumed: &[ops::LeaseUse<'_>],
+    counters: &[ops::CounterUse<'_>],
+    thresholds: &[i64],
+) -> Result<bool> {
+    let res = sqlx::query(SETTLE)
+        .bind(ops::json_rows(records)?)
+        .bind(ops::json_rows(consumed)?)
+        .bind(ops::json_rows(counters)?)
+        .bind(ops::json_rows(thresholds)?)
+        .execute(conn)
+        .await;
+    match res {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(d)) if d.message() == "AP100" => Ok(false),
+        Err(sqlx::Error::Database(d)) if d.message() == "AP500" => Err(crate::error::corrupt(
+            "a settled run's usage counter is missing",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
 
-const SETTLE_COUNTERS: &str = "UPDATE usage_counters \
-     SET messages_used = messages_used + (v.value ->> '$.used_messages'), \
-     tokens_used = tokens_used + (v.value ->> '$.used_tokens'), \
-     messages_reserved = messages_reserved - (v.value ->> '$.taken_messages'), \
-     tokens_reserved = tokens_reserved - (v.value ->> '$.taken_tokens') \
-     FROM json_each($1) AS v \
-     WHERE usage_counters.tenant_id = v.value ->> '$.tenant_id' AND usage_counters.period = v.value ->> '$.period' \
-     RETURNING tenant_id, period, messages_used, tokens_used";
-
-const SETTLE_RECORDS: &str = "INSERT INTO usage_records (tenant_id, id, ts, agent_id, model, provider, \
-     tokens_in, tokens_out, latency_ms, status, trace_id) \
-     SELECT value ->> '$.tenant_id', value ->> '$.id', value ->> '$.ts', value ->> '$.agent_id', \
-     value ->> '$.model', value ->> '$.provider', value ->> '$.tokens_in', value ->> '$.tokens_out', \
-     value ->> '$.latency_ms', value ->> '$.status', value ->> '$.trace_id' FROM json_each($1) WHERE true";
-
-/// A settlement batch (as PostgreSQL's `agentplane_settle`): takes from each lease what its
-/// runs consumed as far as the lease still holds it (what it no longer holds, because the
-/// provider reported more than was reserved or the lease expired and went back, is counted as
-/// used all the same), writes the usage records and the counters, and answers each changed
-/// counter's `used` after.
+/// A settlement batch in the caller's transaction (as PostgreSQL's `agentplane_settle`), which
+/// notifies the thresholds crossed itself: answers each changed counter's `used` after.
 async fn settle_batch(
     tx: &mut Transaction<'_, Db>,
     records: &[serde_json::Value],
     consumed: &[ops::LeaseUse<'_>],
     counters: &[ops::CounterUse<'_>],
 ) -> Result<Vec<(String, String, i64, i64)>> {
-    use std::collections::HashMap;
-    let held: HashMap<(String, String, String), (i64, i64)> = if consumed.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query_as::<_, (String, String, String, i64, i64)>(SETTLE_READ_LEASES)
-            .bind(ops::json_rows(consumed)?)
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .map(|(t, p, l, m, k)| ((t, p, l), (m, k)))
-            .collect()
-    };
-    let mut taken: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
-    let mut takes = Vec::new();
-    for c in consumed {
-        let key = (c.tenant_id.to_owned(), c.period.to_owned(), c.id.to_owned());
-        let (m, k) = held.get(&key).copied().unwrap_or((0, 0));
-        let take = (c.messages.min(m), c.tokens.min(k));
-        if take == (0, 0) {
-            continue;
-        }
-        let t = taken.entry((c.tenant_id, c.period)).or_default();
-        *t = (t.0 + take.0, t.1 + take.1);
-        takes.push(
-            serde_json::json!({"tenant_id": c.tenant_id, "period": c.period, "id": c.id,
-            "messages": take.0, "tokens": take.1}),
-        );
-    }
-    let changes: Vec<serde_json::Value> = counters
-        .iter()
-        .filter(|c| c.used_messages != 0 || c.used_tokens != 0)
-        .map(|c| {
-            let (m, k) = taken
-                .get(&(c.tenant_id, c.period))
-                .copied()
-                .unwrap_or_default();
-            serde_json::json!({"tenant_id": c.tenant_id, "period": c.period,
-                "used_messages": c.used_messages, "used_tokens": c.used_tokens,
-                "taken_messages": m, "taken_tokens": k})
-        })
-        .collect();
-    if !records.is_empty() {
-        sqlx::query(SETTLE_RECORDS)
-            .bind(ops::json_rows(records)?)
-            .execute(&mut **tx)
-            .await?;
-    }
-    if !takes.is_empty() {
-        sqlx::query(SETTLE_TAKE_FROM_LEASES)
-            .bind(ops::json_rows(&takes)?)
-            .execute(&mut **tx)
-            .await?;
-    }
-    if changes.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(sqlx::query_as(SETTLE_COUNTERS)
-        .bind(ops::json_rows(&changes)?)
+    // No threshold to stop at: this transaction notifies.
+    write_settlement(tx, records, consumed, counters, &[]).await?;
+    Ok(sqlx::query_as(SETTLED_COUNTERS)
+        .bind(ops::json_rows(counters)?)
         .fetch_all(&mut **tx)
         .await?)
 }
@@ -327,8 +281,8 @@ impl SqliteStore {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// Settles a batch in one statement (the `settlement_batches` view, migration 0025): every
-    /// statement is a trip to the connection's thread and back, and a transaction takes six.
+    /// Settles a batch in one statement (`SETTLE`), its commit included: every statement is a
+    /// trip to the connection's thread and back.
     /// Answers whether it settled the batch; not when the batch must go through a
     /// transaction: a usage threshold crossed (the notification is enqueued with the batch),
     /// or tenants may move (their fence comes first).
@@ -341,24 +295,9 @@ impl SqliteStore {
         if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(false);
         }
-        let res = sqlx::query(
-            "INSERT INTO settlement_batches (records, takes, counters, thresholds) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(ops::json_rows(records)?)
-        .bind(ops::json_rows(consumed)?)
-        .bind(ops::json_rows(counters)?)
-        .bind(ops::json_rows(&agentplane_core::webhook::THRESHOLDS)?)
-        .execute(&self.write)
-        .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(d)) if d.message() == "AP100" => Ok(false),
-            Err(sqlx::Error::Database(d)) if d.message() == "AP500" => Err(crate::error::corrupt(
-                "a settled run's usage counter is missing",
-            )),
-            Err(e) => Err(e.into()),
-        }
+        let mut conn = self.write.acquire().await?;
+        let thresholds = agentplane_core::webhook::THRESHOLDS;
+        write_settlement(&mut conn, records, consumed, counters, &thresholds).await
     }
 
     /// Refuses a transaction on tenants of which one moved away.
