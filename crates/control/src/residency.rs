@@ -67,16 +67,17 @@ pub fn provider_host(p: &Provider) -> String {
 }
 
 impl ControlPlane {
-    /// May a tenant of `region` send data to `provider`? A refusal is recorded in the tenant's
-    /// audit trail before it is answered.
+    /// May a tenant of `region` send data to `provider`, whose host is `host`
+    /// ([`provider_host`])? A refusal is recorded in the tenant's audit trail before it is
+    /// answered.
     pub async fn check_residency(
         &self,
         ctx: &TenantCtx,
         region: &str,
         provider: &Provider,
+        host: &str,
     ) -> Result<Result<(), Verdict>> {
-        let host = provider_host(provider);
-        let verdict = self.cfg.regions.verdict(region, &host);
+        let verdict = self.cfg.regions.verdict(region, host);
         if matches!(verdict, Verdict::Allowed | Verdict::NotEnforced) {
             return Ok(Ok(()));
         }

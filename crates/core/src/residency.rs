@@ -4,6 +4,7 @@
 
 use crate::DomainError;
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 /// A provider host pattern: `api.openai.com` (that host), `*.openai.azure.com` (its
 /// subdomains), or `*` (any host).
@@ -58,14 +59,17 @@ pub fn parse_hosts(spec: &str) -> Result<Vec<HostPattern>, DomainError> {
 
 /// Azure's AI endpoints: the API-key policy applies to them whatever a provider's kind.
 pub fn is_azure_host(host: &str) -> bool {
-    [
-        "*.openai.azure.com",
-        "*.cognitiveservices.azure.com",
-        "*.services.ai.azure.com",
-    ]
-    .iter()
-    .filter_map(|p| HostPattern::parse(p).ok())
-    .any(|p| p.matches(host))
+    static AZURE: LazyLock<Vec<HostPattern>> = LazyLock::new(|| {
+        [
+            "*.openai.azure.com",
+            "*.cognitiveservices.azure.com",
+            "*.services.ai.azure.com",
+        ]
+        .iter()
+        .filter_map(|p| HostPattern::parse(p).ok())
+        .collect()
+    });
+    AZURE.iter().any(|p| p.matches(host))
 }
 
 /// The deployment's regions and the provider hosts each allows.
@@ -140,6 +144,25 @@ impl Regions {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn azure_hosts_are_known_whatever_the_provider_kind() {
+        for host in [
+            "eu.openai.azure.com",
+            "x.cognitiveservices.azure.com",
+            "hub.services.ai.azure.com",
+        ] {
+            assert!(is_azure_host(host), "{host}");
+        }
+        for host in [
+            "openai.azure.com",
+            "api.openai.com",
+            "x.azure.com.evil.net",
+            "",
+        ] {
+            assert!(!is_azure_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn hosts_match_exactly_or_as_subdomains() {

@@ -22,6 +22,7 @@ use agentplane_core::time::Timestamp;
 use agentplane_core::usage::UsageRecord;
 use agentplane_core::{DomainError, PlanId, TenantId, UsageRecordId};
 use futures::StreamExt;
+use reqwest::Url;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::future::Future;
@@ -241,6 +242,22 @@ pub enum ChatOutput {
     Stream(mpsc::Receiver<Value>),
 }
 
+/// The length of `v` serialized as JSON, counted without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, v).map_or(usize::MAX, |()| n.0)
+}
+
 /// What a run calls: the agent, its provider, the provider's secret.
 struct Target {
     agent: Agent,
@@ -248,6 +265,9 @@ struct Target {
     secret: Zeroizing<String>,
     /// A shared provider: the plans that grant it (checked against the key's plan per run).
     granted_to: Option<Vec<String>>,
+    /// The provider's base URL, parsed once (or why it is not a URL), and its host.
+    base: Result<Url, String>,
+    host: String,
 }
 
 /// Cached targets: when each was read, and the store's configuration generation then.
@@ -324,11 +344,16 @@ impl Runtime {
             .control
             .provider_target(ctx, &agent.provider_id.to_string())
             .await?;
+        let base =
+            Url::parse(&provider.base_url).map_err(|e| format!("the base URL is not a URL: {e}"));
+        let host = agentplane_control::provider_host(&provider);
         let target = Arc::new(Target {
             agent,
             provider,
             secret: Zeroizing::new(String::from_utf8_lossy(&secret).into_owned()),
             granted_to,
+            base,
+            host,
         });
         if !ttl.is_zero() {
             if let Ok(mut m) = self.targets.lock() {
@@ -420,13 +445,13 @@ impl Runtime {
         )?;
         if self
             .control
-            .check_residency(ctx, &key.region, provider)
+            .check_residency(ctx, &key.region, provider, &target.host)
             .await?
             .is_err()
         {
             return Err(RunError::Residency {
                 region: key.region.clone(),
-                host: agentplane_control::provider_host(provider),
+                host: target.host.clone(),
             });
         }
         let agent_max = agent
@@ -440,7 +465,7 @@ impl Runtime {
         }
         messages.append(&mut input.messages);
         let prompt = Value::Array(messages);
-        let prompt_bytes = serde_json::to_vec(&prompt).map_or(usize::MAX, |b| b.len());
+        let prompt_bytes = json_len(&prompt);
         let tokens = reserve_tokens(prompt_bytes, max_tokens, input.n);
         let reservation = self
             .quotas
@@ -451,9 +476,8 @@ impl Runtime {
             )
             .await?;
         let secret = target.secret.clone();
-        let host = agentplane_control::provider_host(provider);
         let azure = provider.kind == ProviderKind::AzureOpenai
-            || agentplane_core::residency::is_azure_host(&host);
+            || agentplane_core::residency::is_azure_host(&target.host);
         if let Err(e) = self
             .control
             .check_identity_host(&provider.auth, &provider.base_url)
@@ -485,7 +509,10 @@ impl Runtime {
         };
         let target = UpstreamTarget {
             kind: provider.kind,
-            base_url: provider.base_url.clone(),
+            base_url: target
+                .base
+                .clone()
+                .map_err(|e| RunError::Upstream(UpstreamError::Protocol(e)))?,
             api_version: provider.api_version.clone(),
             auth,
             cache_key: format!("{}/{}", ctx.tenant_id(), provider.id),
@@ -737,4 +764,23 @@ pub fn until_next_period(now: Timestamp) -> Duration {
     let ms = now.millis();
     let next = now.next_period_start().millis();
     Duration::from_millis(u64::try_from(next - ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_prompt_is_measured_as_its_json_text() {
+        let prompt = json!([
+            {"role": "system", "content": "Be \"terse\".\n"},
+            {"role": "user", "content": "héllo \u{1F600} \\ \u{7}"},
+        ]);
+        assert_eq!(
+            json_len(&prompt),
+            serde_json::to_vec(&prompt).unwrap().len()
+        );
+        assert_eq!(json_len(&json!([])), 2);
+    }
 }

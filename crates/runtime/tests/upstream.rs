@@ -118,10 +118,14 @@ fn trace() -> TraceContext {
     TraceContext::from_header(Some(TRACE))
 }
 
+fn url(s: &str) -> reqwest::Url {
+    reqwest::Url::parse(s).unwrap()
+}
+
 fn openai_target(mock: &Mock) -> UpstreamTarget {
     UpstreamTarget {
         kind: ProviderKind::Openai,
-        base_url: format!("{}/v1", mock.url),
+        base_url: url(&format!("{}/v1", mock.url)),
         api_version: None,
         auth: UpstreamAuth::ApiKey(Zeroizing::new(KEY.into())),
         cache_key: "tenant-a/openai".into(),
@@ -131,7 +135,7 @@ fn openai_target(mock: &Mock) -> UpstreamTarget {
 fn azure_target(mock: &Mock, auth: UpstreamAuth, cache_key: &str) -> UpstreamTarget {
     UpstreamTarget {
         kind: ProviderKind::AzureOpenai,
-        base_url: mock.url.clone(),
+        base_url: url(&mock.url),
         api_version: Some("2024-06-01".into()),
         auth,
         cache_key: cache_key.into(),
@@ -540,7 +544,7 @@ async fn an_unreachable_upstream_is_a_connect_error_without_the_url() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let target = UpstreamTarget {
-        base_url: format!("http://{addr}/v1"),
+        base_url: url(&format!("http://{addr}/v1")),
         ..openai_target(&Mock::start(|_, _| async { StatusCode::OK.into_response() }).await)
     };
     let ups = Upstreams::new(config()).unwrap();

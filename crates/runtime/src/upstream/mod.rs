@@ -27,6 +27,7 @@ use crate::trace::TraceContext;
 use async_trait::async_trait;
 use client::Inner;
 use futures::Stream;
+use reqwest::Url;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -98,8 +99,9 @@ impl fmt::Debug for UpstreamConfig {
 pub struct UpstreamTarget {
     /// Which adapter speaks to it.
     pub kind: ProviderKind,
-    /// No trailing slash, e.g. `https://api.openai.com/v1` or `https://x.openai.azure.com`.
-    pub base_url: String,
+    /// E.g. `https://api.openai.com/v1` or `https://x.openai.azure.com`, parsed once per
+    /// provider (the gateway caches it), not per call.
+    pub base_url: Url,
     /// Azure's `api-version` query parameter ([`AZURE_DEFAULT_API_VERSION`] when None).
     pub api_version: Option<String>,
     /// The credential.

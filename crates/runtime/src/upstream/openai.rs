@@ -46,8 +46,51 @@ impl ProviderAdapter for OpenAiAdapter {
     }
 }
 
+/// `{base_url}/chat/completions`, whether the base URL ends with a slash or not.
 fn endpoint(target: &UpstreamTarget) -> Result<Url, UpstreamError> {
-    let base = target.base_url.trim_end_matches('/');
-    Url::parse(&format!("{base}/chat/completions"))
-        .map_err(|e| UpstreamError::Protocol(format!("the base URL is not a URL: {e}")))
+    let mut url = target.base_url.clone();
+    url.path_segments_mut()
+        .map_err(|()| UpstreamError::Protocol("the base URL cannot have a path".into()))?
+        .pop_if_empty()
+        .extend(["chat", "completions"]);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::upstream::{ProviderKind, UpstreamAuth};
+    use zeroize::Zeroizing;
+
+    fn target(base_url: &str) -> UpstreamTarget {
+        UpstreamTarget {
+            kind: ProviderKind::Openai,
+            base_url: Url::parse(base_url).unwrap(),
+            api_version: None,
+            auth: UpstreamAuth::ApiKey(Zeroizing::new("k".into())),
+            cache_key: "t/p".into(),
+        }
+    }
+
+    #[test]
+    fn appends_the_route_to_the_base_path() {
+        for (base, url) in [
+            (
+                "https://api.openai.com/v1",
+                "https://api.openai.com/v1/chat/completions",
+            ),
+            (
+                "https://api.openai.com/v1/",
+                "https://api.openai.com/v1/chat/completions",
+            ),
+            (
+                "http://127.0.0.1:8080",
+                "http://127.0.0.1:8080/chat/completions",
+            ),
+            ("http://h/a%20b/v1", "http://h/a%20b/v1/chat/completions"),
+        ] {
+            assert_eq!(endpoint(&target(base)).unwrap().as_str(), url, "{base}");
+        }
+    }
 }
