@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -204,9 +204,19 @@ pub async fn models(
     }))
 }
 
-/// Our span of the caller's trace (`traceparent`), or a new trace.
-fn trace_of(headers: &HeaderMap) -> TraceContext {
-    TraceContext::from_header(headers.get("traceparent").and_then(|v| v.to_str().ok())).child()
+/// Our span of the caller's trace (`traceparent`), or a new trace: read from the request's
+/// headers in place (a `HeaderMap` argument would copy them all).
+pub struct Trace(TraceContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Trace {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        Ok(Self(TraceContext::from_header(header).child()))
+    }
 }
 
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
@@ -249,13 +259,13 @@ fn sse(rx: tokio::sync::mpsc::Receiver<Value>) -> Response {
 pub async fn chat_completions(
     State(state): State<AppState>,
     gw: Gateway,
-    headers: HeaderMap,
+    Trace(trace): Trace,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let input = ChatInput::from_openai(json_body(body)?).map_err(ApiError::from)?;
     let out = state
         .runtime()
-        .chat(&gw.ctx, &gw.key, input, trace_of(&headers))
+        .chat(&gw.ctx, &gw.key, input, trace)
         .await
         .map_err(ApiError::from)?;
     Ok(match out {
@@ -312,7 +322,7 @@ pub async fn run(
     State(state): State<AppState>,
     RunCaller(gw): RunCaller,
     Path(tenant_id): Path<String>,
-    headers: HeaderMap,
+    Trace(trace): Trace,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RunResult>, ApiError> {
     // The tenant is the key's: another tenant's id answers like a tenant that doesn't exist.
@@ -335,7 +345,6 @@ pub async fn run(
         body["max_tokens"] = json!(m);
     }
     let input = ChatInput::from_openai(body)?;
-    let trace = trace_of(&headers);
     let trace_id = trace.trace_id_hex();
     let ChatOutput::Complete(v) = state.runtime().chat(&gw.ctx, &gw.key, input, trace).await?
     else {
