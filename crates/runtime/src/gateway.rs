@@ -9,6 +9,7 @@
 
 use crate::limits::{LimitError, Limits, RunPermit};
 use crate::quota::{QuotaError, Quotas, Reservation};
+use crate::relabel::{relabel, Seen};
 use crate::trace::TraceContext;
 use crate::upstream::{StreamEvent, UpstreamAuth, UpstreamError, UpstreamTarget, Upstreams};
 use agentplane_control::{ControlError, ControlPlane};
@@ -21,6 +22,7 @@ use agentplane_core::quota::{reserve_tokens, Amount, Exhausted};
 use agentplane_core::time::Timestamp;
 use agentplane_core::usage::UsageRecord;
 use agentplane_core::{DomainError, PlanId, TenantId, UsageRecordId};
+use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::Url;
 use serde_json::{json, Map, Value};
@@ -233,13 +235,15 @@ impl ChatInput {
     }
 }
 
-/// The answer of a run.
+/// The answer of a run, with `model` naming the agent the client asked for.
 pub enum ChatOutput {
-    /// A `chat.completion` object (its `usage` the provider's figures).
-    Complete(Value),
-    /// `chat.completion.chunk` objects in order, the last one carrying `usage`; the channel
-    /// closes after it (or after an error event, `{"error": {...}}`).
-    Stream(mpsc::Receiver<Value>),
+    /// A `chat.completion` object's JSON text (its `usage` the provider's figures).
+    Complete(Bytes),
+    /// Server-sent events, each a whole `data: ...\n\n` frame: `chat.completion.chunk`
+    /// objects in order, the last one carrying `usage`, then `data: [DONE]`; or, once
+    /// something failed, an error event (`{"error": {...}}`) last. The channel closes after
+    /// the last frame.
+    Stream(mpsc::Receiver<Bytes>),
 }
 
 /// The length of `v` serialized as JSON, counted without building the text.
@@ -558,30 +562,34 @@ struct Run {
     started: Instant,
 }
 
-/// `usage.prompt_tokens` and `usage.completion_tokens` of a response or chunk.
-fn usage_of(v: &Value) -> Option<(i64, i64)> {
-    let u = v.get("usage").filter(|u| u.is_object())?;
-    Some((
-        u.get("prompt_tokens")
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-            .max(0),
-        u.get("completion_tokens")
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-            .max(0),
-    ))
+/// `obj` with `model` naming the agent, as one server-sent event (`data: ...\n\n`).
+fn event(obj: &[u8], agent_ref: &str) -> Result<(Vec<u8>, Seen), UpstreamError> {
+    let mut frame = Vec::with_capacity(obj.len() + agent_ref.len() + 20);
+    frame.extend_from_slice(b"data: ");
+    let seen = relabel(obj, agent_ref, &mut frame).map_err(UpstreamError::Protocol)?;
+    frame.extend_from_slice(b"\n\n");
+    Ok((frame, seen))
 }
+
+/// `v` as one server-sent event, appended to `frame`.
+fn push_event(frame: &mut Vec<u8>, v: &Value) {
+    frame.extend_from_slice(b"data: ");
+    // Writing values to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *frame, v);
+    frame.extend_from_slice(b"\n\n");
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
 
 impl Run {
     // The run's future is made outside `Runtime::chat`: a future built inside an async fn,
     // even when moved out at once, takes room in that fn's state for as long as it is
     // suspended.
-    fn detached_complete(self) -> Detached<impl Future<Output = Result<Value, RunError>>> {
+    fn detached_complete(self) -> Detached<impl Future<Output = Result<Bytes, RunError>>> {
         Detached(Some(Box::pin(self.complete())))
     }
 
-    fn spawn_stream(self, tx: mpsc::Sender<Value>, first: oneshot::Sender<Result<(), RunError>>) {
+    fn spawn_stream(self, tx: mpsc::Sender<Bytes>, first: oneshot::Sender<Result<(), RunError>>) {
         tokio::spawn(self.stream(tx, first));
     }
 
@@ -626,19 +634,24 @@ impl Run {
         }
     }
 
-    async fn complete(self) -> Result<Value, RunError> {
+    async fn complete(self) -> Result<Bytes, RunError> {
         let adapter = self.runtime.upstreams.adapter(self.prepared.target.kind);
         let res = adapter
             .chat(&self.prepared.target, &self.prepared.body, &self.trace)
-            .await;
+            .await
+            .and_then(|obj| {
+                let mut out = Vec::with_capacity(obj.as_bytes().len() + self.agent_ref.len() + 12);
+                let seen = relabel(obj.as_bytes(), &self.agent_ref, &mut out)
+                    .map_err(UpstreamError::Protocol)?;
+                Ok((out, seen))
+            });
         let (status, tokens, answer) = match res {
-            Ok(mut v) => {
+            Ok((out, seen)) => {
                 // A provider that reports no usage is charged what was reserved.
-                let tokens = usage_of(&v).unwrap_or((self.prepared.reservation.held_tokens(), 0));
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("model".into(), json!(self.agent_ref));
-                }
-                ("ok", Some(tokens), Ok(v))
+                let tokens = seen
+                    .usage
+                    .unwrap_or((self.prepared.reservation.held_tokens(), 0));
+                ("ok", Some(tokens), Ok(Bytes::from(out)))
             }
             Err(e) => ("upstream_error", None, Err(e.into())),
         };
@@ -648,7 +661,7 @@ impl Run {
 
     /// Streams the provider's chunks to `tx`. Keeps reading the provider when the client has
     /// gone, so that the run is settled with the provider's final usage.
-    async fn stream(self, tx: mpsc::Sender<Value>, first: oneshot::Sender<Result<(), RunError>>) {
+    async fn stream(self, tx: mpsc::Sender<Bytes>, first: oneshot::Sender<Result<(), RunError>>) {
         let adapter = self.runtime.upstreams.adapter(self.prepared.target.kind);
         let mut events = match adapter
             .chat_stream(&self.prepared.target, &self.prepared.body, &self.trace)
@@ -667,31 +680,31 @@ impl Run {
         let mut usage_chunk = None;
         let mut chunks = 0i64;
         let mut failure = None;
+        // The provider sent an error event: no `[DONE]` follows it.
+        let mut errored = false;
         while let Some(ev) = events.next().await {
-            match ev {
-                Ok(StreamEvent::Chunk(mut chunk)) => {
-                    if let Some(u) = usage_of(&chunk) {
-                        usage = Some(u);
-                    }
-                    chunks += 1;
-                    if let Some(o) = chunk.as_object_mut() {
-                        o.insert("model".into(), json!(self.agent_ref));
-                    }
-                    // The usage chunk goes out after the settlement.
-                    if chunk.get("usage").is_some_and(Value::is_object) {
-                        usage_chunk = Some(chunk);
-                        continue;
-                    }
-                    if let Some(c) = &client {
-                        if c.send(chunk).await.is_err() {
-                            client = None;
-                        }
-                    }
-                }
-                Ok(StreamEvent::Done) => break,
+            let (frame, seen) = match ev.and_then(|ev| match ev {
+                StreamEvent::Chunk(chunk) => event(chunk.as_bytes(), &self.agent_ref).map(Some),
+                StreamEvent::Done => Ok(None),
+            }) {
+                Ok(Some(relabelled)) => relabelled,
+                Ok(None) => break,
                 Err(e) => {
                     failure = Some(e);
                     break;
+                }
+            };
+            chunks += 1;
+            errored |= seen.error;
+            // The usage chunk goes out after the settlement.
+            if let Some(u) = seen.usage {
+                usage = Some(u);
+                usage_chunk = Some(frame);
+                continue;
+            }
+            if let Some(c) = &client {
+                if c.send(Bytes::from(frame)).await.is_err() {
+                    client = None;
                 }
             }
         }
@@ -707,20 +720,27 @@ impl Run {
         let agent_ref = self.agent_ref.clone();
         let settled = self.settle(status, Some(tokens)).await;
         let Some(c) = client else { return };
-        let last = match (failure, settled) {
-            (_, Err(e)) => {
-                json!({"error": {"message": e.to_string(), "type": "api_error", "code": "metering_failed"}})
+        let error = |e: &dyn std::fmt::Display, code| json!({"error": {"message": e.to_string(), "type": "api_error", "code": code}});
+        let mut last = Vec::new();
+        match (failure, settled) {
+            (_, Err(e)) => push_event(&mut last, &error(&e, "metering_failed")),
+            (Some(e), Ok(())) => push_event(&mut last, &error(&e, "upstream_error")),
+            (None, Ok(())) => {
+                match usage_chunk {
+                    Some(frame) => last = frame,
+                    None => push_event(
+                        &mut last,
+                        &json!({"object": "chat.completion.chunk", "model": agent_ref,
+                            "choices": [], "usage": {"prompt_tokens": tokens.0,
+                            "completion_tokens": tokens.1, "total_tokens": tokens.0 + tokens.1}}),
+                    ),
+                }
+                if !errored {
+                    last.extend_from_slice(DONE);
+                }
             }
-            (Some(e), Ok(())) => {
-                json!({"error": {"message": e.to_string(), "type": "api_error", "code": "upstream_error"}})
-            }
-            (None, Ok(())) => usage_chunk.unwrap_or_else(|| {
-                json!({"object": "chat.completion.chunk", "model": agent_ref, "choices": [],
-                       "usage": {"prompt_tokens": tokens.0, "completion_tokens": tokens.1,
-                                 "total_tokens": tokens.0 + tokens.1}})
-            }),
-        };
-        let _ = c.send(last).await;
+        }
+        let _ = c.send(Bytes::from(last)).await;
     }
 }
 

@@ -7,5 +7,6 @@
 pub mod gateway;
 pub mod limits;
 pub mod quota;
+mod relabel;
 pub mod trace;
 pub mod upstream;

@@ -193,6 +193,14 @@ fn usage_chunk() -> Value {
     })
 }
 
+/// A chunk's object, or `None` for `[DONE]`.
+fn payload(event: StreamEvent) -> Option<Value> {
+    match event {
+        StreamEvent::Chunk(obj) => Some(obj.to_value()),
+        StreamEvent::Done => None,
+    }
+}
+
 fn openai_error(status: StatusCode, message: &str) -> Response {
     let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}});
     (status, Json(body)).into_response()
@@ -267,7 +275,7 @@ async fn openai_chat_sends_the_key_to_the_path_with_the_traceparent() {
         .await
         .unwrap();
 
-    assert_eq!(got, completion());
+    assert_eq!(got.to_value(), completion());
     let seen = mock.seen(0);
     assert_eq!(seen.method, Method::POST);
     assert_eq!(seen.uri.path(), "/v1/chat/completions");
@@ -303,14 +311,11 @@ async fn openai_stream_yields_the_chunks_in_order_then_done() {
         .chat_stream(&openai_target(&mock), &stream_request(), &trace())
         .await
         .unwrap();
-    let events: Vec<StreamEvent> = stream.map(Result::unwrap).collect().await;
+    let events: Vec<_> = stream.map(|ev| payload(ev.unwrap())).collect().await;
 
-    let mut expected: Vec<StreamEvent> = contents
-        .iter()
-        .map(|c| StreamEvent::Chunk(chunk(c)))
-        .collect();
-    expected.push(StreamEvent::Chunk(usage_chunk()));
-    expected.push(StreamEvent::Done);
+    let mut expected: Vec<_> = contents.iter().map(|c| Some(chunk(c))).collect();
+    expected.push(Some(usage_chunk()));
+    expected.push(None);
     assert_eq!(events, expected);
     let seen = mock.seen(0);
     assert_eq!(seen.header("accept"), Some("text/event-stream"));
@@ -341,7 +346,7 @@ async fn a_429_with_retry_after_is_retried_until_it_succeeds() {
         .await
         .unwrap();
 
-    assert_eq!(got, completion());
+    assert_eq!(got.to_value(), completion());
     assert_eq!(mock.calls(), 3);
 }
 
@@ -449,9 +454,9 @@ async fn a_stream_is_retried_until_the_headers_arrive() {
         .chat_stream(&openai_target(&mock), &stream_request(), &trace())
         .await
         .unwrap();
-    let events: Vec<StreamEvent> = stream.map(Result::unwrap).collect().await;
+    let events: Vec<_> = stream.map(|ev| payload(ev.unwrap())).collect().await;
 
-    assert_eq!(events, [StreamEvent::Chunk(chunk("hi")), StreamEvent::Done]);
+    assert_eq!(events, [Some(chunk("hi")), None]);
     assert_eq!(mock.calls(), 2);
 }
 
@@ -502,12 +507,12 @@ async fn a_stream_that_stalls_ends_with_a_timeout_after_its_first_chunks() {
         .unwrap();
 
     assert_eq!(
-        stream.next().await.unwrap().unwrap(),
-        StreamEvent::Chunk(chunk("Hel"))
+        payload(stream.next().await.unwrap().unwrap()),
+        Some(chunk("Hel"))
     );
     assert_eq!(
-        stream.next().await.unwrap().unwrap(),
-        StreamEvent::Chunk(chunk("lo"))
+        payload(stream.next().await.unwrap().unwrap()),
+        Some(chunk("lo"))
     );
     let err = stream.next().await.unwrap().unwrap_err();
     assert!(matches!(err, UpstreamError::Timeout), "{err:?}");
@@ -601,7 +606,7 @@ async fn azure_sends_the_api_key_to_the_deployment_with_the_api_version() {
         .await
         .unwrap();
 
-    assert_eq!(got, completion());
+    assert_eq!(got.to_value(), completion());
     let seen = mock.seen(0);
     assert_eq!(
         seen.uri.path(),
@@ -654,7 +659,7 @@ async fn azure_managed_identity_fetches_one_token_for_many_calls() {
     let later = adapter.chat(&target, &request(), &trace()).await;
 
     for result in concurrent.into_iter().chain([later]) {
-        assert_eq!(result.unwrap(), completion());
+        assert_eq!(result.unwrap().to_value(), completion());
     }
     assert_eq!(identity.calls(), 1);
     assert_eq!(provider.calls(), 5);
@@ -691,7 +696,7 @@ async fn imds_is_asked_with_the_metadata_header() {
             .adapter(ProviderKind::AzureOpenai)
             .chat(&target, &request(), &trace())
             .await;
-        assert_eq!(got.unwrap(), completion());
+        assert_eq!(got.unwrap().to_value(), completion());
     }
 
     assert_eq!(identity.calls(), 1);
@@ -781,7 +786,7 @@ async fn client_credentials_tokens_are_cached_per_tenant() {
     for cache_key in ["tenant-a/p1", "tenant-a/p1", "tenant-b/p1", "tenant-b/p1"] {
         let target = azure_target(&provider, auth.clone(), cache_key);
         let got = adapter.chat(&target, &request(), &trace()).await;
-        assert_eq!(got.unwrap(), completion());
+        assert_eq!(got.unwrap().to_value(), completion());
     }
 
     assert_eq!(entra.calls(), 2);
@@ -830,7 +835,7 @@ async fn a_401_drops_the_cached_token() {
         matches!(rejected, Err(UpstreamError::Status { status: 401, .. })),
         "{rejected:?}"
     );
-    assert_eq!(accepted.unwrap(), completion());
+    assert_eq!(accepted.unwrap().to_value(), completion());
     assert_eq!(entra.calls(), 2);
     assert_eq!(provider.calls(), 2);
     assert_eq!(

@@ -1,7 +1,7 @@
 //! Azure OpenAI / AI Foundry deployments.
 
 use super::client::{Inner, KeyHeader};
-use super::{EventStream, ProviderAdapter, UpstreamError, UpstreamTarget};
+use super::{EventStream, JsonObject, ProviderAdapter, UpstreamError, UpstreamTarget};
 use crate::trace::TraceContext;
 use async_trait::async_trait;
 use reqwest::Url;
@@ -30,7 +30,7 @@ impl ProviderAdapter for AzureAdapter {
         target: &UpstreamTarget,
         body: &serde_json::Value,
         trace: &TraceContext,
-    ) -> Result<serde_json::Value, UpstreamError> {
+    ) -> Result<JsonObject, UpstreamError> {
         let url = endpoint(target, body)?;
         self.inner
             .chat(target, url, KeyHeader::ApiKey, body, trace)

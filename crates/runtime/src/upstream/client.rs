@@ -1,7 +1,10 @@
 //! What the adapters share: the HTTP client, credentials, retries and reading responses.
 
 use super::entra::TokenCache;
-use super::{retry, sse, EventStream, UpstreamAuth, UpstreamConfig, UpstreamError, UpstreamTarget};
+use super::{
+    retry, sse, EventStream, JsonObject, UpstreamAuth, UpstreamConfig, UpstreamError,
+    UpstreamTarget,
+};
 use crate::trace::TraceContext;
 use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -60,7 +63,7 @@ impl Inner {
         })
     }
 
-    /// A non-streaming call: POST `body` to `url`, answer the JSON response.
+    /// A non-streaming call: POST `body` to `url`, answer the response's body.
     pub(crate) async fn chat(
         &self,
         target: &UpstreamTarget,
@@ -68,7 +71,7 @@ impl Inner {
         key_header: KeyHeader,
         body: &serde_json::Value,
         trace: &TraceContext,
-    ) -> Result<serde_json::Value, UpstreamError> {
+    ) -> Result<JsonObject, UpstreamError> {
         let cred = self.credential(target, key_header).await?;
         let body = encode(body)?;
         let limit = self.cfg.request_timeout;
@@ -82,8 +85,7 @@ impl Inner {
                     MAX_RESPONSE >> 20
                 )));
             }
-            serde_json::from_slice(&bytes)
-                .map_err(|e| UpstreamError::Protocol(format!("the response is not JSON: {e}")))
+            JsonObject::read(bytes, "the response")
         }
         .await;
         self.forget_rejected_token(target, &cred, &result).await;

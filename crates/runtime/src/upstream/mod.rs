@@ -25,6 +25,7 @@ pub use openai::OpenAiAdapter;
 
 use crate::trace::TraceContext;
 use async_trait::async_trait;
+use bytes::Bytes;
 use client::Inner;
 use futures::Stream;
 use reqwest::Url;
@@ -187,10 +188,38 @@ pub enum UpstreamError {
 /// One server-sent event of a streaming chat completion.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamEvent {
-    /// One `data:` JSON payload (a `chat.completion.chunk`, or whatever the upstream sent).
-    Chunk(serde_json::Value),
+    /// One `data:` payload, a JSON object (a `chat.completion.chunk`, or whatever the upstream
+    /// sent).
+    Chunk(JsonObject),
     /// `data: [DONE]`: the stream is complete; nothing follows.
     Done,
+}
+
+/// One JSON object's text as the provider wrote it, checked to be one object when read: the
+/// gateway passes it on without building it into values (see `relabel`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonObject(Bytes);
+
+impl JsonObject {
+    /// Checks that `text` is one JSON object; `what` names it in the error.
+    pub(crate) fn read(text: impl Into<Bytes>, what: &str) -> Result<Self, UpstreamError> {
+        let text = text.into();
+        let mut de = serde_json::Deserializer::from_slice(&text);
+        serde::Deserializer::deserialize_map(&mut de, serde::de::IgnoredAny)
+            .and_then(|_| de.end())
+            .map_err(|e| UpstreamError::Protocol(format!("{what} is not a JSON object: {e}")))?;
+        Ok(Self(text))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The object as values.
+    pub fn to_value(&self) -> serde_json::Value {
+        // Checked when read.
+        serde_json::from_slice(&self.0).unwrap_or_default()
+    }
 }
 
 /// The events of a streaming call, in order. After `Done` or an `Err` the stream ends; a
@@ -201,13 +230,14 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, UpstreamErr
 #[async_trait]
 pub trait ProviderAdapter: Send + Sync {
     /// Non-streaming: POSTs `body` (an OpenAI chat.completions request object, already
-    /// complete: model, messages, max_tokens...) and answers the upstream's JSON response body.
+    /// complete: model, messages, max_tokens...) and answers the upstream's response body, a
+    /// JSON object.
     async fn chat(
         &self,
         target: &UpstreamTarget,
         body: &serde_json::Value,
         trace: &TraceContext,
-    ) -> Result<serde_json::Value, UpstreamError>;
+    ) -> Result<JsonObject, UpstreamError>;
 
     /// Streaming: `body` has `"stream": true` and `"stream_options": {"include_usage": true}`
     /// set by the caller. Answers the parsed SSE events in order. Retried only until the

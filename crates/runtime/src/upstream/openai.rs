@@ -1,7 +1,7 @@
 //! OpenAI-compatible providers: OpenAI, vLLM, Ollama, llama.cpp, Azure's `/openai/v1`.
 
 use super::client::{Inner, KeyHeader};
-use super::{EventStream, ProviderAdapter, UpstreamError, UpstreamTarget};
+use super::{EventStream, JsonObject, ProviderAdapter, UpstreamError, UpstreamTarget};
 use crate::trace::TraceContext;
 use async_trait::async_trait;
 use reqwest::Url;
@@ -26,7 +26,7 @@ impl ProviderAdapter for OpenAiAdapter {
         target: &UpstreamTarget,
         body: &serde_json::Value,
         trace: &TraceContext,
-    ) -> Result<serde_json::Value, UpstreamError> {
+    ) -> Result<JsonObject, UpstreamError> {
         let url = endpoint(target)?;
         self.inner
             .chat(target, url, KeyHeader::Bearer, body, trace)

@@ -1,7 +1,7 @@
 //! Server-sent events: the body of a streaming chat completion, as [`StreamEvent`]s.
 
 use super::client::transport_error;
-use super::{EventStream, StreamEvent, UpstreamError};
+use super::{EventStream, JsonObject, StreamEvent, UpstreamError};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use std::collections::VecDeque;
@@ -89,20 +89,28 @@ struct Parser {
 }
 
 impl Parser {
-    fn push(&mut self, chunk: &[u8], out: &mut VecDeque<Item>) -> Result<(), UpstreamError> {
-        for &b in chunk {
-            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+    fn push(&mut self, mut chunk: &[u8], out: &mut VecDeque<Item>) -> Result<(), UpstreamError> {
+        while let Some((&first, rest)) = chunk.split_first() {
+            if std::mem::take(&mut self.after_cr) && first == b'\n' {
+                chunk = rest;
                 continue;
             }
-            if b == b'\n' || b == b'\r' {
-                self.after_cr = b == b'\r';
-                self.end_line(out)?;
-            } else if self.line.len() < MAX_EVENT {
-                self.line.push(b);
-            } else {
-                return Err(too_large());
-            }
+            let Some(end) = memchr::memchr2(b'\n', b'\r', chunk) else {
+                return self.extend_line(chunk);
+            };
+            self.extend_line(&chunk[..end])?;
+            self.after_cr = chunk[end] == b'\r';
+            self.end_line(out)?;
+            chunk = &chunk[end + 1..];
         }
+        Ok(())
+    }
+
+    fn extend_line(&mut self, part: &[u8]) -> Result<(), UpstreamError> {
+        if self.line.len() + part.len() > MAX_EVENT {
+            return Err(too_large());
+        }
+        self.line.extend_from_slice(part);
         Ok(())
     }
 
@@ -115,11 +123,11 @@ impl Parser {
     }
 
     fn end_line(&mut self, out: &mut VecDeque<Item>) -> Result<(), UpstreamError> {
-        let line = std::mem::take(&mut self.line);
+        let line = &self.line;
         if line.is_empty() {
             return self.dispatch(out);
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(i) => (&line[..i], &line[i + 1..]),
             None => (&line[..], &[][..]),
         };
@@ -131,6 +139,7 @@ impl Parser {
             self.data.extend_from_slice(value);
             self.data.push(b'\n');
         }
+        self.line.clear();
         Ok(())
     }
 
@@ -143,10 +152,7 @@ impl Parser {
         let event = if data == b"[DONE]" {
             StreamEvent::Done
         } else {
-            let json = serde_json::from_slice(&data).map_err(|e| {
-                UpstreamError::Protocol(format!("an event's data is not JSON: {e}"))
-            })?;
-            StreamEvent::Chunk(json)
+            StreamEvent::Chunk(JsonObject::read(data, "an event's data")?)
         };
         out.push_back(Ok(event));
         Ok(())
@@ -161,7 +167,6 @@ fn too_large() -> UpstreamError {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use serde_json::json;
 
     fn parse(chunks: &[&[u8]]) -> Result<Vec<StreamEvent>, UpstreamError> {
         let mut parser = Parser::default();
@@ -182,8 +187,9 @@ mod tests {
         data: [DONE]\n\n";
 
     fn expected() -> Vec<StreamEvent> {
-        let mut events: Vec<_> = (1..=4)
-            .map(|n| StreamEvent::Chunk(json!({ "n": n })))
+        let mut events: Vec<_> = ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}", "{\"n\":\n4}"]
+            .into_iter()
+            .map(|data| StreamEvent::Chunk(JsonObject::read(data, "data").unwrap()))
             .collect();
         events.push(StreamEvent::Done);
         events
@@ -207,7 +213,10 @@ mod tests {
     fn a_last_event_needs_no_blank_line() {
         assert_eq!(
             parse(&[b"data: {\"n\":1}\n\ndata: [DONE]"]).unwrap(),
-            vec![StreamEvent::Chunk(json!({ "n": 1 })), StreamEvent::Done]
+            vec![
+                StreamEvent::Chunk(JsonObject::read("{\"n\":1}", "data").unwrap()),
+                StreamEvent::Done
+            ]
         );
         assert_eq!(
             parse(&[b"data: [DONE]\r\n"]).unwrap(),
@@ -223,9 +232,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_and_oversized_events() {
-        let Err(UpstreamError::Protocol(_)) = parse(&[b"data: {oops\n\n"]) else {
-            panic!("invalid JSON accepted");
-        };
+        for bad in [
+            &b"data: {oops\n\n"[..],
+            b"data: [1]\n\n",
+            b"data: {} {}\n\n",
+        ] {
+            let Err(UpstreamError::Protocol(_)) = parse(&[bad]) else {
+                panic!("{bad:?} accepted");
+            };
+        }
         let line = vec![b'a'; MAX_EVENT + 1];
         let Err(UpstreamError::Protocol(m)) = parse(&[&line]) else {
             panic!("oversized line accepted");
@@ -235,7 +250,7 @@ mod tests {
         let Err(UpstreamError::Protocol(_)) = parse(&[half.as_bytes(), half.as_bytes()]) else {
             panic!("oversized event accepted");
         };
-        let fits = format!("data: \"{}\"\n\n", "x".repeat(MAX_EVENT - 10));
+        let fits = format!("data: {{\"x\":\"{}\"}}\n\n", "x".repeat(MAX_EVENT - 16));
         assert_eq!(parse(&[fits.as_bytes()]).unwrap().len(), 1);
     }
 

@@ -9,12 +9,11 @@ use agentplane_core::api_key::VerifiedApiKey;
 use agentplane_core::authz::TenantCtx;
 use agentplane_runtime::gateway::{ChatInput, ChatOutput};
 use agentplane_runtime::trace::TraceContext;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -226,22 +225,18 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))
 }
 
-/// An SSE response of the run's chunks, then `[DONE]` (not after an error event).
-fn sse(rx: tokio::sync::mpsc::Receiver<Value>) -> Response {
-    // State: the channel, until it closes; whether an error event went out.
-    let events = futures::stream::unfold((Some(rx), false), |(rx, failed)| async move {
-        let mut rx = rx?;
-        match rx.recv().await {
-            Some(v) => {
-                let failed = failed || v.get("error").is_some();
-                Some((Event::default().data(v.to_string()), (Some(rx), failed)))
-            }
-            None if failed => None,
-            None => Some((Event::default().data("[DONE]"), (None, true))),
-        }
-    })
-    .map(Ok::<_, std::convert::Infallible>);
-    Sse::new(events).into_response()
+/// A server-sent events response of the run's frames (each a whole event already).
+fn sse(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
+    let frames =
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::convert::Infallible>);
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+    ];
+    (headers, Body::from_stream(frames)).into_response()
 }
 
 /// OpenAI-compatible chat completions: `model` names one of the key's agents.
@@ -269,7 +264,14 @@ pub async fn chat_completions(
         .await
         .map_err(ApiError::from)?;
     Ok(match out {
-        ChatOutput::Complete(v) => Json(v).into_response(),
+        ChatOutput::Complete(json) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            json,
+        )
+            .into_response(),
         ChatOutput::Stream(rx) => sse(rx),
     })
 }
@@ -346,10 +348,11 @@ pub async fn run(
     }
     let input = ChatInput::from_openai(body)?;
     let trace_id = trace.trace_id_hex();
-    let ChatOutput::Complete(v) = state.runtime().chat(&gw.ctx, &gw.key, input, trace).await?
+    let ChatOutput::Complete(json) = state.runtime().chat(&gw.ctx, &gw.key, input, trace).await?
     else {
         return Err(ApiError::internal());
     };
+    let v: Value = serde_json::from_slice(&json).map_err(|_| ApiError::internal())?;
     let usage = |k: &str| v["usage"][k].as_i64().unwrap_or(0);
     Ok(Json(RunResult {
         agent: req.agent,
