@@ -15,6 +15,7 @@ both_backends!(
     runs_take_the_tenant_from_the_key,
     concurrent_runs_never_overshoot_the_quota_and_lose_none,
     a_stream_cut_by_the_client_is_settled_with_the_real_tokens,
+    usage_in_every_chunk_loses_no_content,
     a_client_gone_before_the_answer_is_still_metered,
     a_client_gone_before_the_first_chunk_is_still_metered,
     a_failing_provider_releases_the_reservation,
@@ -532,6 +533,56 @@ async fn a_stream_cut_by_the_client_is_settled_with_the_real_tokens(b: Backend) 
     assert_eq!(
         (u["messages"]["used"].as_i64(), u["tokens"]["used"].as_i64()),
         (Some(1), Some(27))
+    );
+}
+
+/// A provider that reports the usage so far in every chunk, content chunks included: every
+/// chunk reaches the client, in order, and the run is settled with the last figures.
+async fn usage_in_every_chunk_loses_no_content(b: Backend) {
+    let mock = MockLlm::start().await;
+    let app = TestApp::spawn_with(b, fast_leases).await;
+    let f = fixture(
+        &app,
+        "Running",
+        "openai",
+        &mock.base,
+        "running-usage",
+        json!({}),
+    )
+    .await;
+    let res = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&f.key)
+        .json(&json!({"model": "helper", "stream": true, "messages": [{"role": "user", "content": "go"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let data = sse_data(&res.text().await.unwrap());
+    assert_eq!(data.last().unwrap(), "[DONE]", "{data:?}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "t0 t1 t2 ", "{data:?}");
+    let completion: Vec<_> = chunks
+        .iter()
+        .map(|c| c["usage"]["completion_tokens"].as_i64())
+        .collect();
+    assert_eq!(completion, [Some(1), Some(2), Some(3)]);
+    assert!(chunks.iter().all(|c| c["model"] == "helper"), "{data:?}");
+
+    let rec = record_once_written(&app, &f.tenant).await;
+    assert_eq!(rec["status"], "ok");
+    assert_eq!(
+        (rec["tokens_in"].as_i64(), rec["tokens_out"].as_i64()),
+        (Some(7), Some(3)),
+        "{rec}"
     );
 }
 

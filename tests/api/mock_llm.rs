@@ -139,6 +139,9 @@ async fn openai(State(seen): State<Seen>, headers: HeaderMap, Json(body): Json<V
         }))
         .into_response();
     }
+    // "running-usage": every chunk carries the usage so far, the last one with content too
+    // (as vLLM's continuous usage stats, or providers that put usage in the final content chunk).
+    let running = model == "running-usage";
     let (n, gap) = if model == "drip" {
         (20, Duration::from_millis(40))
     } else {
@@ -154,7 +157,14 @@ async fn openai(State(seen): State<Seen>, headers: HeaderMap, Json(body): Json<V
             if i > 0 && !gap.is_zero() {
                 tokio::time::sleep(gap).await;
             }
-            let data = if i < n {
+            let data = if running && i < n {
+                json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
+                       "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}],
+                       "usage": {"prompt_tokens": 7, "completion_tokens": i + 1, "total_tokens": 8 + i}})
+                .to_string()
+            } else if running {
+                return None;
+            } else if i < n {
                 json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
                        "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}]})
                 .to_string()

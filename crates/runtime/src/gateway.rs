@@ -571,6 +571,15 @@ fn event(obj: &[u8], agent_ref: &str) -> Result<(Vec<u8>, Seen), UpstreamError> 
     Ok((frame, seen))
 }
 
+/// Sends `frame` to the client, forgetting a client that has gone.
+async fn send_frame(client: &mut Option<mpsc::Sender<Bytes>>, frame: Vec<u8>) {
+    if let Some(c) = client {
+        if c.send(Bytes::from(frame)).await.is_err() {
+            *client = None;
+        }
+    }
+}
+
 /// `v` as one server-sent event, appended to `frame`.
 fn push_event(frame: &mut Vec<u8>, v: &Value) {
     frame.extend_from_slice(b"data: ");
@@ -696,16 +705,18 @@ impl Run {
             };
             chunks += 1;
             errored |= seen.error;
-            // The usage chunk goes out after the settlement.
-            if let Some(u) = seen.usage {
-                usage = Some(u);
-                usage_chunk = Some(frame);
-                continue;
+            // The last chunk carrying usage goes out after the settlement. A provider may
+            // report usage in every chunk, content included: a held chunk goes out first
+            // when another one follows it.
+            if let Some(held) = usage_chunk.take() {
+                send_frame(&mut client, held).await;
             }
-            if let Some(c) = &client {
-                if c.send(Bytes::from(frame)).await.is_err() {
-                    client = None;
+            match seen.usage {
+                Some(u) => {
+                    usage = Some(u);
+                    usage_chunk = Some(frame);
                 }
+                None => send_frame(&mut client, frame).await,
             }
         }
         // Without the provider's figures (it failed mid-stream, or reports no usage), the
