@@ -203,8 +203,12 @@ impl SqliteStore {
         MIGRATOR.run(&write).await?;
         // Readers keep a small page cache each (SQLite's default is 2 MiB a connection): the
         // gateway's hot path reads nothing, and the OS's page cache holds the file anyway.
+        // Reads are CPU work on a file in memory: two readers a core, at most 8 (each
+        // connection holds its own schema, statements and cache).
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let readers = u32::try_from(2 * cores).unwrap_or(8).clamp(2, 8);
         let read = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(readers)
             .test_before_acquire(false)
             .connect_with(opts.clone().read_only(true).pragma("cache_size", "-128"))
             .await?;
