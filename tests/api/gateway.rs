@@ -145,6 +145,32 @@ fn hello(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
 }
 
+/// A streamed chat completion with the agent `helper`.
+async fn stream_to_helper(app: &TestApp, key: &str) -> reqwest::Response {
+    app.client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(key)
+        .json(&json!({"model": "helper", "stream": true, "messages": [{"role": "user", "content": "go"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The chunks of a streamed answer that ends with `[DONE]`, and their content joined.
+fn stream_chunks(body: &str) -> (Vec<Value>, String) {
+    let data = sse_data(body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (chunks, text)
+}
+
 /// The `data:` payloads of an SSE body.
 fn sse_data(text: &str) -> Vec<String> {
     text.split("\n\n")
@@ -277,16 +303,7 @@ async fn completions_plain_and_streamed_are_metered_with_the_providers_figures(b
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let data = sse_data(&res.text().await.unwrap());
-    assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (chunks, text) = stream_chunks(&res.text().await.unwrap());
     assert_eq!(text, "t0 t1 t2 ");
     let last = chunks.last().unwrap();
     assert_eq!(last["usage"]["completion_tokens"], 3, "{last}");
@@ -508,14 +525,7 @@ async fn a_stream_cut_by_the_client_is_settled_with_the_real_tokens(b: Backend) 
     let mock = MockLlm::start().await;
     let app = TestApp::spawn_with(b, fast_leases).await;
     let f = fixture(&app, "Cut", "openai", &mock.base, "drip", json!({})).await;
-    let res = app
-        .client
-        .post(format!("{}/v1/chat/completions", app.base))
-        .bearer_auth(&f.key)
-        .json(&json!({"model": "helper", "stream": true, "messages": [{"role": "user", "content": "go"}]}))
-        .send()
-        .await
-        .unwrap();
+    let res = stream_to_helper(&app, &f.key).await;
     assert_eq!(res.status(), 200);
     let mut body = res.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
@@ -550,32 +560,16 @@ async fn usage_in_every_chunk_loses_no_content(b: Backend) {
         json!({}),
     )
     .await;
-    let res = app
-        .client
-        .post(format!("{}/v1/chat/completions", app.base))
-        .bearer_auth(&f.key)
-        .json(&json!({"model": "helper", "stream": true, "messages": [{"role": "user", "content": "go"}]}))
-        .send()
-        .await
-        .unwrap();
+    let res = stream_to_helper(&app, &f.key).await;
     assert_eq!(res.status(), 200);
-    let data = sse_data(&res.text().await.unwrap());
-    assert_eq!(data.last().unwrap(), "[DONE]", "{data:?}");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(text, "t0 t1 t2 ", "{data:?}");
+    let (chunks, text) = stream_chunks(&res.text().await.unwrap());
+    assert_eq!(text, "t0 t1 t2 ", "{chunks:?}");
     let completion: Vec<_> = chunks
         .iter()
         .map(|c| c["usage"]["completion_tokens"].as_i64())
         .collect();
     assert_eq!(completion, [Some(1), Some(2), Some(3)]);
-    assert!(chunks.iter().all(|c| c["model"] == "helper"), "{data:?}");
+    assert!(chunks.iter().all(|c| c["model"] == "helper"), "{chunks:?}");
 
     let rec = record_once_written(&app, &f.tenant).await;
     assert_eq!(rec["status"], "ok");
